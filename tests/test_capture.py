@@ -1,0 +1,213 @@
+"""Capture is exact, light and faithful (issue 2, section 3)."""
+
+import pytest
+import torch
+
+from vggt_attn_rerun.capture import (
+    AttentionRows,
+    capture,
+    capture_full,
+    find_aggregator,
+    full_matrix_bytes,
+    model_layout,
+)
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.tokens import Query, TokenLayout
+from vggt_attn_rerun.testing import tiny_vggt
+
+from .recorder import AttentionRecorder as _Recorder
+
+
+def _queries(layout: TokenLayout) -> list[Query]:
+    return [
+        Query.from_patch(layout, 0, 1, 2),
+        Query.from_patch(layout, 2, 3, 5),
+        Query.from_special(layout, 1, "camera"),
+        Query.from_special(layout, 0, "register_3"),
+    ]
+
+
+def _full_rows(rows: AttentionRows, kind: str, block: int) -> torch.Tensor:
+    return rows.probs[kind][rows.block_index(block)]  # [Q, H, S, P]
+
+
+@pytest.mark.parametrize("kind", ["frame", "global"])
+@pytest.mark.parametrize("block", [0, 3])
+def test_rows_equal_an_explicit_full_softmax_with_rope(tiny_model, scene_images, kind, block):
+    rec = _Recorder(tiny_model, kind, block)
+    try:
+        res = capture(tiny_model, scene_images, _queries, blocks=[block], kinds=[kind])
+    finally:
+        rec.remove()
+    full = rec.explicit_attention()  # frame [S, H, P, P], global [1, H, N, N]
+    lay = res.layout
+    got = _full_rows(res.rows, kind, block)
+    for i, q in enumerate(res.rows.queries):
+        if kind == "global":
+            want = full[0, :, q.token(lay)].reshape(-1, lay.num_frames, lay.tokens_per_frame)
+            torch.testing.assert_close(got[i], want, atol=1e-6, rtol=0)
+        else:
+            torch.testing.assert_close(got[i, :, q.frame], full[q.frame, :, q.local], atol=1e-6, rtol=0)
+            others = [f for f in range(lay.num_frames) if f != q.frame]
+            assert got[i][:, others].abs().max() == 0
+
+
+@pytest.mark.parametrize("kind", ["frame", "global"])
+def test_rows_times_v_through_proj_rebuild_the_module_output(tiny_model, scene_images, kind):
+    block = 2
+    rec = _Recorder(tiny_model, kind, block)
+    try:
+        res = capture(tiny_model, scene_images, _queries, blocks=[block], kinds=[kind])
+    finally:
+        rec.remove()
+    v = rec.values()  # [B', H, N, D]
+    lay, a = res.layout, rec.attn
+    rows = _full_rows(res.rows, kind, block)
+    for i, q in enumerate(res.rows.queries):
+        if kind == "global":
+            weights, vv, out = rows[i].reshape(a.num_heads, -1), v[0], rec.out[0, q.token(lay)]
+        else:
+            weights, vv, out = rows[i, :, q.frame], v[q.frame], rec.out[q.frame, q.local]
+        heads = torch.einsum("hn,hnd->hd", weights, vv)  # [H, D]
+        rebuilt = a.proj(heads.reshape(-1))
+        torch.testing.assert_close(rebuilt, out, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_matters_so_the_test_above_could_fail(tiny_model, scene_images):
+    """Dropping RoPE (the seed script's bug) changes the rows well beyond the tolerance."""
+    res = capture(tiny_model, scene_images, _queries, blocks=[1], kinds=["global"])
+    rec = _Recorder(tiny_model, "global", 1)
+    rope = rec.attn.rope
+    try:
+        with torch.no_grad():
+            tiny_model(scene_images)
+    finally:
+        rec.remove()
+    a = rec.attn
+    b, n, _ = rec.x.shape
+    q, k, _ = rec.qkv.reshape(b, n, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    no_rope = torch.softmax((a.q_norm(q) * a.scale) @ a.k_norm(k).transpose(-2, -1), -1)
+    tok = res.rows.queries[0].token(res.layout)
+    assert rope is not None
+    assert (no_rope[0, :, tok] - res.rows.probs["global"][0, 0].reshape(a.num_heads, -1)).abs().max() > 1e-3
+
+
+def test_rows_are_raw_probabilities_summing_to_one(tiny_model, scene_images):
+    res = capture(tiny_model, scene_images, _queries)
+    for kind in ("frame", "global"):
+        sums = res.rows.probs[kind].sum(dim=(-1, -2))
+        torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-5, rtol=0)
+        assert res.rows.special(kind).sum() > 0  # mass on special tokens is kept, not renormalized away
+
+
+def test_patch_and_special_views_partition_each_row(tiny_model, scene_images):
+    rows = capture(tiny_model, scene_images, _queries, blocks=[0]).rows
+    lay = rows.layout
+    assert rows.patches("global").shape == (1, 4, 4, lay.num_frames, lay.grid_h, lay.grid_w)
+    assert rows.special("global").shape == (1, 4, 4, lay.num_frames, lay.patch_start)
+    total = rows.patches("global").sum((-1, -2)) + rows.special("global").sum(-1)
+    torch.testing.assert_close(total, rows.frame_mass("global"))
+    renorm = rows.patches("global", renorm=True).sum((-1, -2, -3))
+    torch.testing.assert_close(renorm, torch.ones_like(renorm), atol=1e-5, rtol=0)  # over all views
+
+
+def test_predictions_are_identical_with_and_without_capture(tiny_model, scene_images):
+    with torch.no_grad():
+        plain = tiny_model(scene_images)
+    res = capture(tiny_model, scene_images, _queries)
+    for key in ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf"):
+        assert torch.equal(plain[key], res.predictions[key]), key
+
+
+def test_hooks_are_removed_after_capture_and_after_a_failing_forward(scene_images):
+    model = tiny_vggt(seed=3)
+    capture(model, scene_images, _queries)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+    def boom(module, args, output):
+        raise KeyboardInterrupt  # what a user's Ctrl-C mid-forward looks like
+
+    handle = model.aggregator.global_blocks[1].register_forward_hook(boom)
+    with pytest.raises(KeyboardInterrupt):
+        capture(model, scene_images, _queries)
+    handle.remove()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_fused_and_explicit_attention_paths_give_the_same_rows(scene_images):
+    model = tiny_vggt(seed=0)
+    fused = capture(model, scene_images, _queries).rows
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    explicit = capture(model, scene_images, _queries).rows
+    for kind in ("frame", "global"):
+        torch.testing.assert_close(fused.probs[kind], explicit.probs[kind], atol=1e-6, rtol=0)
+
+
+def test_capture_under_bf16_autocast_computes_rows_in_fp32(tiny_model, scene_images):
+    ref = capture(tiny_model, scene_images, _queries).rows
+    res = capture(tiny_model, scene_images, _queries, autocast_dtype=torch.bfloat16).rows
+    for kind in ("frame", "global"):
+        p = res.probs[kind]
+        assert p.dtype == torch.float32
+        torch.testing.assert_close(p.sum((-1, -2)), torch.ones(p.shape[:3]), atol=1e-5, rtol=0)
+        # bf16 activations move the rows a little, not a lot
+        assert (p - ref.probs[kind]).abs().max() < 0.1
+
+
+def test_bf16_model_weights_are_supported(scene_images):
+    model = tiny_vggt(seed=0).to(torch.bfloat16)
+    res = capture(model, scene_images.to(torch.bfloat16), _queries, blocks=[0])
+    p = res.rows.probs["global"]
+    torch.testing.assert_close(p.sum((-1, -2)), torch.ones(p.shape[:3]), atol=1e-5, rtol=0)
+
+
+def test_only_the_chosen_blocks_and_kinds_are_captured(tiny_model, scene_images):
+    rows = capture(tiny_model, scene_images, _queries, blocks=[3, 1], kinds=["global"]).rows
+    assert rows.blocks == (1, 3)
+    assert rows.kinds == ("global",)
+    with pytest.raises(UserError, match="captured kinds are"):
+        rows.patches("frame")
+    with pytest.raises(UserError, match="captured blocks are"):
+        rows.get("global", 0)
+
+
+def test_bad_blocks_kinds_and_queries_are_clear_errors(tiny_model, scene_images):
+    with pytest.raises(UserError, match=r"valid blocks are 0\.\.3"):
+        capture(tiny_model, scene_images, _queries, blocks=[4])
+    with pytest.raises(UserError, match="valid kinds are frame, global"):
+        capture(tiny_model, scene_images, _queries, kinds=["cross"])
+    with pytest.raises(UserError, match=r"valid frames are 0\.\.2"):
+        capture(tiny_model, scene_images, [Query(3, 5)])
+    with pytest.raises(UserError, match="no queries"):
+        capture(tiny_model, scene_images, [])
+
+
+def test_capture_never_builds_a_full_global_matrix(tiny_model, scene_images, monkeypatch):
+    """The largest softmax input is [H, Q, N], never [.., N, N]."""
+    lay = model_layout(tiny_model, 3, 56, 84)
+    seen = []
+    orig = torch.Tensor.softmax
+
+    def spy(self, *a, **k):
+        seen.append(tuple(self.shape))
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "softmax", spy)
+    capture(tiny_model, scene_images, _queries, kinds=["global"])
+    assert seen and all(s[-2] == 4 and s[-1] == lay.num_tokens for s in seen)
+
+
+def test_full_matrices_match_rows_and_respect_the_budget(tiny_model, scene_images):
+    res = capture(tiny_model, scene_images, _queries, blocks=[2])
+    _, maps, lay = capture_full(tiny_model, scene_images, blocks=[2])
+    assert maps[("global", 2)].shape == (1, 4, lay.num_tokens, lay.num_tokens)
+    assert maps[("frame", 2)].shape == (lay.num_frames, 4, lay.tokens_per_frame, lay.tokens_per_frame)
+    for i, q in enumerate(res.rows.queries):
+        g = maps[("global", 2)][0, :, q.token(lay)].reshape(4, lay.num_frames, -1)
+        torch.testing.assert_close(res.rows.probs["global"][0, i], g, atol=1e-6, rtol=0)
+        torch.testing.assert_close(res.rows.probs["frame"][0, i, :, q.frame], maps[("frame", 2)][q.frame, :, q.local])
+    need = full_matrix_bytes(lay, 4, ["frame", "global"])
+    with pytest.raises(UserError, match="capture rows of chosen queries instead"):
+        capture_full(tiny_model, scene_images, blocks=[2], budget_bytes=need - 1)

@@ -1,0 +1,319 @@
+"""Building and loading the model whose attention we visualise.
+
+``load_model(spec)`` accepts: ``tiny`` (toy VGGT for tests and demos), ``random`` (VGGT-1B
+architecture, random weights, seed 0), a Hugging Face Hub id (``facebook/VGGT-1B``), a local
+directory (``config.json`` + ``model.safetensors`` or ``model.pt``), a local state-dict file
+(``.safetensors``, ``.pt``, ``.pth``), or ``module:callable`` returning an ``nn.Module``.
+
+Unlike ``VGGT.from_pretrained``, which loads with ``strict=False`` and silently keeps random
+weights for missing keys, every checkpoint is checked key by key here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import re
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+DEFAULT_MODEL = "facebook/VGGT-1B"
+ARCHS = ("vggt", "tiny")
+VGGT_COMMIT = "a288dd0f14786c93483e45524328726ab7b1b4ce"
+VGGT_SOURCE = f"vggt @ git+https://github.com/facebookresearch/vggt@{VGGT_COMMIT}"
+VGGT_INSTALL_HINT = "vggt is not installed: run  vggt-attn-rerun install-vggt  (see README)"
+WEIGHT_FILES = ("model.safetensors", "model.pt", "model.pth")
+SPEC_SYNTAX = (
+    "tiny, random, a Hugging Face Hub id (e.g. facebook/VGGT-1B), a local directory with config.json + "
+    "model.safetensors, a .safetensors/.pt/.pth file, or module:callable"
+)
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+_SHOW_KEYS = 5
+
+
+def vggt_install_command(source: str | None = None) -> list[str]:
+    """The pip command that installs vggt into this interpreter's environment."""
+    # --no-deps: vggt's metadata pins numpy<2 (and opencv), but rerun-sdk 0.41 needs numpy>=2, so
+    # no resolver can install both. vggt's model code runs fine on numpy 2, and what it really
+    # needs at run time (huggingface_hub, safetensors, einops) comes with our `vggt` extra.
+    return [sys.executable, "-m", "pip", "install", "--no-deps", source or VGGT_SOURCE]
+
+
+def find_aggregator(model: nn.Module) -> nn.Module:
+    """The module that owns VGGT's ``frame_blocks`` and ``global_blocks``."""
+    for candidate in (getattr(model, "aggregator", None), model):
+        if isinstance(candidate, nn.Module) and all(
+            isinstance(getattr(candidate, name, None), nn.ModuleList) for name in ("frame_blocks", "global_blocks")
+        ):
+            return candidate
+    raise UserError(
+        f"model {type(model).__name__} has no VGGT aggregator: expected a module with .aggregator, "
+        f"or one with .frame_blocks and .global_blocks (ModuleLists of attention blocks)"
+    )
+
+
+# -- architectures ----------------------------------------------------------------------------------
+def _vggt_class() -> type[nn.Module]:
+    try:
+        from vggt.models.vggt import VGGT
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name == "vggt" or e.name.startswith("vggt."):
+            raise UserError(VGGT_INSTALL_HINT) from e
+        raise UserError(
+            f"vggt cannot be imported because {e.name} is missing: pip install 'vggt-attn-rerun[vggt]'"
+        ) from e
+    return VGGT
+
+
+def _tiny_builder() -> Callable[..., nn.Module]:
+    from .testing import tiny_vggt
+
+    return tiny_vggt
+
+
+def _arch_builder(arch: str) -> Callable[..., nn.Module]:
+    """The constructor for ``arch``; imported early so that a missing vggt fails before a download."""
+    if arch == "vggt":
+        return _vggt_class()
+    if arch == "tiny":
+        return _tiny_builder()
+    raise UserError(f"unknown architecture {arch!r}: valid are {', '.join(ARCHS)}")
+
+
+def _build(builder: Callable[..., nn.Module], config: Mapping[str, Any]) -> nn.Module:
+    """Call ``builder`` with the entries of ``config`` that it accepts (hub configs carry extras)."""
+    params = inspect.signature(builder).parameters
+    return builder(**{k: v for k, v in config.items() if k in params})
+
+
+# -- reading checkpoints ----------------------------------------------------------------------------
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _read_safetensors(path: Path) -> Any:
+    try:
+        from safetensors.torch import load_file
+    except ModuleNotFoundError as e:
+        raise UserError(f"reading {path} needs safetensors: pip install 'vggt-attn-rerun[vggt]'") from e
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for bad headers and I/O
+        raise UserError(f"{path} is not a checkpoint: safetensors cannot read it ({_first_line(e)})") from e
+
+
+def _read_torch(path: Path) -> Any:
+    try:
+        # weights_only: a checkpoint is data; never run the arbitrary code a pickle may carry.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ... depending on the bytes
+        raise UserError(
+            f"{path} is not a checkpoint: torch.load(weights_only=True) refused it ({_first_line(e)}); "
+            f"expected a state dict of tensors saved with torch.save or safetensors"
+        ) from e
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file (``.pt``, ``.pth``, ``.bin``).
+
+    A dict with a ``model`` or ``state_dict`` entry (training checkpoints) is unwrapped.
+    """
+    path = Path(path)
+    obj = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
+    while isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) for k in ("model", "state_dict")):
+        obj = obj["model"] if isinstance(obj.get("model"), Mapping) else obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise UserError(f"{path} is not a checkpoint: expected a dict of tensors, got {type(obj).__name__}")
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise UserError(
+                f"{path} is not a checkpoint: expected a dict of tensors, but entry {key!r} "
+                f"is a {type(value).__name__}"
+            )
+    return dict(obj)
+
+
+def _examples(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOW_KEYS])
+    return shown + (", ..." if len(names) > _SHOW_KEYS else "")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool, source: str) -> None:
+    """Copy ``sd`` into ``model`` after checking names and shapes.
+
+    Missing or unexpected keys raise UserError when ``strict``, else warn; differing shapes
+    always raise (such a tensor cannot be loaded at all).
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    resized = [k for k in expected if k in sd and sd[k].shape != expected[k].shape]
+    if resized:
+        k = resized[0]
+        raise UserError(
+            f"checkpoint {source} does not fit {type(model).__name__}: {_plural(len(resized), 'tensor')} "
+            f"with another shape (e.g. {k}: {list(sd[k].shape)} in the checkpoint, "
+            f"{list(expected[k].shape)} in the model); is it for another architecture or config?"
+        )
+    problems = []
+    if missing:
+        problems.append(f"{_plural(len(missing), 'missing key')} ({_examples(missing)})")
+    if unexpected:
+        problems.append(f"{_plural(len(unexpected), 'unexpected key')} ({_examples(unexpected)})")
+    if problems:
+        message = f"checkpoint {source} does not match {type(model).__name__}: " + "; ".join(problems)
+        if strict:
+            raise UserError(message + "; pass strict=False to load it anyway")
+        warnings.warn(message, stacklevel=3)
+    # Names are checked above; strict=False here only lets the partial load proceed.
+    model.load_state_dict(sd, strict=False)
+
+
+# -- the kinds of spec ------------------------------------------------------------------------------
+def _random_model(arch: str) -> nn.Module:
+    builder = _arch_builder(arch)
+    with torch.random.fork_rng(devices=[]):  # seed the build without disturbing the caller's RNG
+        torch.manual_seed(0)
+        return builder()
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read model config {path} ({_first_line(e)}): expected a JSON object") from e
+    if not isinstance(config, dict):
+        raise UserError(f"model config {path} is not a JSON object")
+    return config
+
+
+def _from_file(path: Path, arch: str, strict: bool, config: Mapping[str, Any] | None = None) -> nn.Module:
+    builder = _arch_builder(arch)
+    sd = read_state_dict(path)
+    model = _build(builder, config or {})
+    _load_state_dict_into(model, sd, strict, str(path))
+    return model
+
+
+def _from_dir(folder: Path, arch: str, strict: bool) -> nn.Module:
+    weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    if weights is None:
+        raise UserError(f"model folder {folder} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
+    config_path = folder / "config.json"
+    config = _read_config(config_path) if config_path.is_file() else {}
+    return _from_file(weights, arch, strict, config)
+
+
+def _download(repo_id: str, filename: str) -> str:
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id=repo_id, filename=filename)
+
+
+def _from_hub(repo_id: str, arch: str, strict: bool) -> nn.Module:
+    builder = _arch_builder(arch)
+    try:
+        import huggingface_hub  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise UserError(
+            f"downloading {repo_id} needs huggingface_hub: pip install 'vggt-attn-rerun[vggt]', "
+            f"or pass --model PATH (a local directory or checkpoint file)"
+        ) from e
+    try:
+        weights = _download(repo_id, "model.safetensors")
+    except Exception as e:  # offline, unknown repo, gated repo, network: all mean "no weights"
+        raise UserError(
+            f"the weights of {repo_id} could not be downloaded from the Hugging Face Hub ({_first_line(e)}); "
+            f"pass --model PATH (a local directory with config.json + model.safetensors, or a "
+            f".safetensors/.pt file) instead"
+        ) from e
+    try:
+        config = _read_config(Path(_download(repo_id, "config.json")))
+    except Exception:  # the config is optional: VGGT's defaults are VGGT-1B's
+        config = {}
+    sd = read_state_dict(weights)
+    model = _build(builder, config)
+    _load_state_dict_into(model, sd, strict, repo_id)
+    return model
+
+
+def _from_callable(spec: str) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"cannot import module {module_name!r} for model {spec!r} ({_first_line(e)})") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UserError(f"module {module_name!r} has no attribute {attr!r}: model {spec!r} names nothing")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserError(f"model {spec!r} is not callable: expected a function that returns an nn.Module")
+    model = obj()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model {spec!r} returned a {type(model).__name__}: expected a torch.nn.Module")
+    return model
+
+
+def _resolve(spec: str, arch: str, strict: bool) -> nn.Module:
+    if spec == "tiny":
+        return _tiny_builder()()
+    if spec == "random":
+        return _random_model(arch)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _from_dir(path, arch, strict)
+    if path.is_file():
+        return _from_file(path, arch, strict)
+    if _CALLABLE.fullmatch(spec):
+        return _from_callable(spec)
+    if path.suffix.lower() in _CHECKPOINT_SUFFIXES or spec.startswith((".", "/", "~")):
+        raise UserError(f"model file {spec} does not exist: give an existing path, or one of: {SPEC_SYNTAX}")
+    if _HUB_ID.fullmatch(spec):
+        return _from_hub(spec, arch, strict)
+    raise UserError(f"unknown model {spec!r}: valid are {SPEC_SYNTAX}")
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    strict: bool = True,
+    arch: str = "vggt",
+) -> nn.Module:
+    """Build or load the model named by ``spec`` (see the module docstring) in eval mode.
+
+    Args:
+        spec: what to load; see ``SPEC_SYNTAX``.
+        device, dtype: where and in which precision the returned model lives.
+        strict: a checkpoint with missing or unexpected keys raises UserError (else warns).
+        arch: the architecture that checkpoints and ``random`` are built as: ``vggt`` (needs
+            the vggt package; a config.json beside the weights sets its arguments) or ``tiny``.
+
+    Returns:
+        The model; it takes images ``[S, 3, H, W]`` or ``[B, S, 3, H, W]`` in [0, 1].
+    """
+    if arch not in ARCHS:
+        raise UserError(f"unknown architecture {arch!r}: valid are {', '.join(ARCHS)}")
+    model = _resolve(str(spec).strip(), arch, strict)
+    try:
+        model = model.to(device=device, dtype=dtype)
+    except (RuntimeError, AssertionError, ValueError) as e:  # e.g. "Torch not compiled with CUDA enabled"
+        raise UserError(f"cannot move the model to {device} as {dtype} ({_first_line(e)})") from e
+    return model.eval()
