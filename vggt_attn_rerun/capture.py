@@ -28,14 +28,17 @@ _BLOCK_LISTS = {"frame": "frame_blocks", "global": "global_blocks"}
 
 
 def find_aggregator(model: nn.Module) -> nn.Module:
-    """``model.aggregator`` for VGGT, or the model itself when it is an aggregator."""
-    agg = getattr(model, "aggregator", model)
-    if not (hasattr(agg, "frame_blocks") and hasattr(agg, "global_blocks")):
-        raise UserError(
-            f"{type(model).__name__} is not VGGT-like: expected an `aggregator` with `frame_blocks` "
-            "and `global_blocks`"
-        )
-    return agg
+    """The module that owns VGGT's ``frame_blocks`` and ``global_blocks``."""
+    for candidate in (getattr(model, "aggregator", None), model):
+        if isinstance(candidate, nn.Module) and all(
+            isinstance(getattr(candidate, name, None), nn.ModuleList)
+            for name in ("frame_blocks", "global_blocks")
+        ):
+            return candidate
+    raise UserError(
+        f"model {type(model).__name__} has no VGGT aggregator: expected a module with .aggregator, "
+        f"or one with .frame_blocks and .global_blocks (ModuleLists of attention blocks)"
+    )
 
 
 def model_layout(model: nn.Module, num_frames: int, height: int, width: int) -> TokenLayout:

@@ -110,7 +110,9 @@ def _is_image_name(path: Path) -> bool:
 def _images_in_folder(folder: Path) -> list[Path]:
     found = sorted(p for p in folder.iterdir() if p.is_file() and _is_image_name(p))
     if not found:
-        raise UserError(f"folder {folder} holds no images: expected files ending in {', '.join(IMAGE_SUFFIXES)}")
+        raise UserError(
+            f"folder {folder} holds no images: expected files ending in {', '.join(IMAGE_SUFFIXES)}"
+        )
     return found
 
 
@@ -144,7 +146,9 @@ def expand_image_paths(items: Sequence[str | os.PathLike[str]]) -> list[Path]:
         elif any(c in text for c in "*?["):
             out.extend(_images_from_glob(text))
         else:
-            raise UserError(f"image path {text} does not exist: give an image file, a folder or a glob pattern")
+            raise UserError(
+                f"image path {text} does not exist: give an image file, a folder or a glob pattern"
+            )
     seen: dict[Path, Path] = {}
     for p in out:
         key = p.resolve()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import pickle
 import re
 import sys
 import warnings
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .capture import find_aggregator  # noqa: F401  (re-exported: part of this module's API)
 from .errors import UserError
 
 DEFAULT_MODEL = "facebook/VGGT-1B"
@@ -48,19 +50,6 @@ def vggt_install_command(source: str | None = None) -> list[str]:
     # no resolver can install both. vggt's model code runs fine on numpy 2, and what it really
     # needs at run time (huggingface_hub, safetensors, einops) comes with our `vggt` extra.
     return [sys.executable, "-m", "pip", "install", "--no-deps", source or VGGT_SOURCE]
-
-
-def find_aggregator(model: nn.Module) -> nn.Module:
-    """The module that owns VGGT's ``frame_blocks`` and ``global_blocks``."""
-    for candidate in (getattr(model, "aggregator", None), model):
-        if isinstance(candidate, nn.Module) and all(
-            isinstance(getattr(candidate, name, None), nn.ModuleList) for name in ("frame_blocks", "global_blocks")
-        ):
-            return candidate
-    raise UserError(
-        f"model {type(model).__name__} has no VGGT aggregator: expected a module with .aggregator, "
-        f"or one with .frame_blocks and .global_blocks (ModuleLists of attention blocks)"
-    )
 
 
 # -- architectures ----------------------------------------------------------------------------------
@@ -99,7 +88,7 @@ def _build(builder: Callable[..., nn.Module], config: Mapping[str, Any]) -> nn.M
 
 # -- reading checkpoints ----------------------------------------------------------------------------
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()  # torch colours some messages
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
@@ -118,10 +107,16 @@ def _read_torch(path: Path) -> Any:
     try:
         # weights_only: a checkpoint is data; never run the arbitrary code a pickle may carry.
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ... depending on the bytes
+    except Exception as e:  # UnpicklingError, KeyError, RuntimeError, ... depending on the bytes
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            reason = (
+                "it holds pickled Python objects besides tensors, which are never unpickled (weights_only)"
+            )
+        else:
+            reason = f"torch.load(weights_only=True) cannot read it: {_first_line(e)}"
         raise UserError(
-            f"{path} is not a checkpoint: torch.load(weights_only=True) refused it ({_first_line(e)}); "
-            f"expected a state dict of tensors saved with torch.save or safetensors"
+            f"{path} is not a checkpoint: {reason}; expected a state dict of tensors saved with "
+            f"torch.save or safetensors"
         ) from e
 
 
@@ -154,7 +149,9 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool, source: str) -> None:
+def _load_state_dict_into(
+    model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool, source: str
+) -> None:
     """Copy ``sd`` into ``model`` after checking names and shapes.
 
     Missing or unexpected keys raise UserError when ``strict``, else warn; differing shapes

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .errors import UserError
@@ -173,7 +173,7 @@ class Query:
 
     frame: int
     local: int
-    label: str = ""
+    label: str = field(default="", compare=False)
 
     def token(self, layout: TokenLayout) -> int:
         """Global token index."""
@@ -276,7 +276,10 @@ def parse_query(text: str, layout: TokenLayout, pixel_maps: Sequence[PixelMap] |
             return Query.from_model_pixel(layout, frame, x, y)
         return Query.from_original_pixel(layout, frame, x, y, pixel_maps[frame])
     if re.fullmatch(r"[A-Za-z_]+\d*", rest):
-        return Query.from_special(layout, frame, rest)
+        try:
+            return Query.from_special(layout, frame, rest)
+        except UserError as err:
+            raise UserError(f"cannot parse query {text!r}: {err}; expected {QUERY_SYNTAX}") from None
     raise UserError(f"cannot parse query {text!r}: expected {QUERY_SYNTAX}")
 
 
