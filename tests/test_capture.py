@@ -211,3 +211,15 @@ def test_full_matrices_match_rows_and_respect_the_budget(tiny_model, scene_image
     need = full_matrix_bytes(lay, 4, ["frame", "global"])
     with pytest.raises(UserError, match="capture rows of chosen queries instead"):
         capture_full(tiny_model, scene_images, blocks=[2], budget_bytes=need - 1)
+
+
+def test_rows_of_a_new_query_from_the_qk_cache_equal_a_fresh_capture(tiny_model, scene_images):
+    first = capture(tiny_model, scene_images, _queries, keep_qk=True)
+    later = [Query.from_patch(first.layout, 1, 0, 4), Query.from_special(first.layout, 2, "register_1")]
+    from_cache = first.qk_cache.rows(first.layout, later, first.rows.num_heads)
+    fresh = capture(tiny_model, scene_images, later).rows
+    assert from_cache.blocks == fresh.blocks
+    for kind in ("frame", "global"):
+        assert torch.equal(from_cache.probs[kind], fresh.probs[kind])
+    lay = first.layout
+    assert first.qk_cache.nbytes() == 2 * 2 * 4 * lay.num_tokens * 64 * 4  # kinds x blocks x (q, k) x N x C x fp32

@@ -284,9 +284,12 @@ class RowCollector:
             )
 
     def __call__(self, kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module) -> None:
+        self.compute(kind, block, q, k, float(attn.scale))
+
+    def compute(self, kind: str, block: int, q: Tensor, k: Tensor, scale: float) -> None:
+        """Store the rows of the queries from q, k ``[B', H, N, D]`` of one attention module."""
         self._check_shape(kind, q)
-        lay, out = self.layout, self.probs[kind][self.blocks.index(block)]  # [Q, H, S, P]
-        scale = float(attn.scale)
+        out = self.probs[kind][self.blocks.index(block)]  # [Q, H, S, P]
         with torch.no_grad():
             if kind == "global":
                 rows = attention_logits_rows(q[0][:, self._globals.to(q.device)], k[0], scale)  # [H, Q, S*P]
@@ -305,13 +308,57 @@ class RowCollector:
         return AttentionRows(self.layout, self.queries, self.blocks, self.num_heads, self.probs)
 
 
+class QKCache:
+    """on_qk consumer that keeps every block's q and k, so new queries need no second forward pass.
+
+    Memory: ``2 * S * P * C`` values per (kind, block) in ``store_dtype``; for VGGT-1B (C = 1024)
+    at 518x518 (P = 1374) that is 5.6 MB per frame per (kind, block) in fp16, 540 MB per frame for
+    all 24 blocks x 2 kinds. Rows computed from the cache equal a fresh capture's: the stored q/k are
+    the ones the module used (fp32 models: bit for bit; fp16 storage rounds them).
+    """
+
+    def __init__(self, store_dtype: torch.dtype = torch.float32, store_device: str | torch.device = "cpu") -> None:
+        self.store_dtype = store_dtype
+        self.store_device = store_device
+        self.qk: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+        self.scale: dict[tuple[str, int], float] = {}
+
+    def __call__(self, kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module) -> None:
+        def keep(t: Tensor) -> Tensor:
+            return t.detach().to(self.store_device, self.store_dtype, copy=True)
+
+        self.qk[(kind, block)] = (keep(q), keep(k))
+        self.scale[(kind, block)] = float(attn.scale)
+
+    def nbytes(self) -> int:
+        return sum(q.nbytes + k.nbytes for q, k in self.qk.values())
+
+    def rows(self, layout: TokenLayout, queries: Sequence[Query], num_heads: int) -> AttentionRows:
+        """Attention rows of new queries from the cached q/k (no forward pass)."""
+        if not self.qk:
+            raise UserError("the q/k cache is empty: capture with keep_qk=True to query again without a forward pass")
+        blocks = sorted({b for _, b in self.qk})
+        kinds = [k for k in KINDS if any(kk == k for kk, _ in self.qk)]
+        for qq in queries:
+            qq.token(layout)
+        collector = RowCollector(layout, queries, blocks, kinds, num_heads)
+        for (kind, block), (q, k) in self.qk.items():
+            collector.compute(kind, block, q, k, self.scale[(kind, block)])
+        return collector.result()
+
+
 @dataclass
 class CaptureResult:
-    """What one forward pass with capture returns."""
+    """What one forward pass with capture returns.
+
+    ``qk_cache`` is set when capture ran with ``keep_qk=True``: ``qk_cache.rows(layout, queries,
+    rows.num_heads)`` gives the rows of any other query without running the model again.
+    """
 
     predictions: dict[str, Tensor]
     rows: AttentionRows
     layout: TokenLayout
+    qk_cache: QKCache | None = None
 
 
 def _prepare_images(images: Tensor) -> Tensor:
@@ -330,6 +377,7 @@ def capture(
     kinds: Sequence[str] = KINDS,
     autocast_dtype: torch.dtype | None = None,
     store_dtype: torch.dtype = torch.float32,
+    keep_qk: bool = False,
 ) -> CaptureResult:
     """Run ``model(images)`` once and capture the attention rows of ``queries``.
 
@@ -341,6 +389,8 @@ def capture(
         autocast_dtype: run the forward under ``torch.autocast(device, dtype)`` (e.g. bf16);
             attention rows are still computed in fp32 from the q/k the model used.
         store_dtype: dtype of the stored rows (fp32 default; fp16 halves their memory).
+        keep_qk: also keep every block's q/k (see QKCache for its memory) so that other
+            queries can be answered later without a forward pass.
 
     Returns:
         CaptureResult with the model's predictions (untouched) and AttentionRows.
@@ -354,14 +404,21 @@ def capture(
         qq.token(layout)  # validates frame and index against this layout
     kinds, blocks = check_kinds(kinds), check_blocks(model, blocks)
     collector = RowCollector(layout, qs, blocks, kinds, model_heads(model), store_dtype=store_dtype)
+    cache = QKCache() if keep_qk else None
+
+    def on_qk(kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module) -> None:
+        collector(kind, block, q, k, attn)
+        if cache is not None:
+            cache(kind, block, q, k, attn)
+
     device = images.device
-    with torch.no_grad(), qk_hooks(model, blocks, kinds, collector):
+    with torch.no_grad(), qk_hooks(model, blocks, kinds, on_qk):
         if autocast_dtype is not None:
             with torch.autocast(device.type, dtype=autocast_dtype):
                 predictions = model(images)
         else:
             predictions = model(images)
-    return CaptureResult(predictions, collector.result(), layout)
+    return CaptureResult(predictions, collector.result(), layout, cache)
 
 
 # --------------------------------------------------------------------------------------------

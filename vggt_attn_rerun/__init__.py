@@ -1,0 +1,27 @@
+"""See where VGGT attends, in 2D and 3D, across the views of a scene, in the Rerun viewer.
+
+The data flows one way: images -> model + capture -> attention rows + predictions -> recording.
+"""
+
+from .capture import AttentionRows, CaptureResult, capture, capture_full
+from .errors import UserError
+from .images import FrameTransform, LoadedImages, load_images
+from .models import load_model
+from .tokens import Query, TokenLayout, parse_query
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionRows",
+    "CaptureResult",
+    "FrameTransform",
+    "LoadedImages",
+    "Query",
+    "TokenLayout",
+    "UserError",
+    "capture",
+    "capture_full",
+    "load_images",
+    "load_model",
+    "parse_query",
+]
