@@ -1,0 +1,200 @@
+"""The seed script's API (compat.py): same structures, real attention, loud errors."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vggt_attn_rerun.capture import capture, find_aggregator
+from vggt_attn_rerun.compat import (
+    AttentionExtractor,
+    demo_visualize_token_attention,
+    extract_both_attentions,
+    get_attention_values,
+    visualize_attention_on_image,
+)
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.testing import synthetic_scene
+from vggt_attn_rerun.tokens import Query
+
+# scene_images: S=3 frames of 56x84 -> 4x6 patches, P = 5 + 24 = 29, N = 87; tiny model: 4 heads, 4 blocks.
+S, GH, GW, P, HEADS, DEPTH = 3, 4, 6, 29, 4, 4
+N = S * P
+BLOCK = 2
+FRAME2_TOKEN = 2 * P + 5 + 1 * GW + 3  # frame 2, patch (1, 3): frame 0 would be the seed's answer
+
+
+@pytest.fixture(scope="module")
+def both(tiny_model, scene_images):
+    return extract_both_attentions(tiny_model, scene_images, block_idx=BLOCK)
+
+
+def _hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_extract_both_attentions_has_the_seed_structure(both):
+    assert set(both) == {"frame_attention", "global_attention", "block_idx", "patch_start_idx"}
+    assert (both["block_idx"], both["patch_start_idx"]) == (BLOCK, 5)
+    frame, glob = both["frame_attention"], both["global_attention"]
+    assert set(frame) == {"attn_weights", "layer_type", "num_heads", "num_tokens"}
+    assert frame["attn_weights"].shape == (S, HEADS, P, P)
+    assert glob["attn_weights"].shape == (1, HEADS, N, N)
+    assert (frame["layer_type"], frame["num_heads"], frame["num_tokens"]) == ("frame", HEADS, P)
+    assert (glob["layer_type"], glob["num_heads"], glob["num_tokens"]) == ("global", HEADS, N)
+    torch.testing.assert_close(glob["attn_weights"].sum(-1), torch.ones(1, HEADS, N))
+
+
+def test_extractor_returns_maps_keyed_like_the_seed(tiny_model, scene_images):
+    with AttentionExtractor(tiny_model) as extractor:
+        extractor.register_hooks(block_indices=[1, 3], attention_types=["frame", "global"])
+        with torch.no_grad():
+            tiny_model(scene_images)
+        maps = extractor.get_attention_maps()
+    assert set(maps) == {"frame_block_1", "frame_block_3", "global_block_1", "global_block_3"}
+    assert maps["frame_block_3"]["attn_weights"].shape == (S, HEADS, P, P)
+    assert maps["global_block_1"]["attn_weights"].shape == (1, HEADS, N, N)
+
+
+def test_clear_hooks_removes_every_hook(tiny_model, scene_images):
+    before = _hook_count(tiny_model)
+    extractor = AttentionExtractor(tiny_model)
+    extractor.register_hooks([0])
+    assert _hook_count(tiny_model) > before
+    with torch.no_grad():
+        tiny_model(scene_images)
+    captured = extractor.get_attention_maps()["global_block_0"]["attn_weights"]
+    extractor.clear_hooks()
+    assert _hook_count(tiny_model) == before
+    # What was captured stays readable, and a forward after clearing captures nothing new.
+    with torch.no_grad():
+        tiny_model(scene_images.flip(0))
+    assert extractor.get_attention_maps()["global_block_0"]["attn_weights"] is captured
+
+
+def test_extractor_over_budget_raises_during_forward_and_names_the_rows_api(tiny_model, scene_images):
+    before = _hook_count(tiny_model)
+    # One frame map is S*H*P*P*4 = 40 KB, a global one 121 KB: the second block must be refused.
+    with AttentionExtractor(tiny_model, budget_bytes=100_000) as extractor:
+        extractor.register_hooks([0], attention_types=["frame", "global"])
+        refused = r"global attention of block 0.*vggt_attn_rerun\.capture\.capture"
+        with pytest.raises(UserError, match=refused), torch.no_grad():
+            tiny_model(scene_images)
+    assert _hook_count(tiny_model) == before
+
+
+def test_extract_both_attentions_checks_the_budget_before_the_forward(tiny_model, scene_images):
+    with pytest.raises(UserError, match=r"budget.*capture\("):
+        extract_both_attentions(tiny_model, scene_images, block_idx=0, budget_bytes=1000)
+
+
+@pytest.mark.parametrize("kind", ["frame", "global"])
+@pytest.mark.parametrize("head", [1, "mean"])
+def test_values_equal_the_captured_rows_of_a_token_in_frame_2(tiny_model, scene_images, both, kind, head):
+    # capture() keeps RoPE and reads each token's own frame, so equality shows both fixes.
+    rows = capture(tiny_model, scene_images, [Query(2, 5 + GW + 3)], blocks=[BLOCK], kinds=[kind]).rows
+    values = get_attention_values(both[f"{kind}_attention"]["attn_weights"], scene_images, FRAME2_TOKEN,
+                                  head, 5, kind)  # fmt: skip
+    raw = rows.probs[kind][0, 0]  # [H, S, P]
+    probs = raw.mean(0) if head == "mean" else raw[head]
+    patches = probs[:, 5:]
+    want = (patches / patches.sum()).reshape(S, GH, GW)
+    if kind == "frame":
+        want = want[2]
+    np.testing.assert_allclose(values["attention_maps"], want.numpy(), atol=1e-6)
+    assert values["metadata"]["frame_idx"] == 2
+
+
+def test_frame_values_do_not_read_frame_0(both, scene_images):
+    weights = both["frame_attention"]["attn_weights"]
+    ours = get_attention_values(weights, scene_images, FRAME2_TOKEN, 0, 5, "frame")["attention_maps"]
+    seed_row = weights[0, 0, FRAME2_TOKEN - 2 * P, 5:]  # what the seed read for this token
+    assert not np.allclose(ours, (seed_row / seed_row.sum()).reshape(GH, GW).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["frame", "global"])
+def test_get_attention_values_structure(both, scene_images, kind):
+    values = get_attention_values(both[f"{kind}_attention"]["attn_weights"], scene_images, 7, 0, 5, kind)
+    grid, full = ((GH, GW), (56, 84)) if kind == "frame" else ((S, GH, GW), (S, 56, 84))
+    assert values["attention_maps"].shape == grid
+    assert values["attention_maps_resized"].shape == full
+    assert values["images"].shape == (S, 56, 84, 3)
+    assert 0 <= values["images"].min() and values["images"].max() <= 1
+    assert values["metadata"] == {
+        "grid_h": GH, "grid_w": GW, "H": 56, "W": 84, "S": S, "token_idx": 7, "head_idx": 0,
+        "attention_type": kind, "patch_start_idx": 5, "frame_idx": 0,
+    }  # fmt: skip
+    assert values["attention_maps"].sum() == pytest.approx(1.0, abs=1e-5)
+    # Bilinear upsampling only interpolates: no value outside the map's range.
+    m, r = values["attention_maps"], values["attention_maps_resized"]
+    assert m.min() - 1e-7 <= r.min() and r.max() <= m.max() + 1e-7
+
+
+@pytest.mark.parametrize(
+    ("token", "head", "kind", "match"),
+    [
+        (N, 0, "frame", r"token_idx 87 is out of range: valid are 0\.\.86"),
+        (-1, 0, "global", r"token_idx -1 is out of range: valid are 0\.\.86"),
+        (7, HEADS, "global", r"head_idx 4 is out of range: valid are 0\.\.3"),
+        (7, 0, "cross", r"valid kinds are frame, global"),
+    ],
+)
+def test_bad_token_head_or_kind_raise_with_the_valid_range(both, scene_images, token, head, kind, match):
+    weights = both["global_attention" if kind == "global" else "frame_attention"]["attn_weights"]
+    with pytest.raises(UserError, match=match):
+        get_attention_values(weights, scene_images, token, head, 5, kind)
+
+
+def test_bad_block_raises_with_the_valid_range(tiny_model, scene_images):
+    with pytest.raises(UserError, match=r"block 4 does not exist: valid blocks are 0\.\.3"):
+        extract_both_attentions(tiny_model, scene_images, block_idx=DEPTH)
+    with pytest.raises(UserError, match=r"valid blocks are 0\.\.3"):
+        AttentionExtractor(tiny_model).register_hooks([23])
+    assert not find_aggregator(tiny_model).frame_blocks[0].attn._forward_hooks
+
+
+def test_figures_have_the_expected_axes(both, scene_images):
+    weights = both["frame_attention"]["attn_weights"]
+    frame_fig = visualize_attention_on_image(get_attention_values(weights, scene_images, FRAME2_TOKEN))
+    assert len(frame_fig.axes) == 3  # image, overlay, colorbar
+    assert "Frame 2" in frame_fig.axes[0].get_title()
+    # The seed's call form (weights, images, token) gives the same figure layout.
+    global_fig = visualize_attention_on_image(
+        both["global_attention"]["attn_weights"], scene_images, FRAME2_TOKEN, "mean", 5, "global"
+    )
+    assert len(global_fig.axes) == 2 * S + 1  # S images, S overlays, colorbar
+
+
+def test_figures_without_matplotlib_raise_a_user_error(both, scene_images, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    values = get_attention_values(both["frame_attention"]["attn_weights"], scene_images, 7, 0, 5, "frame")
+    with pytest.raises(UserError, match=r"pip install 'vggt-attn-rerun\[plot\]'"):
+        visualize_attention_on_image(values)
+
+
+@pytest.fixture
+def photo_paths(tmp_path):
+    # Wide photos keep the 518-wide model image small: 518x84 -> 37x6 patches, P = 227.
+    paths = []
+    for i, pixels in enumerate(synthetic_scene(2, height=28, width=168, seed=2)):
+        paths.append(tmp_path / f"view_{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+def test_demo_returns_figures_and_result(tiny_model, photo_paths):
+    token = 227 + 5 + 2 * 37 + 10  # frame 1, patch (2, 10)
+    figures, result = demo_visualize_token_attention(
+        photo_paths, block_idx=1, token_idx=token, head_idx=0, model=tiny_model
+    )
+    assert [kind for kind, _ in figures] == ["frame", "global"]
+    assert [len(fig.axes) for _, fig in figures] == [3, 2 * 2 + 1]
+    assert result["global_attention"]["attn_weights"].shape == (1, HEADS, 2 * 227, 2 * 227)
+    assert result["block_idx"] == 1
+
+
+def test_demo_rejects_a_bad_token_instead_of_moving_it(tiny_model, photo_paths):
+    with pytest.raises(UserError, match=r"token_idx 500 is out of range: valid are 0\.\.453"):
+        demo_visualize_token_attention(photo_paths, block_idx=1, token_idx=500, model=tiny_model)
