@@ -4,14 +4,30 @@ The data flows one way: images -> model + capture -> attention rows + prediction
 """
 
 from .capture import AttentionRows, CaptureResult, capture, capture_full
+from .compat import (
+    AttentionExtractor,
+    demo_visualize_token_attention,
+    extract_both_attentions,
+    get_attention_values,
+    visualize_attention_on_image,
+)
 from .errors import UserError
 from .images import FrameTransform, LoadedImages, load_images
 from .models import load_model
+from .recording import RecordingOptions, log_run, record_attention
 from .tokens import Query, TokenLayout, parse_query
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionExtractor",
+    "RecordingOptions",
+    "demo_visualize_token_attention",
+    "extract_both_attentions",
+    "get_attention_values",
+    "log_run",
+    "record_attention",
+    "visualize_attention_on_image",
     "AttentionRows",
     "CaptureResult",
     "FrameTransform",

@@ -1,0 +1,99 @@
+import rerun as rr
+import rerun.blueprint as rrb
+
+from vggt_attn_rerun.blueprint import (
+    BLUEPRINT_DIR,
+    blueprint_content,
+    compact_blueprint,
+    default_blueprint,
+    default_blueprint_for,
+    main,
+    shipped_blueprints,
+    stale_blueprints,
+    write_blueprints,
+)
+from vggt_attn_rerun.capture import capture
+from vggt_attn_rerun.recording import APPLICATION_ID, Paths, RecordingOptions
+from vggt_attn_rerun.tokens import Query
+
+
+def _views(node) -> list:
+    """Every view of a blueprint or container, depth first."""
+    if isinstance(node, rrb.Blueprint):
+        return _views(node.root_container)
+    if isinstance(node, rrb.Container):
+        return [v for child in node.contents for v in _views(child)]
+    return [node]
+
+
+def _rules(view) -> list[str]:
+    return [view.contents] if isinstance(view.contents, str) else list(view.contents)
+
+
+def test_shipped_rbl_files_are_fresh():
+    # Regenerate with:  python -m vggt_attn_rerun.blueprint
+    assert stale_blueprints() == []
+    assert sorted(p.name for p in BLUEPRINT_DIR.glob("*.rbl")) == sorted(shipped_blueprints())
+
+
+def test_check_mode_fails_on_a_stale_file(tmp_path):
+    write_blueprints(tmp_path)
+    assert main(["--check", "--dir", str(tmp_path)]) == 0
+    compact_blueprint(2).save(APPLICATION_ID, tmp_path / "default_tiny_s3.rbl")
+    assert main(["--check", "--dir", str(tmp_path)]) == 1
+
+
+def test_same_arguments_give_the_same_blueprint(tmp_path):
+    default_blueprint(3, num_heads=4).save(APPLICATION_ID, tmp_path / "a.rbl")
+    default_blueprint(3, num_heads=4).save(APPLICATION_ID, tmp_path / "b.rbl")
+    assert blueprint_content(tmp_path / "a.rbl") == blueprint_content(tmp_path / "b.rbl")
+
+
+def test_rbl_app_id_is_the_recordings(tmp_path):
+    for path in BLUEPRINT_DIR.glob("*.rbl"):
+        assert [s.application_id for s in rr.chunk.RrdReader(path).blueprints()] == [APPLICATION_ID]
+
+
+def test_default_blueprint_makes_block_the_active_timeline():
+    rows = blueprint_content(BLUEPRINT_DIR / "default_tiny_s3.rbl")
+    panel = [value for entity, value in rows if entity == "/time_panel"]
+    assert any("('TimePanelBlueprint:timeline', ['block'])" in v for v in panel)
+
+
+def test_default_blueprint_has_views_heads_mass_and_tensor():
+    views = _views(default_blueprint(4, ("global",), num_heads=16))
+    origins = [str(v.origin) for v in views]
+    assert [o for o in origins if o.startswith("world/frames/")] == [Paths.image(s) for s in range(4)]
+    assert origins.count(Paths.heads_root(0)) == 16
+    assert {"world", f"{Paths.scales(0, 'global')}/mass", Paths.maps(0, "global"), Paths.info(0)} <= set(
+        origins
+    )
+    kinds = {type(v) for v in views}
+    assert {rrb.Spatial3DView, rrb.Spatial2DView, rrb.TimeSeriesView, rrb.TensorView} <= kinds
+
+
+def test_compact_blueprint_is_3d_and_views_only():
+    views = _views(compact_blueprint(3))
+    assert [type(v) for v in views] == [rrb.Spatial3DView] + [rrb.Spatial2DView] * 3
+
+
+def test_content_rules_use_explicit_paths():
+    # Globs in the middle of a path do not match in Rerun 0.41: only a trailing /** may appear.
+    for view in _views(default_blueprint(3, ("frame", "global"), num_heads=4, queries=2)):
+        for rule in _rules(view):
+            assert "*" not in rule.removesuffix("/**"), rule
+
+
+def test_one_dashboard_per_query_and_kind():
+    bp = default_blueprint(2, ("frame", "global"), num_heads=2, queries=2)
+    assert isinstance(bp.root_container, rrb.Tabs)
+    assert [c.name for c in bp.root_container.contents] == ["q0 frame", "q0 global", "q1 frame", "q1 global"]
+
+
+def test_default_blueprint_for_is_sized_by_the_run(tiny_model, scene_images):
+    result = capture(
+        tiny_model, scene_images, lambda lay: [Query(0, 5), Query(1, 0)], blocks=[3], kinds=("global",)
+    )
+    views = _views(default_blueprint_for(result, RecordingOptions()))
+    assert sum(str(v.origin) == Paths.heads_root(1) for v in views) == result.rows.num_heads
+    assert sum(str(v.origin).startswith("world/frames/") for v in views) == 2 * result.layout.num_frames

@@ -1,0 +1,250 @@
+"""Viewer layouts (Rerun blueprints) for recordings made by recording.py.
+
+One dashboard per (query, kind): the 3D scene beside a grid of the views with their overlays,
+and tabs with the head grid, the attention mass per view, every map in a TensorView, and the
+query's notes. Several (query, kind) pairs become tabs. The ``block`` timeline is made active.
+
+Blueprints name entities explicitly (content globs in the middle of a path do not match in
+Rerun 0.41), so they depend on the number of frames, heads and queries and on the kinds.
+View and container ids are derived from their place in the layout, so the same arguments
+always give the same blueprint.
+
+``python -m vggt_attn_rerun.blueprint`` writes the .rbl files of ``blueprints/`` (see
+SIZES); ``--check`` exits 1 when a file there is missing or stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import rerun as rr
+import rerun.blueprint as rrb
+
+from .capture import CaptureResult, check_kinds
+from .recording import APPLICATION_ID, MAP_DIMS, Paths, RecordingOptions
+
+_ID_NAMESPACE = uuid.UUID("5b0f3c1e-7a2d-4c59-9a53-7f1d2e0b8c44")
+BLUEPRINT_DIR = Path(__file__).resolve().parent.parent / "blueprints"
+
+# (name, num_frames, kinds, num_heads, queries): the synthetic example (3 views of the 4-head
+# tiny model) and VGGT-1B (16 heads) on 4 and 8 views, with one query, global attention.
+SIZES: tuple[tuple[str, int, tuple[str, ...], int, int], ...] = (
+    ("tiny_s3", 3, ("global",), 4, 1),
+    ("vggt_s4", 4, ("global",), 16, 1),
+    ("vggt_s8", 8, ("global",), 16, 1),
+)
+
+
+def _columns(n: int) -> int:
+    return max(1, math.ceil(math.sqrt(n)))
+
+
+def _view_grid(num_frames: int, q: int, kind: str, columns: int | None) -> rrb.Grid:
+    views = [
+        rrb.Spatial2DView(
+            origin=Paths.image(s),
+            name=f"view {s}",
+            contents=[f"+ {Paths.image(s)}", f"+ {Paths.overlay(s, q, kind)}", f"+ {Paths.marker(s, q)}/**"],
+        )
+        for s in range(num_frames)
+    ]
+    return rrb.Grid(*views, grid_columns=columns or _columns(num_frames), name="views")
+
+
+def _scene(num_frames: int, q: int, kind: str) -> rrb.Spatial3DView:
+    # Most specific rule wins: drop other queries' and kinds' data, keep this pair's.
+    rules = ["+ world/**", "- world/attention/**", f"+ {Paths.patch_points(q, kind)}"]
+    rules += ["- world/queries/**", f"+ {Paths.query_point(q)}"]
+    for s in range(num_frames):
+        rules += [f"- {Paths.overlay_root(s)}/**", f"+ {Paths.overlay(s, q, kind)}"]
+        rules += [f"- {Paths.image(s)}/queries/**", f"+ {Paths.marker(s, q)}/**"]
+    return rrb.Spatial3DView(origin="world", name="3D", contents=rules)
+
+
+def _head_grid(num_heads: int, q: int, kind: str) -> rrb.Grid:
+    root = Paths.heads_root(q)
+    views = [
+        rrb.Spatial2DView(
+            origin=root,
+            name=f"head {h}",
+            contents=[f"+ {root}/image", f"+ {root}/query", f"+ {Paths.head(q, kind, h)}"],
+        )
+        for h in range(num_heads)
+    ]
+    return rrb.Grid(*views, grid_columns=_columns(num_heads), name="heads (block timeline)")
+
+
+def _details(num_heads: int, q: int, kind: str) -> rrb.Tabs:
+    mass = rrb.TimeSeriesView(
+        origin=f"{Paths.scales(q, kind)}/mass",
+        name="attention mass per view",
+        axis_y=rrb.ScalarAxis(range=(0.0, 1.0)),
+    )
+    tensor = rrb.TensorView(
+        origin=Paths.maps(q, kind),
+        name="all maps [" + ", ".join(MAP_DIMS) + "]",
+        slice_selection=rrb.TensorSliceSelection(
+            width=MAP_DIMS.index("x"),
+            height=MAP_DIMS.index("y"),
+            indices=[rr.TensorDimensionIndexSelection(dimension=d, index=0) for d in range(3)],
+            slider=[0, 1, 2],
+        ),
+        scalar_mapping=rrb.TensorScalarMapping(colormap="inferno", mag_filter="nearest"),
+    )
+    info = rrb.TextDocumentView(origin=Paths.info(q), name="query")
+    return rrb.Tabs(_head_grid(num_heads, q, kind), mass, tensor, info, name="details")
+
+
+def _dashboard(num_frames: int, num_heads: int, q: int, kind: str, compact: bool, columns: int | None):
+    views = _view_grid(num_frames, q, kind, columns)
+    right = views if compact else rrb.Vertical(views, _details(num_heads, q, kind), row_shares=[3, 2])
+    return rrb.Horizontal(_scene(num_frames, q, kind), right, column_shares=[2, 3], name=f"q{q} {kind}")
+
+
+def _with_stable_ids(node: rrb.Container | rrb.View, path: str) -> None:
+    """Replace the random uuid4 ids with ids derived from the node's place in the layout."""
+    node.id = uuid.uuid5(_ID_NAMESPACE, path)
+    for j, child in enumerate(getattr(node, "contents", None) if isinstance(node, rrb.Container) else ()):
+        _with_stable_ids(child, f"{path}/{j}")
+
+
+def _blueprint(
+    num_frames: int, kinds: Sequence[str], num_heads: int, queries: int, compact: bool, columns: int | None
+) -> rrb.Blueprint:
+    if num_frames < 1 or num_heads < 1 or queries < 1:
+        raise ValueError(f"need >= 1 frame, head and query, got {num_frames}, {num_heads}, {queries}")
+    kinds = check_kinds(kinds)
+    pairs = [_dashboard(num_frames, num_heads, q, k, compact, columns) for q in range(queries) for k in kinds]
+    root = pairs[0] if len(pairs) == 1 else rrb.Tabs(*pairs)
+    _with_stable_ids(root, "compact" if compact else "default")
+    return rrb.Blueprint(root, rrb.TimePanel(state="collapsed", timeline="block"), collapse_panels=True)
+
+
+def default_blueprint(
+    num_frames: int,
+    kinds: Sequence[str] = ("global",),
+    num_heads: int = 16,
+    queries: int = 1,
+    *,
+    grid_columns: int | None = None,
+) -> rrb.Blueprint:
+    """Full layout: per (query, kind), the 3D scene beside the views with their overlays, and
+    tabs with the head grid, attention mass per view, the TensorView and the query's notes.
+
+    ``grid_columns``: columns of the view grid (default ceil(sqrt(num_frames))).
+    The ``block`` timeline is made the active one.
+    """
+    return _blueprint(num_frames, kinds, num_heads, queries, False, grid_columns)
+
+
+def compact_blueprint(
+    num_frames: int, kinds: Sequence[str] = ("global",), queries: int = 1, *, grid_columns: int | None = None
+) -> rrb.Blueprint:
+    """The 3D scene and the views with their overlays only (per query and kind)."""
+    return _blueprint(num_frames, kinds, 1, queries, True, grid_columns)
+
+
+def _run_sizes(
+    result: CaptureResult, options: RecordingOptions | None
+) -> tuple[int, tuple[str, ...], int, int]:
+    kinds = tuple(options.kinds) if options is not None else result.rows.kinds
+    return result.layout.num_frames, kinds, result.rows.num_heads, len(result.rows.queries)
+
+
+def default_blueprint_for(result: CaptureResult, options: RecordingOptions | None = None) -> rrb.Blueprint:
+    """default_blueprint sized for one run (kinds from ``options``, else all captured kinds).
+
+    To embed it in a saved recording: ``rec.save(path, default_blueprint=default_blueprint_for(...))``
+    (record_attention already sends it into its stream unless ``send_blueprint=False``).
+    Standalone: ``default_blueprint_for(...).save(APPLICATION_ID, "layout.rbl")``.
+    """
+    s, kinds, heads, queries = _run_sizes(result, options)
+    return default_blueprint(s, kinds, heads, queries)
+
+
+def compact_blueprint_for(result: CaptureResult, options: RecordingOptions | None = None) -> rrb.Blueprint:
+    """compact_blueprint sized for one run."""
+    s, kinds, _, queries = _run_sizes(result, options)
+    return compact_blueprint(s, kinds, queries)
+
+
+# --------------------------------------------------------------------------------------------
+# The committed .rbl files
+# --------------------------------------------------------------------------------------------
+
+
+def shipped_blueprints() -> dict[str, rrb.Blueprint]:
+    """File name -> blueprint for every file of ``blueprints/``."""
+    out: dict[str, rrb.Blueprint] = {}
+    for name, s, kinds, heads, queries in SIZES:
+        out[f"default_{name}.rbl"] = default_blueprint(s, kinds, heads, queries)
+        out[f"compact_{name}.rbl"] = compact_blueprint(s, kinds, queries)
+    return out
+
+
+def blueprint_content(path: str | Path) -> list[tuple[str, str]]:
+    """The decoded blueprint of an .rbl/.rrd, comparable across runs: sorted
+    (entity path, component values) pairs, without row ids, timestamps and store ids."""
+    reader = rr.chunk.RrdReader(path)
+    rows: list[tuple[str, str]] = []
+    for store in reader.blueprints():
+        for chunk in reader.stream(store=store):
+            batch = chunk.to_record_batch()
+            keep = [n for n in batch.schema.names if n != "rerun.controls.RowId" and n != "log_time"]
+            for row in batch.select(keep).to_pylist():
+                rows.append((chunk.entity_path, repr(sorted(row.items()))))
+    return sorted(rows)
+
+
+def write_blueprints(folder: Path = BLUEPRINT_DIR) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, bp in shipped_blueprints().items():
+        bp.save(APPLICATION_ID, folder / name)
+        written.append(folder / name)
+    return written
+
+
+def stale_blueprints(folder: Path = BLUEPRINT_DIR) -> list[str]:
+    """Names of the files in ``folder`` that are missing or differ from what the code generates."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = write_blueprints(Path(tmp))
+        stale = []
+        for path in fresh:
+            old = folder / path.name
+            if not old.exists() or blueprint_content(old) != blueprint_content(path):
+                stale.append(path.name)
+    return stale
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m vggt_attn_rerun.blueprint", description="Regenerate the .rbl files of blueprints/."
+    )
+    ap.add_argument(
+        "--check", action="store_true", help="exit 1 if a file is missing or stale; write nothing"
+    )
+    ap.add_argument("--dir", type=Path, default=BLUEPRINT_DIR, help=f"folder (default {BLUEPRINT_DIR})")
+    args = ap.parse_args(argv)
+    if args.check:
+        stale = stale_blueprints(args.dir)
+        if stale:
+            print(
+                f"stale blueprints in {args.dir}: {', '.join(stale)}; run python -m vggt_attn_rerun.blueprint"
+            )
+            return 1
+        print(f"blueprints in {args.dir} are up to date")
+        return 0
+    for path in write_blueprints(args.dir):
+        print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

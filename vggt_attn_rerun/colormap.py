@@ -1,0 +1,71 @@
+"""Perceptual colormaps as 256 x 3 uint8 lookup tables, with no plotting library at run time.
+
+Each map is stored as 33 anchor colors, sampled from matplotlib's tables at indices
+0, 8, 16, ..., 248, 255, and linearly interpolated in between: every entry is within 3 units
+(of 255) of matplotlib's table.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+
+from .errors import UserError
+
+ANCHOR_INDICES = tuple(range(0, 256, 8)) + (255,)
+
+_ANCHORS = {
+    "inferno": (
+        "000004 040312 0b0724 150b37 210c4a 2f0a5b 3d0965 4a0c6b 57106e 64156e 71196e"
+        " 7d1e6d 8a226a 972766 a32c61 b0315b bc3754 c73e4c d24644 db503b e45a31 eb6628"
+        " f1731d f68013 f98e09 fb9d07 fcac11 fbbc21 f9cb35 f5db4c f2ea69 f3f68a fcffa4"
+    ),
+    "magma": (
+        "000004 030312 0a0822 130d34 1d1147 29115a 36106b 440f76 51127c 5d177f 6a1c81"
+        " 762181 832681 902a81 9c2e7f aa337d b73779 c43c75 d0416f dc4869 e75263 ef5d5e"
+        " f56b5c f9795d fc8961 fd9869 fea772 feb67c fec488 fed395 fde2a3 fcf0b2 fcfdbf"
+    ),
+    "viridis": (
+        "440154 470d60 48186a 482374 472d7b 453781 424086 3e4989 3b528b 375b8d 33638d"
+        " 2f6b8e 2c728e 297a8e 26828e 23898e 21918c 1f988b 1fa088 22a785 28ae80 32b67a"
+        " 3fbc73 4ec36b 5ec962 70cf57 84d44b 98d83e addc30 c2df23 d8e219 ece51b fde725"
+    ),
+    "turbo": (
+        "30123b 392a73 4040a2 4456c7 466be3 4680f6 4294ff 37a8fa 28bceb 1ccdd8 18ddc2"
+        " 1fe9af 32f298 4ef97d 6dfe62 8bff4b a4fc3c b9f635 cdec34 dfdf37 eecf3a f8be39"
+        " fdac34 fe962b fb7e21 f46617 eb500e df3f08 d02f05 be2102 a91601 920b01 7a0403"
+    ),
+}
+
+COLORMAPS = tuple(_ANCHORS)
+
+
+def check_colormap(name: str) -> str:
+    """The canonical colormap name, or UserError naming the valid ones."""
+    key = str(name).strip().lower()
+    if key not in _ANCHORS:
+        raise UserError(f"unknown colormap {name!r}: valid colormaps are {', '.join(COLORMAPS)}")
+    return key
+
+
+@cache
+def _lut(name: str) -> np.ndarray:
+    anchors = np.array(
+        [[int(h[i : i + 2], 16) for i in (0, 2, 4)] for h in _ANCHORS[name].split()], np.float64
+    )
+    x = np.arange(256)
+    table = np.stack([np.interp(x, ANCHOR_INDICES, anchors[:, c]) for c in range(3)], axis=-1)
+    table = np.round(table).astype(np.uint8)
+    table.flags.writeable = False  # cached and shared: callers must copy before editing
+    return table
+
+
+def lut(name: str) -> np.ndarray:
+    """``[256, 3]`` uint8 RGB table of a colormap (read-only)."""
+    return _lut(check_colormap(name))
+
+
+def apply(values: np.ndarray, name: str) -> np.ndarray:
+    """uint8 values ``[...]`` -> RGB ``[..., 3]`` uint8."""
+    return lut(name)[np.asarray(values, dtype=np.uint8)]
