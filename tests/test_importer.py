@@ -1,0 +1,51 @@
+"""A saved run re-opens in the viewer through the rerun-importer-* entry point."""
+
+import subprocess
+import sys
+
+import numpy as np
+import rerun as rr
+
+from vggt_attn_rerun.capture import capture
+from vggt_attn_rerun.export import save_run
+from vggt_attn_rerun.images import images_from_tensor
+from vggt_attn_rerun.recording import Paths, RecordingOptions, log_run
+from vggt_attn_rerun.tokens import Query
+
+from .test_recording import Recording
+
+
+def _importer(*args):
+    return subprocess.run([sys.executable, "-m", "vggt_attn_rerun.importer", *map(str, args)], capture_output=True)
+
+
+def test_export_then_import_reads_back_the_same_maps_as_the_original_recording(tmp_path, tiny_model, scene_images):
+    images = images_from_tensor(scene_images)
+    result = capture(tiny_model, scene_images, lambda lay: [Query.from_patch(lay, 1, 2, 3)], kinds=["global", "frame"])
+    options = RecordingOptions(kinds=("global", "frame"), max_points=300)
+    original = tmp_path / "original.rrd"
+    rec = rr.RecordingStream("vggt_attn_rerun")
+    rec.save(original)
+    log_run(rec, result, images, options)
+    rec.flush()
+    rec.disconnect()
+
+    run_file = save_run(tmp_path / "run.npz", result, images)
+    proc = _importer(run_file, "--application-id", "vggt_attn_rerun", "--recording-id", "abc", "--future-flag", "1")
+    assert proc.returncode == 0, proc.stderr.decode()
+    imported = tmp_path / "imported.rrd"
+    imported.write_bytes(proc.stdout)
+
+    a, b = Recording(original), Recording(imported)
+    for kind in ("global", "frame"):
+        ta, tb = (r.static(Paths.maps(0, kind), "Tensor:data")[0] for r in (a, b))
+        assert ta["shape"] == tb["shape"]
+        assert np.array_equal(np.asarray(ta["buffer"]), np.asarray(tb["buffer"]))
+    assert a.static(Paths.frame(1), "Transform3D:mat3x3") == b.static(Paths.frame(1), "Transform3D:mat3x3")
+    assert b.reader.blueprints(), "the default blueprint comes with the imported recording"
+
+
+def test_other_files_are_left_to_other_importers(tmp_path):
+    other = tmp_path / "photo.png"
+    other.write_bytes(b"\x89PNG not really")
+    assert _importer(other).returncode == rr.EXTERNAL_IMPORTER_INCOMPATIBLE_EXIT_CODE
