@@ -7,13 +7,12 @@ from vggt_attn_rerun.capture import (
     AttentionRows,
     capture,
     capture_full,
-    find_aggregator,
     full_matrix_bytes,
     model_layout,
 )
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.tokens import Query, TokenLayout
 from vggt_attn_rerun.testing import tiny_vggt
+from vggt_attn_rerun.tokens import Query, TokenLayout
 
 from .recorder import AttentionRecorder as _Recorder
 

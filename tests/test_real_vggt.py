@@ -42,7 +42,9 @@ def test_rows_on_vggt_aggregator_equal_explicit_softmax_and_rebuild_the_output(s
             want, vv, out = full[q.frame, :, q.local], v[q.frame], rec.out[q.frame, q.local]
             weights = got[i, :, q.frame]
         torch.testing.assert_close(weights, want, atol=1e-6, rtol=0)
-        torch.testing.assert_close(a.proj(torch.einsum("hn,hnd->hd", weights, vv).reshape(-1)), out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            a.proj(torch.einsum("hn,hnd->hd", weights, vv).reshape(-1)), out, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_vggt_outputs_are_unchanged_by_capture(small_aggregator, scene_images):
@@ -54,7 +56,7 @@ def test_vggt_outputs_are_unchanged_by_capture(small_aggregator, scene_images):
         capture(small_aggregator, scene_images, _queries)
     finally:
         h.remove()
-    for a, b in zip(plain, seen["out"]):
+    for a, b in zip(plain, seen["out"], strict=True):
         assert (a is None and b is None) or torch.equal(a, b)
 
 

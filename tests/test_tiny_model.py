@@ -43,7 +43,7 @@ def test_outputs_have_vggt_keys_and_shapes():
 
 def test_seed_makes_the_model_deterministic():
     a, b = tiny_vggt(seed=1), tiny_vggt(seed=1)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_synthetic_scene_overlaps_between_views():

@@ -31,8 +31,7 @@ def find_aggregator(model: nn.Module) -> nn.Module:
     """The module that owns VGGT's ``frame_blocks`` and ``global_blocks``."""
     for candidate in (getattr(model, "aggregator", None), model):
         if isinstance(candidate, nn.Module) and all(
-            isinstance(getattr(candidate, name, None), nn.ModuleList)
-            for name in ("frame_blocks", "global_blocks")
+            isinstance(getattr(candidate, name, None), nn.ModuleList) for name in ("frame_blocks", "global_blocks")
         ):
             return candidate
     raise UserError(
@@ -97,7 +96,10 @@ class _Slot:
 
 @contextmanager
 def qk_hooks(
-    model: nn.Module, blocks: Sequence[int], kinds: Sequence[str], on_qk: Callable[[str, int, Tensor, Tensor, nn.Module], None]
+    model: nn.Module,
+    blocks: Sequence[int],
+    kinds: Sequence[str],
+    on_qk: Callable[[str, int, Tensor, Tensor, nn.Module], None],
 ) -> Iterator[None]:
     """While active, calls ``on_qk(kind, block, q, k, attn)`` after each selected attention module ran.
 
@@ -264,8 +266,15 @@ class RowCollector:
         self.num_heads = num_heads
         lay, q = layout, len(self.queries)
         self.probs = {
-            kind: torch.zeros(len(self.blocks), q, num_heads, lay.num_frames, lay.tokens_per_frame,
-                              dtype=store_dtype, device=store_device)  # fmt: skip
+            kind: torch.zeros(
+                len(self.blocks),
+                q,
+                num_heads,
+                lay.num_frames,
+                lay.tokens_per_frame,
+                dtype=store_dtype,
+                device=store_device,
+            )  # fmt: skip
             for kind in kinds
         }
         self.seen: set[tuple[str, int]] = set()

@@ -161,7 +161,9 @@ class Aggregator(nn.Module):
         b, s, _, h, w = images.shape
         x = ((images - self._resnet_mean) / self._resnet_std).reshape(b * s, 3, h, w)
         patches = self.patch_embed(x)
-        tokens = torch.cat([self._special(self.camera_token, b, s), self._special(self.register_token, b, s), patches], 1)
+        tokens = torch.cat(
+            [self._special(self.camera_token, b, s), self._special(self.register_token, b, s), patches], 1
+        )
         _, p, c = tokens.shape
         gh, gw = h // self.patch_size, w // self.patch_size
         pos = None
@@ -240,7 +242,9 @@ class TinyVGGT(nn.Module):
         # Points are the depth unprojected with the predicted cameras plus a small learned
         # offset, so the tiny model's point map and depth map describe one scene.
         extr, intr = pose_encoding_to_cameras(pose_enc, (h, w))
-        v, u = torch.meshgrid(torch.arange(h, device=images.device), torch.arange(w, device=images.device), indexing="ij")
+        v, u = torch.meshgrid(
+            torch.arange(h, device=images.device), torch.arange(w, device=images.device), indexing="ij"
+        )
         fx, fy = intr[..., 0, 0, None, None], intr[..., 1, 1, None, None]
         cx, cy = intr[..., 0, 2, None, None], intr[..., 1, 2, None, None]
         z = depth[..., 0]

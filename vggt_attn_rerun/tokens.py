@@ -121,9 +121,7 @@ class TokenLayout:
         """(frame, index within frame) -> global token index."""
         self.check_frame(frame)
         if not 0 <= local < self.tokens_per_frame:
-            raise UserError(
-                f"token {local} within a frame is out of range: valid are 0..{self.tokens_per_frame - 1}"
-            )
+            raise UserError(f"token {local} within a frame is out of range: valid are 0..{self.tokens_per_frame - 1}")
         return int(frame) * self.tokens_per_frame + int(local)
 
     def is_patch(self, local: int) -> bool:
@@ -213,9 +211,7 @@ class Query:
         return cls(frame, layout.patch_to_local(row, col), f"frame {frame} pixel ({x:g}, {y:g})")
 
     @classmethod
-    def from_original_pixel(
-        cls, layout: TokenLayout, frame: int, x: float, y: float, pixel_map: PixelMap
-    ) -> Query:
+    def from_original_pixel(cls, layout: TokenLayout, frame: int, x: float, y: float, pixel_map: PixelMap) -> Query:
         """A pixel of the original photo, mapped through the preprocessing of that frame.
 
         Pixels that preprocessing cropped away raise UserError (never clamp).
