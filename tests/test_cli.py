@@ -1,0 +1,182 @@
+"""The command line on the tiny model: recordings it writes, query forms, help, install-vggt."""
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import rerun as rr
+from click.testing import CliRunner
+from PIL import Image
+
+from vggt_attn_rerun import cli
+from vggt_attn_rerun.models import VGGT_COMMIT
+from vggt_attn_rerun.testing import synthetic_scene
+
+RERUN = Path(sys.executable).with_name("rerun")
+FAST = ["--model", "tiny", "--image-size", "84"]  # 84x56 input: a 6x4 patch grid
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Path:
+    folder = tmp_path / "scene"
+    folder.mkdir()
+    for i, img in enumerate(synthetic_scene(3, 56, 84)):
+        Image.fromarray(img).save(folder / f"view_{i}.png")
+    return folder
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli.cli, [str(a) for a in args])
+
+
+def entities(path: Path) -> set[str]:
+    return {str(ch.entity_path) for ch in rr.chunk.RrdReader(path).stream()}
+
+
+def info_text(path: Path, query: int) -> str:
+    for ch in rr.chunk.RrdReader(path).stream().filter(content=f"/queries/q{query}/info"):
+        rb = ch.to_record_batch()
+        return rb.column(rb.schema.get_field_index("TextDocument:text")).to_pylist()[0][0]
+    raise AssertionError(f"no info for query {query}")
+
+
+def test_headless_save_writes_a_valid_recording(scene, tmp_path):
+    out = tmp_path / "out.rrd"
+    # Default image size (518 wide): the real preprocessing path, still fast on the tiny model.
+    result = invoke(scene, "--model", "tiny", "--headless", "--save", out, "--kinds", "frame,global")
+    assert result.exit_code == 0, result.output
+    assert "saved" in result.stderr and result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.rrd", "scene"]  # no partial file left
+    found = entities(out)
+    for s in range(3):
+        assert f"/world/frames/{s}/image" in found
+        for kind in ("frame", "global"):
+            assert f"/world/frames/{s}/image/attention/q0/{kind}" in found
+    assert {"/world/points", "/queries/q0/info", "/queries/q0/global/maps", "/heads/q0/global/3"} <= found
+    assert rr.chunk.RrdReader(out).blueprints(), "the default layout must be embedded"
+    assert "frame 0 pixel (42, 28)" in info_text(out, 0)  # default query: centre of frame 0
+    verify = subprocess.run([RERUN, "rrd", "verify", out], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_every_query_form(scene, tmp_path):
+    out = tmp_path / "q.rrd"
+    queries = ["0:40,20", "1:p1,2", "2:camera", "7", "1:patch=3,5", "0:register_2"]
+    args = [a for q in queries for a in ("-q", q)]
+    result = invoke(scene, *FAST, "--headless", "--save", out, *args, "--blocks", "1,3", "--head", "2")
+    assert result.exit_code == 0, result.output
+    # Identity preprocessing at 84 px: pixel (40, 20) lies in patch row 1, col 2 (14 px patches);
+    # P = 5 + 24 = 29 tokens per frame, so 1:p1,2 is 29 + 5 + 8 and token 7 is patch (0, 2) of frame 0.
+    expected = {
+        0: "frame 0, patch row 1, col 2",
+        1: "global index 42",
+        2: "frame 2, special token `camera`",
+        3: "frame 0, patch row 0, col 2",
+        4: "frame 1, patch row 3, col 5",
+        5: "frame 0, special token `register_2`",
+    }
+    for i, text in expected.items():
+        assert text in info_text(out, i)
+    assert "captured blocks: [1, 3]" in info_text(out, 0)
+    assert "views show the head 2" in info_text(out, 0)
+
+
+def test_same_token_twice_is_used_once(scene, tmp_path):
+    out = tmp_path / "q.rrd"
+    result = invoke(scene, *FAST, "--headless", "--save", out, "-q", "0:p0,0", "-q", "5")
+    assert result.exit_code == 0, result.output
+    assert "warning: query '5' is the same token as '0:p0,0'" in result.stderr
+    assert "/queries/q1/info" not in entities(out)
+
+
+def test_overwrite_replaces_the_file(scene, tmp_path):
+    out = tmp_path / "out.rrd"
+    out.write_bytes(b"old")
+    result = invoke(scene, *FAST, "--headless", "--save", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:4] != b"old" and out.stat().st_size > 1000
+    assert oct(out.stat().st_mode & 0o777) != oct(0o600), "mkstemp's private mode must not leak"
+
+
+def test_help_shows_examples():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for text in ("Usage: vggt-attn-rerun [OPTIONS] IMAGES...", "Examples:", "--save attn.rrd --headless",
+                 "-q 0:320,240", "install-vggt", "--connect", "--serve", "Exit codes"):  # fmt: skip
+        assert text in result.stdout, text
+
+
+def test_install_vggt_dry_run_prints_the_pinned_no_deps_command(monkeypatch):
+    monkeypatch.setattr(subprocess, "call", lambda *a, **k: pytest.fail("--dry-run must not run pip"))
+    result = invoke("install-vggt", "--dry-run")
+    assert result.exit_code == 0, result.output
+    command = shlex.split(result.stdout.strip())
+    assert command[1:5] == ["-m", "pip", "install", "--no-deps"]
+    assert command[-1].endswith(f"vggt@{VGGT_COMMIT}") and VGGT_COMMIT in command[-1]
+
+
+def test_install_vggt_source_and_failure(monkeypatch):
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 3)
+    result = invoke("install-vggt", "--source", "/src/vggt")
+    assert calls and calls[0][-1] == "/src/vggt" and "--no-deps" in calls[0]
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: pip failed with exit code 3 (command above)"
+
+
+def test_connect_swallowing_an_image_is_undone(scene, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_plan(save, connect, *rest, **kw):
+        seen["connect"] = connect
+        raise cli.UserError("stop here")
+
+    monkeypatch.setattr("vggt_attn_rerun.sinks.plan_sinks", fake_plan)
+    images = sorted(scene.iterdir())
+    result = invoke("--connect", images[0], images[1], *FAST)
+    assert result.exit_code == 2 and seen["connect"] == "rerun+http://127.0.0.1:9876/proxy"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_end_to_end_connect_and_save_at_once(scene, tmp_path):
+    """A real console-script run streaming to a Rerun gRPC server and saving a file together."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [RERUN, "--serve-grpc", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the wrapper script starts the real binary: stop both by group
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "rerun --serve-grpc did not start"
+                time.sleep(0.2)
+        out = tmp_path / "both.rrd"
+        url = f"rerun+http://127.0.0.1:{port}/proxy"
+        run = subprocess.run(
+            [sys.executable, "-m", "vggt_attn_rerun.cli", scene, *FAST, "--connect", url, "--save", out],
+            capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert f"saved {out}, sent to {url}" in run.stderr
+        assert "/world/points" in entities(out)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)

@@ -1,0 +1,445 @@
+"""What a user sees when something is wrong: one `error: ...` line, the right exit code, no traceback,
+and never a partial file under the name given to --save."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from vggt_attn_rerun import cli, models, recording, resources, testing
+from vggt_attn_rerun.images import IMAGE_SUFFIXES
+from vggt_attn_rerun.testing import synthetic_scene
+
+FAST = ["--model", "tiny", "--image-size", "84"]
+SUFFIXES = ", ".join(IMAGE_SUFFIXES)
+READABLE = ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Path:
+    folder = tmp_path / "scene"
+    folder.mkdir()
+    for i, img in enumerate(synthetic_scene(3, 56, 84)):
+        Image.fromarray(img).save(folder / f"view_{i}.png")
+    return folder
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "out" / "attn.rrd"
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """These problems must be reported before the (slow, large) model load."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the command line was checked")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli.cli, [str(a) for a in args])
+
+
+def assert_error(result, code: int, message: str | None = None, *, prefix: str | None = None) -> str:
+    """Exactly one line on stderr, `error: ...`, the exit code, and no traceback anywhere."""
+    assert "Traceback" not in result.output, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert result.exit_code == code, result.output
+    if message is not None:
+        assert lines[0] == f"error: {message}"
+    if prefix is not None:
+        assert lines[0].startswith(f"error: {prefix}"), lines[0]
+    return lines[0]
+
+
+def assert_nothing_saved(out: Path) -> None:
+    """Neither the final file nor a partial one exists (the folder may hold only what was there)."""
+    assert not out.exists()
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+    assert leftovers == []
+
+
+def save_args(out: Path) -> list:
+    out.parent.mkdir(exist_ok=True)
+    return ["--headless", "--save", out]
+
+
+# -- image paths and files ------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path, no_model):
+    missing = tmp_path / "nope.png"
+    result = invoke(missing, *FAST)
+    assert_error(result, 2, f"image path {missing} does not exist: give an image file, a folder or a glob pattern")
+
+
+def test_missing_folder(tmp_path, no_model):
+    missing = tmp_path / "photos"
+    result = invoke(f"{missing}/", *FAST)
+    assert_error(result, 2, f"image path {missing}/ does not exist: give an image file, a folder or a glob pattern")
+
+
+def test_empty_folder(tmp_path, no_model):
+    (tmp_path / "empty").mkdir()
+    result = invoke(tmp_path / "empty", *FAST)
+    assert_error(result, 2, f"folder {tmp_path / 'empty'} holds no images: expected files ending in {SUFFIXES}")
+
+
+def test_folder_with_no_images(tmp_path, no_model):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello")
+    result = invoke(folder, *FAST)
+    assert_error(result, 2, f"folder {folder} holds no images: expected files ending in {SUFFIXES}")
+
+
+def test_glob_matching_nothing(tmp_path, no_model):
+    pattern = f"{tmp_path}/*.jpg"
+    result = invoke(pattern, *FAST)
+    assert_error(result, 2, f"pattern {pattern!r} matches no images: expected files ending in {SUFFIXES}")
+
+
+def test_not_an_image(tmp_path, no_model):
+    text = tmp_path / "notes.txt"
+    text.write_text("not pixels")
+    result = invoke(text, *FAST)
+    line = assert_error(result, 2, prefix=f"cannot read image {text} (UnidentifiedImageError:")
+    assert line.endswith(f"expected a readable {READABLE} file")
+
+
+def test_truncated_png(scene, tmp_path, no_model):
+    broken = tmp_path / "broken.png"
+    data = (scene / "view_0.png").read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    result = invoke(broken, *FAST)
+    line = assert_error(result, 2, prefix=f"cannot read image {broken} (OSError:")
+    assert "truncated" in line
+
+
+def test_corrupt_png_header(tmp_path, no_model):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+    result = invoke(corrupt, *FAST)
+    assert_error(result, 2, prefix=f"cannot read image {corrupt} (")
+
+
+def test_duplicate_paths(scene, no_model):
+    one = scene / "view_0.png"
+    result = invoke(one, scene, *FAST)  # the folder holds view_0.png again
+    assert_error(result, 2, f"image {one} is given more than once: each view may appear only once")
+
+
+def test_unusual_png_modes_and_mixed_sizes_are_handled(tmp_path):
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    rgb = synthetic_scene(1, 70, 98)[0]
+    Image.fromarray(rgb).convert("L").save(folder / "a_gray.png")
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(folder / "b_rgba.png")
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "c_palette.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(folder / "d_16bit.png")
+    Image.fromarray(synthetic_scene(1, 40, 30)[0]).save(folder / "e_portrait.png")  # another size
+    assert Image.open(folder / "d_16bit.png").mode.startswith("I")
+    out = tmp_path / "modes.rrd"
+    result = invoke(folder, *FAST, "--headless", "--save", out)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and out.exists()
+
+
+def test_image_smaller_than_a_patch_is_upscaled(tmp_path):
+    """Decision: handled, like vggt's own preprocessing (resized to the model size), with a warning."""
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(synthetic_scene(1, 9, 12)[0]).save(tiny)
+    out = tmp_path / "tiny.rrd"
+    result = invoke(tiny, *FAST, "--headless", "--save", out)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == f"warning: image {tiny} is only 12x9 pixels: upscaled to 84x56"
+    assert out.exists()
+
+
+def test_image_too_thin_to_make_a_patch_row(tmp_path, no_model):
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (300, 2), "gray").save(thin)
+    result = invoke(thin, *FAST)
+    assert_error(
+        result, 2,
+        f"image {thin} is 300x2: its aspect ratio is too extreme (it would become 84x0 pixels); "
+        "valid images are at least 14 model pixels on each side",
+    )  # fmt: skip
+
+
+# -- queries, blocks, kinds, heads ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("87", "token 87 is out of range: valid global tokens are 0..86"),
+        ("0:84,10", "pixel (84, 10) is outside photo 0 (84x56): valid x in [0, 84), y in [0, 56)"),
+        ("0:p4,0", "patch (row 4, col 0) is out of range: valid rows are 0..3, cols 0..5"),
+        ("3:p0,0", "frame 3 is out of range: valid frames are 0..2"),
+        ("-1:camera", "frame -1 is out of range: valid frames are 0..2"),
+    ],
+)
+def test_out_of_range_query(scene, no_model, query, message):
+    assert_error(invoke(scene, *FAST, "-q", query), 2, f"--query {query}: {message}")
+
+
+@pytest.mark.parametrize("query", ["0:", "a:1,2", "0:1,2,3", "0:p1", "0:p1,2x", "1.5", "0:1;2"])
+def test_malformed_query(scene, no_model, query):
+    assert_error(invoke(scene, *FAST, "-q", query), 2, prefix=f"--query {query}: cannot parse query {query!r}")
+
+
+@pytest.mark.parametrize("blocks", ["x", "1-", "1..3", "0,,2", "3-1-2"])
+def test_malformed_blocks(scene, no_model, blocks):
+    message = f"cannot parse --blocks {blocks!r}: use e.g. 0-23, 0,12,23, -1 (the last) or all"
+    assert_error(invoke(scene, *FAST, "--blocks", blocks), 2, message)
+
+
+def test_unknown_kind(scene, no_model):
+    result = invoke(scene, *FAST, "--kinds", "global,cross")
+    assert_error(result, 2, "unknown attention kind 'cross': valid kinds are frame, global")
+
+
+def test_block_not_in_model(scene, out):
+    result = invoke(scene, *FAST, "--blocks", "2-7", *save_args(out))
+    assert_error(result, 1, "--blocks 2-7: blocks '2-7' out of range: valid blocks are 0..3")
+    assert_nothing_saved(out)
+
+
+def test_head_not_in_model(scene, out):
+    result = invoke(scene, *FAST, "--head", "4", *save_args(out))
+    assert_error(result, 1, "--head 4 does not exist: the model has 4 heads, valid are 0..3")
+
+
+def test_focus_block_not_in_model(scene, out):
+    result = invoke(scene, *FAST, "--block", "9", *save_args(out))
+    assert_error(result, 1, "--block 9 does not exist: valid blocks are 0..3")
+
+
+def test_focus_block_not_captured(scene, out):
+    result = invoke(scene, *FAST, "--blocks", "0,3", "--block", "2", *save_args(out))
+    assert_error(result, 1, "--block 2 was not captured: captured blocks are 0,3 (see --blocks)")
+
+
+def test_unknown_option_is_a_usage_error(scene):
+    result = invoke(scene, "--frobnicate")
+    line = assert_error(result, 2, prefix="No such option")  # click's wording varies by version
+    assert "--frobnicate" in line and line.endswith("(see vggt-attn-rerun --help)")
+
+
+def test_missing_images_is_a_usage_error():
+    assert_error(invoke(), 2, "Missing argument 'IMAGES...'. (see vggt-attn-rerun --help)")
+
+
+# -- the save path and the sinks: all checked before the model loads --------------------------------
+
+
+def test_save_into_missing_folder(scene, tmp_path, no_model):
+    target = tmp_path / "no" / "such" / "out.rrd"
+    result = invoke(scene, *FAST, "--headless", "--save", target)
+    assert_error(result, 2, f"--save {target}: folder {target.parent} does not exist")
+
+
+def test_save_into_unwritable_folder(scene, tmp_path, no_model):
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:  # root ignores permission bits; sysfs refuses new files even to root
+        folder = Path("/sys")
+        if not folder.is_dir():
+            pytest.skip("running as root and no read-only file system at hand")
+    target = folder / "out.rrd"
+    result = invoke(scene, *FAST, "--headless", "--save", target)
+    assert_error(result, 2, prefix=f"--save {target}: cannot write to folder {folder} (")
+    assert not target.exists()
+
+
+def test_save_into_a_file_as_folder(scene, tmp_path, no_model):
+    target = scene / "view_0.png" / "out.rrd"
+    result = invoke(scene, *FAST, "--headless", "--save", target)
+    assert_error(result, 2, f"--save {target}: {target.parent} is not a folder")
+
+
+def test_save_onto_existing_file(scene, tmp_path, no_model):
+    target = tmp_path / "old.rrd"
+    target.write_bytes(b"precious")
+    result = invoke(scene, *FAST, "--headless", "--save", target)
+    assert_error(result, 2, f"--save {target}: file exists; pass --overwrite to replace it")
+    assert target.read_bytes() == b"precious"
+
+
+def test_save_needs_rrd_suffix(scene, tmp_path, no_model):
+    target = tmp_path / "out.png"
+    result = invoke(scene, *FAST, "--headless", "--save", target)
+    assert_error(result, 2, f"--save {target}: the file name must end in .rrd (the viewer opens recordings by suffix)")
+
+
+def test_headless_without_a_sink(scene, no_model):
+    result = invoke(scene, *FAST, "--headless")
+    assert_error(result, 2, "--headless alone would discard the recording: add --save out.rrd (or --connect/--serve)")
+
+
+def test_connect_to_nothing(scene, no_model):
+    url = "rerun+http://127.0.0.1:9/proxy"  # the discard port: nothing listens there
+    result = invoke(scene, *FAST, "--connect", url)
+    assert_error(result, 2, prefix=f"--connect {url}: no Rerun viewer is listening there (")
+
+
+def test_connect_to_a_non_rerun_url(scene, no_model):
+    result = invoke(scene, *FAST, "--connect=http://example.com")
+    assert_error(result, 2, prefix="--connect http://example.com: not a Rerun viewer URL")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the DISPLAY check is for Linux")
+def test_spawn_without_a_display(scene, monkeypatch, no_model):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    result = invoke(scene, *FAST)
+    assert_error(result, 2, prefix="no display to open the Rerun viewer on")
+
+
+def test_cuda_not_available(scene, monkeypatch, no_model):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = invoke(scene, *FAST, "--device", "cuda", "--headless", "--save", scene.parent / "x.rrd")
+    assert_error(result, 2, "--device cuda: CUDA is not available to this torch; use --device cpu")
+
+
+def test_model_is_a_text_file(scene, tmp_path, no_model):
+    notes = tmp_path / "weights.pt"
+    notes.write_text("these are not weights\n")
+    result = invoke(scene, "--model", notes, "--headless", "--save", tmp_path / "x.rrd")
+    assert_error(
+        result, 2,
+        f"--model {notes} is not a checkpoint (neither a torch .pt/.pth file nor .safetensors); "
+        f"valid are {models.SPEC_SYNTAX}",
+    )  # fmt: skip
+
+
+# -- failures during the run: no file under the final name, no temp file ----------------------------
+
+
+def _log_then(exc: BaseException, out: Path):
+    def fake_record(model, images, queries, *, recording, **kwargs):
+        import rerun as rr
+
+        recording.log("world/partial", rr.Points3D([[0.0, 0.0, 0.0]]))
+        recording.flush()
+        partial = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-")]
+        assert len(partial) == 1 and partial[0].stat().st_size > 0  # so the cleanup has work to do
+        raise exc
+
+    return fake_record
+
+
+def test_error_mid_run_leaves_no_file(scene, out, monkeypatch):
+    monkeypatch.setattr(recording, "record_attention", _log_then(RuntimeError("boom\nsecond line"), out))
+    result = invoke(scene, *FAST, *save_args(out))
+    assert_error(result, 1, "unexpected RuntimeError: boom (run with --debug for the traceback)")
+    assert_nothing_saved(out)
+
+
+def test_error_in_the_model_forward_leaves_no_file(scene, out, monkeypatch):
+    def broken_forward(self, images, query_points=None):
+        raise ValueError("the forward pass failed")
+
+    monkeypatch.setattr(testing.TinyVGGT, "forward", broken_forward)
+    result = invoke(scene, *FAST, *save_args(out))
+    assert_error(result, 1, "unexpected ValueError: the forward pass failed (run with --debug for the traceback)")
+    assert_nothing_saved(out)
+
+
+def test_debug_shows_the_traceback(scene, out, monkeypatch):
+    monkeypatch.setattr(recording, "record_attention", _log_then(RuntimeError("boom"), out))
+    result = invoke(scene, *FAST, *save_args(out), "--debug")
+    assert result.exit_code == 1 and "Traceback" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: unexpected RuntimeError: boom")
+    assert_nothing_saved(out)
+
+
+def test_keyboard_interrupt_mid_run_leaves_no_file(scene, out, monkeypatch):
+    monkeypatch.setattr(recording, "record_attention", _log_then(KeyboardInterrupt(), out))
+    result = invoke(scene, *FAST, *save_args(out))
+    assert result.exit_code == 130
+    assert result.stderr == "interrupted\n" and "Traceback" not in result.output
+    assert_nothing_saved(out)
+
+
+def test_out_of_memory_in_the_forward(scene, out, monkeypatch):
+    monkeypatch.setattr(recording, "record_attention", _log_then(torch.OutOfMemoryError("CUDA out of memory."), out))
+    result = invoke(scene, *FAST, *save_args(out))
+    assert_error(result, 1, f"out of memory on cpu during the forward pass: {resources.OOM_ADVICE}")
+    assert_nothing_saved(out)
+
+
+def test_memory_estimate_refuses(scene, out, monkeypatch):
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda device: 1000)
+    monkeypatch.setattr(recording, "record_attention", _log_then(AssertionError("must not run"), out))
+    result = invoke(scene, *FAST, *save_args(out))
+    line = assert_error(result, 1, prefix="the forward pass needs about ")
+    assert line.endswith(f"but only 1000 B is available on cpu: {resources.OOM_ADVICE}; or pass --force to try anyway")
+    assert_nothing_saved(out)
+
+
+def test_memory_estimate_force(scene, out, monkeypatch):
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda device: 1000)
+    result = invoke(scene, *FAST, *save_args(out), "--force")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("warning: the forward pass needs about ")
+    assert out.exists()
+
+
+def test_memory_check_thresholds():
+    assert resources.check_memory(100, None, "cpu") is None  # unknown: no opinion
+    assert resources.check_memory(70, 100, "cpu") is None
+    assert "85%" in resources.check_memory(85, 100, "cpu")
+    with pytest.raises(resources.UserError, match="or pass --force"):
+        resources.check_memory(101, 100, "cpu")
+
+
+def test_memory_estimate_is_plausible_for_vggt_1b():
+    """The notes measured a peak RSS of 5.7-6.5 GB for VGGT-1B fp32 on CPU, 1-4 views of 518x518."""
+    args = dict(height=518, width=518, dtype=torch.float32, num_params=1_260_000_000, queries=1,
+                blocks=24, kinds=("global",), heads=16, embed_dim=1024)  # fmt: skip
+    one = resources.estimate_peak_bytes(1, **args)
+    four = resources.estimate_peak_bytes(4, **args)
+    assert 5.0e9 < one < four < 7.0e9
+    unfused = resources.estimate_memory(8, **args, fused_attention=False)
+    assert unfused.attention_matrix == 2 * 16 * (8 * 1374) ** 2 * 4  # logits + softmax, fp32
+    bf16 = resources.estimate_memory(4, **{**args, "dtype": torch.bfloat16})
+    assert bf16.weight_casts == 1_260_000_000 * 2
+
+
+def test_serve_on_a_taken_port(scene, monkeypatch, no_model):
+    import socket
+
+    from vggt_attn_rerun import sinks
+
+    with socket.socket() as taken, socket.socket() as free:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        free.bind(("127.0.0.1", 0))
+        web, grpc = taken.getsockname()[1], free.getsockname()[1]
+        free.close()
+        monkeypatch.setattr(sinks, "WEB_PORT", web)
+        monkeypatch.setattr(sinks, "VIEWER_PORT", grpc)
+        result = invoke(scene, *FAST, "--serve")
+    assert_error(result, 2, prefix=f"--serve: port {web} for the web viewer is taken (")
+
+
+def test_grid_view_out_of_range(scene, no_model):
+    assert_error(invoke(scene, *FAST, "--grid-view", "3"), 2, "--grid-view 3: valid frames are 0..2")
+
+
+@pytest.mark.parametrize("size", ["0", "100", "-14"])
+def test_bad_image_size(scene, no_model, size):
+    message = f"--image-size {size}: must be a positive multiple of 14 (VGGT uses 518)"
+    assert_error(invoke(scene, "--image-size", size), 2, message)

@@ -1,0 +1,645 @@
+"""``vggt-attn-rerun IMAGES...``: a thin command line over the Python API.
+
+The order of work is the point of this module: everything that can be checked cheaply (paths,
+images, query and block syntax, the save path, the viewer) is checked before the model loads,
+so that a typo costs a second and not a 5 GB download or minutes of a forward pass.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import sys
+import traceback
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .colormap import COLORMAPS
+from .errors import UserError
+from .images import MODES
+from .models import DEFAULT_MODEL, SPEC_SYNTAX, VGGT_SOURCE
+from .sinks import DEFAULT_URL, WEB_PORT
+from .tokens import QUERY_SYNTAX
+
+PROG = "vggt-attn-rerun"
+APP_ID = "vggt_attn_rerun"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+KIND_CHOICES = "global, frame or frame,global"
+# Any depth a real model could have: used to check the syntax of --blocks before the model loads.
+_ANY_DEPTH = 1 << 20
+# VGGT's tokens per frame before the patches: 1 camera + 4 registers.
+_VGGT_REGISTERS = 4
+_VGGT_PATCH = 14
+
+_EXAMPLES = (
+    ("photos/", "open the viewer on every image in photos/"),
+    ("a.jpg b.jpg c.jpg -q 0:320,240 -q 1:p10,12", "two queries: a photo pixel, a patch"),
+    ('"scene/*.png" --kinds frame,global --blocks 0,12,23 --head 3', "three blocks, head 3"),
+    ("photos/ --model tiny --save attn.rrd --headless", "file only, no viewer"),
+    ("photos/ --save attn.rrd", "viewer and file"),
+    ("photos/ --serve", f"web viewer on http://localhost:{WEB_PORT}"),
+    ("photos/ --connect", "stream to a viewer that is already running"),
+)
+EPILOG = (
+    "\b\nExamples:\n"
+    + "\n".join(f"  {PROG} {args}\n      {what}" for args, what in _EXAMPLES)
+    + f"""
+
+\b
+Queries (-q, repeatable): FRAME:X,Y is a pixel of the ORIGINAL photo (0:320,240),
+FRAME:pROW,COL a patch of the model's grid (1:p10,12), FRAME:camera or FRAME:register_R
+a special token (0:camera), N a global token index (1380). Default: the centre of frame 0.
+
+\b
+Other commands:
+  {PROG} install-vggt [--source URL_OR_PATH] [--dry-run]
+      install the vggt package with pip --no-deps (its numpy<2 pin clashes with rerun-sdk)
+
+\b
+Exit codes: 0 done, 1 error while running, 2 bad command line or input, 130 interrupted.
+"""
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry point and error policy
+# ------------------------------------------------------------------------------------------------
+
+
+def _wants_debug(args: Sequence[str]) -> bool:
+    return "--debug" in args
+
+
+def run(argv: Sequence[str] | None = None, command: click.Command | None = None) -> int:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code.
+
+    ``command`` None (or the main command) dispatches: ``install-vggt ...`` or the main command.
+    Every expected failure becomes one ``error: ...`` line on stderr; tracebacks only with --debug.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if command is None or command is cli:
+        # A group would put its own options and usage line before `IMAGES...`; a first word
+        # that is a subcommand name is unambiguous enough (a folder can be passed as ./install-vggt).
+        command = install_vggt if args[:1] == ["install-vggt"] else cli
+        args = args[1:] if command is install_vggt else args
+    prog = f"{PROG} install-vggt" if command is install_vggt else PROG
+    debug = _wants_debug(args)
+    try:
+        with command.make_context(prog, args) as ctx:
+            command.invoke(ctx)
+        return EXIT_OK
+    except click.exceptions.Exit as e:  # --help, or ctx.exit(code)
+        return e.exit_code
+    except _BadInput as e:
+        return _fail(e.format_message(), EXIT_USAGE, debug)
+    except click.UsageError as e:
+        return _fail(f"{e.format_message()} (see {prog} --help)", EXIT_USAGE, debug)
+    except click.ClickException as e:
+        return _fail(e.format_message(), e.exit_code, debug)
+    except UserError as e:
+        return _fail(str(e), EXIT_ERROR, debug)
+    except (KeyboardInterrupt, click.Abort):
+        if debug:
+            traceback.print_exc()
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug, not a user error: say so in one line, details with --debug
+        return _fail(
+            f"unexpected {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
+            EXIT_ERROR,
+            debug,
+        )
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"error: {_one_line_text(message)}", err=True)
+    return code
+
+
+def _one_line_text(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console script ``vggt-attn-rerun``."""
+    # `kill` or a job scheduler's SIGTERM unwinds like Ctrl-C, so no partial file survives it.
+    signal.signal(signal.SIGTERM, _terminated)
+    sys.exit(run(argv))
+
+
+class _BadInput(click.UsageError):
+    """A UserError found while checking the command line: exit 2, but no pointer to --help."""
+
+
+class _Entry(click.Command):
+    """Routes ``Command.main`` (what CliRunner and click call) through ``run``, so tests see the
+    exact error policy of the console script."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> Any:
+        sys.exit(run(args, self))
+
+
+# ------------------------------------------------------------------------------------------------
+# install-vggt
+# ------------------------------------------------------------------------------------------------
+
+
+@click.command(
+    "install-vggt",
+    cls=_Entry,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=f"\b\nDefault source:\n  {VGGT_SOURCE}",
+)
+@click.option("--source", metavar="URL_OR_PATH", help="pip requirement, git URL or local checkout of vggt.")
+@click.option("--dry-run", is_flag=True, help="Print the pip command instead of running it.")
+@click.option("--debug", is_flag=True, hidden=True)
+def install_vggt(source: str | None, dry_run: bool, debug: bool) -> None:
+    """Install the vggt package into this environment with pip --no-deps.
+
+    vggt is not on PyPI, and its metadata pins numpy<2, which rerun-sdk 0.41 cannot use: a
+    resolver refuses the pair. vggt's model code runs on numpy 2, so it is installed without its
+    dependencies; its real runtime needs come with `pip install 'vggt-attn-rerun[vggt]'`.
+    """
+    from .models import vggt_install_command
+
+    command = vggt_install_command(source)
+    click.echo(shlex.join(command))
+    if dry_run:
+        return
+    code = subprocess.call(command)
+    if code:
+        raise UserError(f"pip failed with exit code {code} (command above)")
+
+
+# ------------------------------------------------------------------------------------------------
+# The main command
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """Everything checked before the model loads."""
+
+    images: Any  # images.LoadedImages
+    queries: tuple[str, ...]
+    blocks: str
+    kinds: tuple[str, ...]
+    device: str
+    autocast: Any  # torch.dtype | None
+    sinks: Any  # sinks.SinkPlan
+
+
+def _progress(desc: str, total: int | None = None, unit: str = "it") -> Any:
+    """A tqdm bar on stderr; without ``total`` a status line for a step that cannot count."""
+    from tqdm.auto import tqdm
+
+    # disable=None: bars only on a terminal, so logs and pipes stay clean.
+    fmt = None if total else "{desc} ..."
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False, bar_format=fmt)
+
+
+@click.command(
+    PROG,
+    cls=_Entry,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.argument("images", nargs=-1, required=True, metavar="IMAGES...")
+@click.option(
+    "-q",
+    "--query",
+    "queries",
+    multiple=True,
+    metavar="QUERY",
+    help=f"Query token, repeatable: {QUERY_SYNTAX}. Default: the centre pixel of frame 0.",
+)
+@click.option(
+    "--blocks",
+    default="all",
+    show_default=True,
+    metavar="LIST",
+    help="Blocks to capture: 0-23, 0,12,23, -1 (the last) or all.",
+)
+@click.option(
+    "--kinds",
+    default="global",
+    show_default=True,
+    metavar="KINDS",
+    help="Attention to capture: global (across views), frame (within a view) or frame,global.",
+)
+@click.option(
+    "--head",
+    "focus_head",
+    type=int,
+    metavar="N",
+    help="Head shown on the block timeline. Default: the mean over heads.",
+)
+@click.option(
+    "--block",
+    "focus_block",
+    type=int,
+    metavar="N",
+    help="Block whose heads the head timeline shows. Default: the last captured block.",
+)
+@click.option(
+    "--model",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    metavar="SPEC",
+    help="tiny, random, a Hub id, a local folder or checkpoint file, or module:callable.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPES),
+    default="auto",
+    show_default=True,
+    help="Autocast dtype of the forward pass. auto: bfloat16 on Ampere+ CUDA, float16 on older CUDA, "
+    "float32 on CPU. Attention rows are always computed in float32.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="crop",
+    show_default=True,
+    help="crop: width to --image-size, centre-crop the height; pad: long side to --image-size, white pad.",
+)
+@click.option(
+    "--image-size",
+    type=int,
+    default=518,
+    show_default=True,
+    metavar="PX",
+    help="Model input width (crop) or long side (pad), a multiple of 14. VGGT was trained at 518.",
+)
+@click.option(
+    "--points",
+    type=click.Choice(["world_points", "depth"]),
+    default="world_points",
+    show_default=True,
+    help="Point cloud from the point head, or from depth unprojected with the predicted cameras.",
+)
+@click.option("--conf-threshold", type=float, metavar="C", help="Keep points with confidence >= C.")
+@click.option(
+    "--conf-percentile",
+    type=click.FloatRange(0, 100),
+    default=50.0,
+    show_default=True,
+    help="Keep points above this confidence percentile (when --conf-threshold is not given).",
+)
+@click.option(
+    "--max-points",
+    type=click.IntRange(min=1),
+    default=200_000,
+    show_default=True,
+    help="Subsample the point cloud to at most this many points.",
+)
+@click.option("--per-view-normalize", is_flag=True, help="Scale each view's heatmap to its own maximum.")
+@click.option(
+    "--grid-view",
+    type=click.IntRange(min=0),
+    metavar="FRAME",
+    help="View shown behind the head grid. Default: the query's own frame.",
+)
+@click.option(
+    "--colormap",
+    type=click.Choice(COLORMAPS, case_sensitive=False),
+    default="inferno",
+    show_default=True,
+    help="Colormap of the heatmaps.",
+)
+@click.option("--save", metavar="OUT.rrd", help="Write the recording to a file (written whole or not at all).")
+@click.option(
+    "--connect",
+    is_flag=False,
+    flag_value=DEFAULT_URL,
+    metavar="[URL]",
+    help=f"Stream to a running viewer (default URL {DEFAULT_URL}) instead of spawning one.",
+)
+@click.option(
+    "--serve",
+    is_flag=True,
+    help=f"Host a web viewer (http://localhost:{WEB_PORT}) and keep serving until Ctrl-C.",
+)
+@click.option("--headless", is_flag=True, help="Do not spawn a viewer (with --save: only write the file).")
+@click.option("--overwrite", is_flag=True, help="Let --save replace an existing file.")
+@click.option("--force", is_flag=True, help="Run even when the memory estimate says it will not fit.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def cli(**opts: Any) -> None:
+    """Show where VGGT attends, in 2D and 3D, across the views of a scene, in the Rerun viewer.
+
+    IMAGES are image files, folders (their images, sorted by name) or glob patterns. The first
+    image is VGGT's reference view (frame 0).
+    """
+    _view(**opts)
+
+
+def _view(images: tuple[str, ...], connect: str | None, **o: Any) -> None:
+    if connect is not None and "://" not in connect:
+        # `--connect a.jpg b.jpg`: the optional URL swallowed the first image.
+        images, connect = (connect, *images), DEFAULT_URL
+    plan = _check_command_line(images, connect, o)
+    model = _load_model(o["model"], plan)
+    _record(model, plan, o)
+
+
+# -- step 1: cheap checks, before the model ------------------------------------------------------
+
+
+def _check_command_line(images: Sequence[str], connect: str | None, o: dict[str, Any]) -> _Plan:
+    """Every check that needs no model. Problems are usage errors (exit 2)."""
+    try:
+        return _plan(images, connect, o)
+    except UserError as e:
+        raise _BadInput(str(e)) from e
+
+
+def _plan(image_args: Sequence[str], connect: str | None, o: dict[str, Any]) -> _Plan:
+    from .capture import check_kinds
+    from .images import expand_image_paths
+    from .sinks import plan_sinks
+
+    # Inputs first (images, options, queries), then where the output goes.
+    paths = expand_image_paths(image_args)
+    size = o["image_size"]
+    if size < _VGGT_PATCH or size % _VGGT_PATCH:
+        raise UserError(f"--image-size {size}: must be a positive multiple of {_VGGT_PATCH} (VGGT uses 518)")
+    kinds = check_kinds(o["kinds"].split(","))
+    _check_block_syntax(o["blocks"])
+    for name in ("focus_head", "focus_block"):
+        if o[name] is not None and o[name] < 0:
+            raise UserError(f"--{name.removeprefix('focus_')} {o[name]}: must be >= 0")
+    _check_model_file(o["model"])
+    device, autocast = _resolve_device(o["device"], o["dtype"])
+    loaded = _load_images(paths, o["mode"], size, _VGGT_PATCH)
+    queries = o["queries"] or (_centre_query(loaded),)
+    # Provisional VGGT layout: catches bad and out-of-range queries now; checked again for the model.
+    _resolve_queries(queries, loaded, _VGGT_PATCH, _VGGT_REGISTERS)
+    if o["grid_view"] is not None and o["grid_view"] >= len(paths):
+        raise UserError(f"--grid-view {o['grid_view']}: valid frames are 0..{len(paths) - 1}")
+    sinks = plan_sinks(o["save"], connect, o["serve"], o["headless"], o["overwrite"])
+    return _Plan(loaded, tuple(queries), o["blocks"], kinds, device, autocast, sinks)
+
+
+def _check_block_syntax(text: str) -> None:
+    from .tokens import parse_index_list
+
+    try:
+        parse_index_list(text, _ANY_DEPTH)
+    except UserError as e:
+        raise UserError(f"cannot parse --blocks {text!r}: use e.g. 0-23, 0,12,23, -1 (the last) or all") from e
+
+
+def _check_model_file(spec: str) -> None:
+    """A file given as --model must look like a checkpoint; reading 4 GB to find out it is not is slow."""
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        head = f.read(16)
+    size = path.stat().st_size
+    is_zip = head[:4] == b"PK\x03\x04"  # torch.save since 1.6
+    is_pickle = head[:1] == b"\x80"  # legacy torch.save / pickle protocol 2+
+    header_len = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    is_safetensors = head[8:9] == b"{" and 0 < header_len <= size - 8
+    if not (is_zip or is_pickle or is_safetensors):
+        raise UserError(
+            f"--model {spec} is not a checkpoint (neither a torch .pt/.pth file nor .safetensors); "
+            f"valid are {SPEC_SYNTAX}"
+        )
+
+
+def _resolve_device(device: str, dtype: str) -> tuple[str, Any]:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--device {device}: unknown device; valid are auto, cpu, cuda, cuda:N, mps") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available to this torch; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: valid CUDA devices are 0..{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available; use --device cpu")
+    if dtype == "auto":
+        if dev.type != "cuda":
+            return str(dev), None
+        major, _ = torch.cuda.get_device_capability(dev)
+        return str(dev), torch.bfloat16 if major >= 8 else torch.float16
+    return str(dev), None if dtype == "float32" else getattr(torch, dtype)
+
+
+def _load_images(paths: Sequence[Path], mode: str, size: int, patch: int) -> Any:
+    from .images import load_images
+
+    loaded = load_images(paths, mode=mode, target_size=size, patch_size=patch)
+    for path, t in zip(paths, loaded.transforms, strict=True):
+        if min(t.orig_w, t.orig_h) < patch:
+            # Handled, not refused: vggt's own preprocessing upscales such images too.
+            click.echo(
+                f"warning: image {path} is only {t.orig_w}x{t.orig_h} pixels: upscaled to "
+                f"{round(t.orig_w * t.scale_x)}x{round(t.orig_h * t.scale_y)}",
+                err=True,
+            )
+    return loaded
+
+
+def _centre_query(loaded: Any) -> str:
+    w, h = loaded.transforms[0].original_size
+    return f"0:{w / 2:g},{h / 2:g}"
+
+
+def _resolve_queries(texts: Sequence[str], loaded: Any, patch: int, registers: int) -> list[Any]:
+    from .tokens import TokenLayout, parse_query
+
+    h, w = loaded.layout_hw
+    layout = TokenLayout.for_image_size(len(loaded.transforms), h, w, patch, registers)
+    out, seen = [], {}
+    for text in texts:
+        try:
+            q = parse_query(text, layout, loaded.transforms)
+        except UserError as e:
+            raise UserError(f"--query {text}: {e}") from e
+        key = (q.frame, q.local)
+        if key in seen:
+            click.echo(f"warning: query {text!r} is the same token as {seen[key]!r}: using it once", err=True)
+            continue
+        seen[key] = text
+        out.append(q)
+    return out
+
+
+# -- step 2: the model ---------------------------------------------------------------------------
+
+
+def _load_model(spec: str, plan: _Plan) -> Any:
+    from .models import load_model
+
+    with _progress(f"loading model {spec}"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_model(spec, device=plan.device)
+    for w in caught:
+        click.echo(f"warning: {_one_line_text(str(w.message))}", err=True)
+    return model
+
+
+# -- step 3: checks against the model, then the recording -----------------------------------------
+
+
+def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
+    import rerun as rr
+
+    from . import recording as rec_mod
+    from .capture import model_depth, model_heads, model_layout
+    from .resources import translate_oom
+    from .sinks import open_sinks, serve_forever
+    from .tokens import parse_index_list
+
+    images = plan.images
+    patch = _model_patch_size(model)
+    if patch != _VGGT_PATCH:  # a custom model with another patch size needs its own resize
+        images = _load_images(images.paths, o["mode"], o["image_size"], patch)
+    h, w = images.layout_hw
+    layout = model_layout(model, len(images.transforms), h, w)
+    queries = _resolve_queries(plan.queries, images, layout.patch_size, layout.num_registers)
+    depth, heads = model_depth(model), model_heads(model)
+    try:
+        blocks = parse_index_list(plan.blocks, depth)
+    except UserError as e:
+        raise UserError(f"--blocks {plan.blocks}: {e}") from e
+    focus_head, focus_block = _check_focus(o["focus_head"], o["focus_block"], blocks, depth, heads)
+    _check_memory(model, plan, layout, len(queries), len(blocks), heads, o["force"])
+
+    options = rec_mod.RecordingOptions(
+        kinds=plan.kinds,
+        focus_head=focus_head,
+        focus_block=focus_block,
+        points=o["points"],
+        conf_threshold=o["conf_threshold"],
+        conf_percentile=o["conf_percentile"],
+        max_points=o["max_points"],
+        per_view_normalize=o["per_view_normalize"],
+        grid_view=o["grid_view"],
+        colormap=o["colormap"],
+    )
+    rec = rr.RecordingStream(APP_ID, recording_id=uuid.uuid4())
+    # No default blueprint on the sinks: record_attention sends its layout into the stream as
+    # the active one, which lands in the file too and, unlike a default, replaces the stale
+    # layout a running viewer keeps from an earlier run of another size.
+    with open_sinks(rec, plan.sinks) as sinks, _forward_progress(model), translate_oom(plan.device):
+        rec_mod.record_attention(
+                model, images, queries, blocks=blocks, options=options, recording=rec,
+                autocast_dtype=plan.autocast, application_id=APP_ID,
+            )  # fmt: skip
+    what = (
+        f"{_plural(layout.num_frames, 'view')}, {_plural(len(queries), 'query', 'queries')}, "
+        f"{_plural(len(blocks), 'block')} of {'+'.join(plan.kinds)} attention"
+    )
+    click.echo(f"{what}: {plan.sinks.describe()}", err=True)
+    if plan.sinks.serve:
+        serve_forever(sinks, echo=lambda line: click.echo(line, err=True))
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def _model_patch_size(model: Any) -> int:
+    from .capture import find_aggregator
+
+    agg = find_aggregator(model)
+    ps = getattr(getattr(agg, "patch_embed", None), "patch_size", getattr(agg, "patch_size", _VGGT_PATCH))
+    return int(ps[0] if isinstance(ps, tuple) else ps)
+
+
+def _check_focus(
+    head: int | None, block: int | None, blocks: Sequence[int], depth: int, heads: int
+) -> tuple[int | None, int | None]:
+    if head is not None and not 0 <= head < heads:
+        raise UserError(f"--head {head} does not exist: the model has {heads} heads, valid are 0..{heads - 1}")
+    if block is not None:
+        if not 0 <= block < depth:
+            raise UserError(f"--block {block} does not exist: valid blocks are 0..{depth - 1}")
+        if block not in blocks:
+            shown = ",".join(map(str, blocks))
+            raise UserError(f"--block {block} was not captured: captured blocks are {shown} (see --blocks)")
+    return head, block
+
+
+def _check_memory(model: Any, plan: _Plan, layout: Any, queries: int, blocks: int, heads: int, force: bool) -> None:
+    from .capture import find_aggregator
+    from .resources import available_memory_bytes, check_memory, estimate_memory
+
+    attn = find_aggregator(model).frame_blocks[0].attn
+    h, w = layout.image_size
+    estimate = estimate_memory(
+        layout.num_frames, h, w, plan.autocast, sum(p.numel() for p in model.parameters()), queries, blocks,
+        plan.kinds, heads, int(attn.qkv.in_features), patch_size=layout.patch_size,
+        num_registers=layout.num_registers, fused_attention=bool(getattr(attn, "fused_attn", True)),
+    )  # fmt: skip
+    # The weights are already resident, so compare only what the forward pass adds.
+    line = check_memory(estimate.transient, available_memory_bytes(plan.device), plan.device, force)
+    if line:
+        click.echo(line, err=True)
+
+
+@contextmanager
+def _forward_progress(model: Any) -> Iterator[None]:
+    """A bar that advances with every aggregator block, then one for the logging."""
+    from .capture import find_aggregator
+
+    agg = find_aggregator(model)
+    modules = [*agg.frame_blocks, *agg.global_blocks]
+    forward = _progress("forward pass", total=len(modules), unit="block")
+    logging_bar: list[Any] = []
+
+    def block_done(*_: Any) -> None:
+        forward.update(1)
+
+    def model_done(*_: Any) -> None:
+        forward.close()
+        logging_bar.append(_progress("logging to Rerun"))
+
+    handles = [m.register_forward_hook(block_done) for m in modules]
+    handles.append(model.register_forward_hook(model_done))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        forward.close()
+        for bar in logging_bar:
+            bar.close()
+
+
+if __name__ == "__main__":
+    main()
