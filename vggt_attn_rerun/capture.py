@@ -320,21 +320,20 @@ class RowCollector:
 class QKCache:
     """on_qk consumer that keeps every block's q and k, so new queries need no second forward pass.
 
-    Memory: ``2 * S * P * C`` values per (kind, block) in ``store_dtype``; for VGGT-1B (C = 1024)
-    at 518x518 (P = 1374) that is 5.6 MB per frame per (kind, block) in fp16, 540 MB per frame for
-    all 24 blocks x 2 kinds. Rows computed from the cache equal a fresh capture's: the stored q/k are
-    the ones the module used (fp32 models: bit for bit; fp16 storage rounds them).
+    Memory: ``2 * P * C`` values per frame per (kind, block), stored in the dtype the module used
+    (rows from the cache are then bit-identical to a fresh capture's). VGGT-1B (C = 1024) at
+    518x518 (P = 1374) in fp32: 11.3 MB per frame per (kind, block), 540 MB per frame for all
+    24 blocks x 2 kinds; half that for a bf16 model. Fewer blocks or one kind shrink it.
     """
 
-    def __init__(self, store_dtype: torch.dtype = torch.float32, store_device: str | torch.device = "cpu") -> None:
-        self.store_dtype = store_dtype
+    def __init__(self, store_device: str | torch.device = "cpu") -> None:
         self.store_device = store_device
         self.qk: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
         self.scale: dict[tuple[str, int], float] = {}
 
     def __call__(self, kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module) -> None:
         def keep(t: Tensor) -> Tensor:
-            return t.detach().to(self.store_device, self.store_dtype, copy=True)
+            return t.detach().to(self.store_device, copy=True)
 
         self.qk[(kind, block)] = (keep(q), keep(k))
         self.scale[(kind, block)] = float(attn.scale)
