@@ -84,10 +84,36 @@ def test_content_rules_use_explicit_paths():
             assert "*" not in rule.removesuffix("/**"), rule
 
 
-def test_one_dashboard_per_query_and_kind():
+def test_one_dashboard_per_query_and_kind_then_the_query_means():
     bp = default_blueprint(2, ("frame", "global"), num_heads=2, queries=2)
     assert isinstance(bp.root_container, rrb.Tabs)
-    assert [c.name for c in bp.root_container.contents] == ["q0 frame", "q0 global", "q1 frame", "q1 global"]
+    assert [c.name for c in bp.root_container.contents] == [
+        "q0 frame", "q0 global", "q1 frame", "q1 global", "all queries frame", "all queries global",
+    ]  # fmt: skip
+
+
+def test_details_have_summaries_matrices_and_consistency_for_global():
+    views = _views(default_blueprint(3, ("frame", "global"), num_heads=4))
+    origins = {str(v.origin) for v in views}
+    for kind in ("frame", "global"):
+        assert {Paths.summary(0, kind, "entropy"), Paths.matrix(0, kind, "top_k_mass")} <= origins
+        assert Paths.matrix_legend(0, kind) in origins
+    assert {Paths.consistency(0, "score"), Paths.consistency(0, "control_score")} <= origins
+    assert Paths.consistency(0, "peak_dist") in origins
+    frame_only = {str(v.origin) for v in _views(default_blueprint(3, ("frame",), num_heads=4))}
+    assert not any("/consistency/" in o for o in frame_only)
+
+
+def test_many_queries_show_q0_the_means_and_a_query_picker():
+    bp = default_blueprint(3, ("global",), num_heads=16, queries=64)
+    assert [c.name for c in bp.root_container.contents] == ["q0 global", "all queries global", "queries"]
+    views = _views(bp)
+    assert len(views) < 60  # one dashboard, not 64
+    picker = [v for v in _views(bp.root_container.contents[2]) if isinstance(v, rrb.Spatial2DView)]
+    assert [str(v.origin) for v in picker] == [Paths.image(s) for s in range(3)]
+    assert f"+ {Paths.marker(1, 63)}" in _rules(picker[1])
+    shown = default_blueprint(3, ("global",), num_heads=16, queries=64, shown_queries=[7])
+    assert shown.root_container.contents[0].name == "q7 global"
 
 
 def test_default_blueprint_for_is_sized_by_the_run(tiny_model, scene_images):

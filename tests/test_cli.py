@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vggt_attn_rerun import cli
+from vggt_attn_rerun.export import load_run
 from vggt_attn_rerun.models import VGGT_COMMIT
 from vggt_attn_rerun.testing import synthetic_scene
 
@@ -104,11 +105,51 @@ def test_overwrite_replaces_the_file(scene, tmp_path):
     assert oct(out.stat().st_mode & 0o777) != oct(0o600), "mkstemp's private mode must not leak"
 
 
+def test_export_writes_a_run_that_load_run_reads_back(scene, tmp_path):
+    out, run_file = tmp_path / "out.rrd", tmp_path / "run.npz"
+    result = invoke(scene, *FAST, "--headless", "--save", out, "--export", run_file, "-q", "1:p2,3", "--blocks", "0,3")
+    assert result.exit_code == 0, result.output
+    assert f"saved {out}, exported {run_file}" in result.stderr
+    loaded, images = load_run(run_file)
+    assert [(q.frame, q.patch(loaded.layout)) for q in loaded.rows.queries] == [(1, (2, 3))]
+    assert loaded.rows.blocks == (0, 3) and list(loaded.rows.probs) == ["global"]
+    assert list(images.tensor.shape) == [3, 3, 56, 84] and images.paths == sorted(scene.iterdir())
+    assert "/queries/q0/info" in entities(out)
+
+
+def test_export_alone_runs_no_recording(scene, tmp_path):
+    run_file = tmp_path / "run.npz"
+    result = invoke(scene, *FAST, "--headless", "--export", run_file)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().endswith(f"exported {run_file}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.npz", "scene"]
+    assert load_run(run_file)[0].rows.num_heads == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("exists.npz", "file exists; pass --overwrite to replace it"),
+        ("run.rrd", "the file name must end in .npz (the run file format)"),
+        ("missing/run.npz", "does not exist"),
+    ],
+)
+def test_export_path_is_checked_before_the_model(scene, tmp_path, monkeypatch, name, message):
+    monkeypatch.setattr(cli, "_load_model", lambda *a: pytest.fail("the model must not load"))
+    (tmp_path / "exists.npz").write_bytes(b"old")
+    target = tmp_path / name
+    result = invoke(scene, *FAST, "--headless", "--export", target)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: --export {target}: ") and message in result.stderr
+    assert (tmp_path / "exists.npz").read_bytes() == b"old"
+
+
 def test_help_shows_examples():
     result = invoke("--help")
     assert result.exit_code == 0
     for text in ("Usage: vggt-attn-rerun [OPTIONS] IMAGES...", "Examples:", "--save attn.rrd --headless",
-                 "-q 0:320,240", "install-vggt", "--connect", "--serve", "Exit codes"):  # fmt: skip
+                 "-q 0:320,240", "install-vggt", "--connect", "--serve", "Exit codes", "--query-grid 8x8",
+                 "--queries-file", "--export run.npz"):  # fmt: skip
         assert text in result.stdout, text
 
 

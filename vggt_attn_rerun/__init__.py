@@ -14,7 +14,7 @@ from .compat import (
 from .errors import UserError
 from .images import FrameTransform, LoadedImages, load_images
 from .models import load_model
-from .recording import RecordingOptions, log_run, record_attention
+from .recording import RecordingOptions, log_queries, log_run, record_attention
 from .tokens import Query, TokenLayout, parse_query
 
 __version__ = "0.1.0"
@@ -25,6 +25,7 @@ __all__ = [
     "demo_visualize_token_attention",
     "extract_both_attentions",
     "get_attention_values",
+    "log_queries",
     "log_run",
     "record_attention",
     "visualize_attention_on_image",

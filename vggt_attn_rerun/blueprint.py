@@ -1,8 +1,24 @@
 """Viewer layouts (Rerun blueprints) for recordings made by recording.py.
 
 One dashboard per (query, kind): the 3D scene beside a grid of the views with their overlays,
-and tabs with the head grid, the attention mass per view, every map in a TensorView, and the
-query's notes. Several (query, kind) pairs become tabs. The ``block`` timeline is made active.
+and tabs with the head grid, the attention mass per view, the summaries (one line per head and
+the head mean, on the ``block`` timeline), the block x head matrices of the summaries (rows =
+blocks, columns = heads, with a legend), the geometric consistency (global attention: score and
+positional-control matrices, peak distance per view, the query's notes with the excluded views),
+every map in a TensorView, and the query's notes. Several (query, kind) pairs become tabs; with
+more than one query, an "all queries" tab per kind shows the summaries averaged over queries.
+The ``block`` timeline is made active.
+
+Many queries (more than MANY_QUERIES, e.g. ``--query-grid 8x8``): the layout shows the
+dashboards of q0 only, the "all queries" tabs, and a "queries" tab with every query's marker
+on its view and the query index (``queries/index``: query -> token, frame, patch). Every query
+is still in the recording under its own entities (``q{i}``). To look at query 7:
+
+- in the viewer: select a view (click its title), and in the selection panel edit its entity
+  path filter: replace ``q0`` by ``q7`` (the views of the dashboard, the 3D view's rules);
+- or make a layout for it and open it with the recording:
+  ``default_blueprint_for(result, options, shown_queries=[7]).save(APPLICATION_ID, "q7.rbl")``,
+  then ``rerun rec.rrd q7.rbl``.
 
 Blueprints name entities explicitly (content globs in the middle of a path do not match in
 Rerun 0.41), so they depend on the number of frames, heads and queries and on the kinds.
@@ -27,7 +43,8 @@ import rerun as rr
 import rerun.blueprint as rrb
 
 from .capture import CaptureResult, check_kinds
-from .recording import APPLICATION_ID, MAP_DIMS, Paths, RecordingOptions
+from .recording import APPLICATION_ID, CONSISTENCY_MATRICES, MAP_DIMS, MEAN, Paths, RecordingOptions
+from .summaries import METRICS
 
 _ID_NAMESPACE = uuid.UUID("5b0f3c1e-7a2d-4c59-9a53-7f1d2e0b8c44")
 BLUEPRINT_DIR = Path(__file__).resolve().parent.parent / "blueprints"
@@ -39,6 +56,10 @@ SIZES: tuple[tuple[str, int, tuple[str, ...], int, int], ...] = (
     ("vggt_s4", 4, ("global",), 16, 1),
     ("vggt_s8", 8, ("global",), 16, 1),
 )
+
+
+#: more queries than this: the default layout shows the dashboards of q0 only (see the module docstring)
+MANY_QUERIES = 4
 
 
 def _columns(n: int) -> int:
@@ -98,13 +119,62 @@ def _details(num_heads: int, q: int, kind: str) -> rrb.Tabs:
         scalar_mapping=rrb.TensorScalarMapping(colormap="inferno", mag_filter="nearest"),
     )
     info = rrb.TextDocumentView(origin=Paths.info(q), name="query")
-    return rrb.Tabs(_head_grid(num_heads, q, kind), mass, tensor, info, name="details")
+    tabs = [_head_grid(num_heads, q, kind), mass, _summary_series(q, kind), _matrices(q, kind)]
+    if kind == "global":
+        tabs.append(_consistency(q))
+    return rrb.Tabs(*tabs, tensor, info, name="details")
+
+
+def _summary_series(q: int | str, kind: str) -> rrb.Grid:
+    # No fixed y range: small masses (camera, registers) stay readable; the matrices share 0..1.
+    views = [rrb.TimeSeriesView(origin=Paths.summary(q, kind, m), name=m) for m in METRICS]
+    return rrb.Grid(*views, grid_columns=3, name="summaries")
+
+
+def _matrix_view(path: str, name: str) -> rrb.Spatial2DView:
+    return rrb.Spatial2DView(origin=path, name=f"{name} [block x head]")
+
+
+def _matrices(q: int | str, kind: str, consistency: bool = False) -> rrb.Grid:
+    views = [_matrix_view(Paths.matrix(q, kind, m), m) for m in METRICS]
+    if consistency:
+        views += [_matrix_view(Paths.consistency(q, m), m) for m in CONSISTENCY_MATRICES]
+    legend = rrb.TextDocumentView(origin=Paths.matrix_legend(q, kind), name="legend")
+    return rrb.Grid(*views, legend, grid_columns=4 if consistency else 3, name="block x head")
+
+
+def _consistency(q: int) -> rrb.Grid:
+    views = [_matrix_view(Paths.consistency(q, m), m) for m in CONSISTENCY_MATRICES]
+    peak = rrb.TimeSeriesView(origin=Paths.consistency(q, "peak_dist"), name="peak distance (px, head mean)")
+    notes = rrb.TextDocumentView(origin=Paths.info(q), name="query (excluded views)")
+    return rrb.Grid(*views, peak, notes, grid_columns=2, name="consistency")
 
 
 def _dashboard(num_frames: int, num_heads: int, q: int, kind: str, compact: bool, columns: int | None):
     views = _view_grid(num_frames, q, kind, columns)
     right = views if compact else rrb.Vertical(views, _details(num_heads, q, kind), row_shares=[3, 2])
     return rrb.Horizontal(_scene(num_frames, q, kind), right, column_shares=[2, 3], name=f"q{q} {kind}")
+
+
+def _query_means(kind: str) -> rrb.Horizontal:
+    """The summaries (and consistency scores) averaged over the run's queries."""
+    matrices = _matrices(MEAN, kind, consistency=kind == "global")
+    return rrb.Horizontal(matrices, _summary_series(MEAN, kind), column_shares=[3, 2], name=f"all queries {kind}")
+
+
+def _query_picker(num_frames: int, queries: int, columns: int | None) -> rrb.Horizontal:
+    """Every query's marker on its view (explicit paths: no patch boxes, no projections) and the index."""
+    views = [
+        rrb.Spatial2DView(
+            origin=Paths.image(s),
+            name=f"view {s}",
+            contents=[f"+ {Paths.image(s)}"] + [f"+ {Paths.marker(s, q)}" for q in range(queries)],
+        )
+        for s in range(num_frames)
+    ]
+    grid = rrb.Grid(*views, grid_columns=columns or _columns(num_frames), name="query markers")
+    index = rrb.TextDocumentView(origin=Paths.query_index, name="query index")
+    return rrb.Horizontal(grid, index, column_shares=[3, 2], name="queries")
 
 
 def _with_stable_ids(node: rrb.Container | rrb.View, path: str) -> None:
@@ -114,13 +184,35 @@ def _with_stable_ids(node: rrb.Container | rrb.View, path: str) -> None:
         _with_stable_ids(child, f"{path}/{j}")
 
 
+def shown_queries_for(queries: int, shown: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The queries that get dashboards: ``shown``, else all up to MANY_QUERIES queries, else q0."""
+    if shown is None:
+        return tuple(range(queries)) if queries <= MANY_QUERIES else (0,)
+    out = tuple(dict.fromkeys(int(q) for q in shown))
+    bad = [q for q in out if not 0 <= q < queries]
+    if bad or not out:
+        raise ValueError(f"shown query {bad[0] if bad else '(none)'} does not exist: valid are 0..{queries - 1}")
+    return out
+
+
 def _blueprint(
-    num_frames: int, kinds: Sequence[str], num_heads: int, queries: int, compact: bool, columns: int | None
+    num_frames: int,
+    kinds: Sequence[str],
+    num_heads: int,
+    queries: int,
+    compact: bool,
+    columns: int | None,
+    shown: Sequence[int] | None = None,
 ) -> rrb.Blueprint:
     if num_frames < 1 or num_heads < 1 or queries < 1:
         raise ValueError(f"need >= 1 frame, head and query, got {num_frames}, {num_heads}, {queries}")
     kinds = check_kinds(kinds)
-    pairs = [_dashboard(num_frames, num_heads, q, k, compact, columns) for q in range(queries) for k in kinds]
+    shown = shown_queries_for(queries, shown)
+    pairs = [_dashboard(num_frames, num_heads, q, k, compact, columns) for q in shown for k in kinds]
+    if queries > 1 and not compact:
+        pairs += [_query_means(k) for k in kinds]
+    if queries > MANY_QUERIES:
+        pairs.append(_query_picker(num_frames, queries, columns))
     root = pairs[0] if len(pairs) == 1 else rrb.Tabs(*pairs)
     _with_stable_ids(root, "compact" if compact else "default")
     return rrb.Blueprint(root, rrb.TimePanel(state="collapsed", timeline="block"), collapse_panels=True)
@@ -133,21 +225,30 @@ def default_blueprint(
     queries: int = 1,
     *,
     grid_columns: int | None = None,
+    shown_queries: Sequence[int] | None = None,
 ) -> rrb.Blueprint:
     """Full layout: per (query, kind), the 3D scene beside the views with their overlays, and
-    tabs with the head grid, attention mass per view, the TensorView and the query's notes.
+    tabs with the head grid, attention mass per view, summaries, block x head matrices,
+    consistency (global), the TensorView and the query's notes; "all queries" tabs with the
+    means over queries (more than one query); a "queries" tab (more than MANY_QUERIES).
 
     ``grid_columns``: columns of the view grid (default ceil(sqrt(num_frames))).
-    The ``block`` timeline is made the active one.
+    ``shown_queries``: the queries that get dashboards (default: all when there are at most
+    MANY_QUERIES, else q0). The ``block`` timeline is made the active one.
     """
-    return _blueprint(num_frames, kinds, num_heads, queries, False, grid_columns)
+    return _blueprint(num_frames, kinds, num_heads, queries, False, grid_columns, shown_queries)
 
 
 def compact_blueprint(
-    num_frames: int, kinds: Sequence[str] = ("global",), queries: int = 1, *, grid_columns: int | None = None
+    num_frames: int,
+    kinds: Sequence[str] = ("global",),
+    queries: int = 1,
+    *,
+    grid_columns: int | None = None,
+    shown_queries: Sequence[int] | None = None,
 ) -> rrb.Blueprint:
-    """The 3D scene and the views with their overlays only (per query and kind)."""
-    return _blueprint(num_frames, kinds, 1, queries, True, grid_columns)
+    """The 3D scene and the views with their overlays only (per shown query and kind)."""
+    return _blueprint(num_frames, kinds, 1, queries, True, grid_columns, shown_queries)
 
 
 def _run_sizes(
@@ -157,7 +258,9 @@ def _run_sizes(
     return result.layout.num_frames, kinds, result.rows.num_heads, len(result.rows.queries)
 
 
-def default_blueprint_for(result: CaptureResult, options: RecordingOptions | None = None) -> rrb.Blueprint:
+def default_blueprint_for(
+    result: CaptureResult, options: RecordingOptions | None = None, shown_queries: Sequence[int] | None = None
+) -> rrb.Blueprint:
     """default_blueprint sized for one run (kinds from ``options``, else all captured kinds).
 
     To embed it in a saved recording: ``rec.save(path, default_blueprint=default_blueprint_for(...))``
@@ -165,13 +268,15 @@ def default_blueprint_for(result: CaptureResult, options: RecordingOptions | Non
     Standalone: ``default_blueprint_for(...).save(APPLICATION_ID, "layout.rbl")``.
     """
     s, kinds, heads, queries = _run_sizes(result, options)
-    return default_blueprint(s, kinds, heads, queries)
+    return default_blueprint(s, kinds, heads, queries, shown_queries=shown_queries)
 
 
-def compact_blueprint_for(result: CaptureResult, options: RecordingOptions | None = None) -> rrb.Blueprint:
+def compact_blueprint_for(
+    result: CaptureResult, options: RecordingOptions | None = None, shown_queries: Sequence[int] | None = None
+) -> rrb.Blueprint:
     """compact_blueprint sized for one run."""
     s, kinds, _, queries = _run_sizes(result, options)
-    return compact_blueprint(s, kinds, queries)
+    return compact_blueprint(s, kinds, queries, shown_queries=shown_queries)
 
 
 # --------------------------------------------------------------------------------------------

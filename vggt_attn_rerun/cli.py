@@ -7,10 +7,13 @@ so that a typo costs a second and not a 5 GB download or minutes of a forward pa
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 import uuid
 import warnings
@@ -48,6 +51,9 @@ _EXAMPLES = (
     ("photos/ --save attn.rrd", "viewer and file"),
     ("photos/ --serve", f"web viewer on http://localhost:{WEB_PORT}"),
     ("photos/ --connect", "stream to a viewer that is already running"),
+    ("photos/ --query-grid 8x8 --frame 1", "64 patch queries evenly spread over frame 1, one forward pass"),
+    ("photos/ --queries-file queries.txt", "one query per line (-q syntax, # comments)"),
+    ("photos/ --export run.npz --headless", "save the run (no viewer); later: rerun run.npz"),
 )
 EPILOG = (
     "\b\nExamples:\n"
@@ -57,7 +63,11 @@ EPILOG = (
 \b
 Queries (-q, repeatable): FRAME:X,Y is a pixel of the ORIGINAL photo (0:320,240),
 FRAME:pROW,COL a patch of the model's grid (1:p10,12), FRAME:camera or FRAME:register_R
-a special token (0:camera), N a global token index (1380). Default: the centre of frame 0.
+a special token (0:camera), N a global token index (1380). --queries-file PATH: one such
+query per line, # starts a comment. --query-grid RxC: R x C patch queries evenly spread over
+--frame F (default 0). All of them combine; the default is the centre of frame 0. However many
+queries there are, the model runs once; with more than 4 the layout shows q0 (see the
+"queries" tab for the others).
 
 \b
 Other commands:
@@ -201,12 +211,14 @@ class _Plan:
     """Everything checked before the model loads."""
 
     images: Any  # images.LoadedImages
-    queries: tuple[str, ...]
+    queries: tuple[tuple[str, str], ...]  # (query text, where it came from: for error messages)
+    grid: tuple[int, int, int] | None  # --query-grid: (frame, rows, cols)
     blocks: str
     kinds: tuple[str, ...]
     device: str
     autocast: Any  # torch.dtype | None
-    sinks: Any  # sinks.SinkPlan
+    sinks: Any  # sinks.SinkPlan, or None: --export only, nothing is logged
+    export: Path | None = None
 
 
 def _progress(desc: str, total: int | None = None, unit: str = "it") -> Any:
@@ -232,6 +244,23 @@ def _progress(desc: str, total: int | None = None, unit: str = "it") -> Any:
     multiple=True,
     metavar="QUERY",
     help=f"Query token, repeatable: {QUERY_SYNTAX}. Default: the centre pixel of frame 0.",
+)
+@click.option(
+    "--queries-file",
+    metavar="PATH",
+    help="Read queries from a file: one per line in the --query syntax; # starts a comment.",
+)
+@click.option(
+    "--query-grid",
+    metavar="RxC",
+    help="R x C patch queries evenly spread over the patch grid of --frame (e.g. 8x8).",
+)
+@click.option(
+    "--frame",
+    "grid_frame",
+    type=int,
+    metavar="F",
+    help="The view of --query-grid. Default: 0.",
 )
 @click.option(
     "--blocks",
@@ -335,6 +364,12 @@ def _progress(desc: str, total: int | None = None, unit: str = "it") -> Any:
 )
 @click.option("--save", metavar="OUT.rrd", help="Write the recording to a file (written whole or not at all).")
 @click.option(
+    "--export",
+    metavar="RUN.npz",
+    help="Also save the run (attention rows, predictions, images) to an .npz that `rerun RUN.npz` shows "
+    "again without the model. With --headless and no other output: capture and export only.",
+)
+@click.option(
     "--connect",
     is_flag=False,
     flag_value=DEFAULT_URL,
@@ -347,7 +382,7 @@ def _progress(desc: str, total: int | None = None, unit: str = "it") -> Any:
     help=f"Host a web viewer (http://localhost:{WEB_PORT}) and keep serving until Ctrl-C.",
 )
 @click.option("--headless", is_flag=True, help="Do not spawn a viewer (with --save: only write the file).")
-@click.option("--overwrite", is_flag=True, help="Let --save replace an existing file.")
+@click.option("--overwrite", is_flag=True, help="Let --save and --export replace existing files.")
 @click.option("--force", is_flag=True, help="Run even when the memory estimate says it will not fit.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def cli(**opts: Any) -> None:
@@ -396,14 +431,85 @@ def _plan(image_args: Sequence[str], connect: str | None, o: dict[str, Any]) -> 
             raise UserError(f"--{name.removeprefix('focus_')} {o[name]}: must be >= 0")
     _check_model_file(o["model"])
     device, autocast = _resolve_device(o["device"], o["dtype"])
+    grid = _parse_query_grid(o["query_grid"], o["grid_frame"], len(paths))
+    file_queries = read_queries_file(o["queries_file"]) if o["queries_file"] else []
     loaded = _load_images(paths, o["mode"], size, _VGGT_PATCH)
-    queries = o["queries"] or (_centre_query(loaded),)
+    queries = [(q, f"--query {q}") for q in o["queries"]] + file_queries
+    if not queries and grid is None:
+        queries = [(_centre_query(loaded), "the default query")]
     # Provisional VGGT layout: catches bad and out-of-range queries now; checked again for the model.
-    _resolve_queries(queries, loaded, _VGGT_PATCH, _VGGT_REGISTERS)
+    _resolve_queries(queries, grid, loaded, _VGGT_PATCH, _VGGT_REGISTERS, warn=False)
     if o["grid_view"] is not None and o["grid_view"] >= len(paths):
         raise UserError(f"--grid-view {o['grid_view']}: valid frames are 0..{len(paths) - 1}")
-    sinks = plan_sinks(o["save"], connect, o["serve"], o["headless"], o["overwrite"])
-    return _Plan(loaded, tuple(queries), o["blocks"], kinds, device, autocast, sinks)
+    export = check_export_path(o["export"], o["overwrite"]) if o["export"] else None
+    if export is not None and o["headless"] and not (o["save"] or connect or o["serve"]):
+        sinks = None  # export only: no recording to log
+    else:
+        sinks = plan_sinks(o["save"], connect, o["serve"], o["headless"], o["overwrite"])
+    return _Plan(loaded, tuple(queries), grid, o["blocks"], kinds, device, autocast, sinks, export)
+
+
+def _parse_query_grid(text: str | None, frame: int | None, num_frames: int) -> tuple[int, int, int] | None:
+    """``--query-grid RxC`` and ``--frame F`` -> (frame, rows, cols); the patch grid is checked later."""
+    if text is None:
+        if frame is not None:
+            raise UserError(f"--frame {frame}: --frame picks the view of --query-grid; add --query-grid RxC")
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", text)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise UserError(f"--query-grid {text}: expected ROWSxCOLS with both >= 1, e.g. 8x8")
+    frame = 0 if frame is None else frame
+    if not 0 <= frame < num_frames:
+        raise UserError(f"--frame {frame}: valid frames are 0..{num_frames - 1}")
+    return frame, int(m.group(1)), int(m.group(2))
+
+
+def read_queries_file(path: str | Path) -> list[tuple[str, str]]:
+    """Queries of a ``--queries-file``: (text, "--queries-file PATH line N") per query line.
+
+    One query per line in the --query syntax; ``#`` starts a comment (whole line or the end of
+    one); blank lines are skipped. The syntax of each line is checked when the layout is known.
+    """
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"--queries-file {path}: file does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"--queries-file {path}: is a folder, give a text file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--queries-file {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        query = line.split("#", 1)[0].strip()
+        if query:
+            out.append((query, f"--queries-file {path} line {n}"))
+    if not out:
+        raise UserError(f"--queries-file {path}: no queries in it (one per line, # starts a comment)")
+    return out
+
+
+def check_export_path(path: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an --export path that cannot work, before the model loads (as --save)."""
+    target = Path(path).expanduser()
+    if target.suffix.lower() != ".npz":
+        raise UserError(f"--export {path}: the file name must end in .npz (the run file format)")
+    folder = target.parent
+    if not folder.exists():
+        raise UserError(f"--export {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"--export {path}: {folder} is not a folder")
+    if target.is_dir():
+        raise UserError(f"--export {path}: is a folder; give a file name ending in .npz")
+    if target.exists() and not overwrite:
+        raise UserError(f"--export {path}: file exists; pass --overwrite to replace it")
+    try:  # permission bits say nothing for root or ACLs: try it
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.probe-", suffix=".npz", dir=folder)
+    except OSError as e:
+        raise UserError(f"--export {path}: cannot write to folder {folder} ({e.strerror or e})") from e
+    os.close(fd)
+    os.unlink(probe)
+    return target
 
 
 def _check_block_syntax(text: str) -> None:
@@ -478,20 +584,40 @@ def _centre_query(loaded: Any) -> str:
     return f"0:{w / 2:g},{h / 2:g}"
 
 
-def _resolve_queries(texts: Sequence[str], loaded: Any, patch: int, registers: int) -> list[Any]:
+def _resolve_queries(
+    texts: Sequence[tuple[str, str]],
+    grid: tuple[int, int, int] | None,
+    loaded: Any,
+    patch: int,
+    registers: int,
+    warn: bool = True,
+) -> list[Any]:
+    """The queries in order: texts (-q, then --queries-file), then the --query-grid; a token named
+    twice is used once (with a warning when ``warn``)."""
+    from .recording import query_grid
     from .tokens import TokenLayout, parse_query
 
     h, w = loaded.layout_hw
     layout = TokenLayout.for_image_size(len(loaded.transforms), h, w, patch, registers)
-    out, seen = [], {}
-    for text in texts:
+    found = []
+    for text, where in texts:
         try:
-            q = parse_query(text, layout, loaded.transforms)
+            found.append((parse_query(text, layout, loaded.transforms), text))
         except UserError as e:
-            raise UserError(f"--query {text}: {e}") from e
+            raise UserError(f"{where}: {e}") from e
+    if grid is not None:
+        frame, rows, cols = grid
+        try:
+            cells = query_grid(layout, frame, rows, cols)
+        except UserError as e:
+            raise UserError(f"--query-grid {rows}x{cols}: {e}") from e
+        found += [(q, f"{q.frame}:p{q.patch(layout)[0]},{q.patch(layout)[1]}") for q in cells]
+    out, seen = [], {}
+    for q, text in found:
         key = (q.frame, q.local)
         if key in seen:
-            click.echo(f"warning: query {text!r} is the same token as {seen[key]!r}: using it once", err=True)
+            if warn:
+                click.echo(f"warning: query {text!r} is the same token as {seen[key]!r}: using it once", err=True)
             continue
         seen[key] = text
         out.append(q)
@@ -530,7 +656,7 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
         images = _load_images(images.paths, o["mode"], o["image_size"], patch)
     h, w = images.layout_hw
     layout = model_layout(model, len(images.transforms), h, w)
-    queries = _resolve_queries(plan.queries, images, layout.patch_size, layout.num_registers)
+    queries = _resolve_queries(plan.queries, plan.grid, images, layout.patch_size, layout.num_registers)
     depth, heads = model_depth(model), model_heads(model)
     try:
         blocks = parse_index_list(plan.blocks, depth)
@@ -551,22 +677,40 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
         grid_view=o["grid_view"],
         colormap=o["colormap"],
     )
+    what = (
+        f"{_plural(layout.num_frames, 'view')}, {_plural(len(queries), 'query', 'queries')}, "
+        f"{_plural(len(blocks), 'block')} of {'+'.join(plan.kinds)} attention"
+    )
+    if plan.sinks is None:  # --export only: capture, no recording
+        with _forward_progress(model), translate_oom(plan.device):
+            result = rec_mod.capture_run(model, images, queries, blocks=blocks, options=options,
+                                         autocast_dtype=plan.autocast)  # fmt: skip
+        _export(plan.export, result, images)
+        click.echo(f"{what}: exported {plan.export}", err=True)
+        return
     rec = rr.RecordingStream(APP_ID, recording_id=uuid.uuid4())
     # No default blueprint on the sinks: record_attention sends its layout into the stream as
     # the active one, which lands in the file too and, unlike a default, replaces the stale
     # layout a running viewer keeps from an earlier run of another size.
     with open_sinks(rec, plan.sinks) as sinks, _forward_progress(model), translate_oom(plan.device):
-        rec_mod.record_attention(
+        result, _ = rec_mod.record_attention(
                 model, images, queries, blocks=blocks, options=options, recording=rec,
                 autocast_dtype=plan.autocast, application_id=APP_ID,
             )  # fmt: skip
-    what = (
-        f"{_plural(layout.num_frames, 'view')}, {_plural(len(queries), 'query', 'queries')}, "
-        f"{_plural(len(blocks), 'block')} of {'+'.join(plan.kinds)} attention"
-    )
-    click.echo(f"{what}: {plan.sinks.describe()}", err=True)
+        # Inside: an export that fails removes the partial .rrd too (the run's files come whole or not at all).
+        if plan.export is not None:
+            _export(plan.export, result, images)
+    done = plan.sinks.describe() + (f", exported {plan.export}" if plan.export is not None else "")
+    click.echo(f"{what}: {done}", err=True)
     if plan.sinks.serve:
         serve_forever(sinks, echo=lambda line: click.echo(line, err=True))
+
+
+def _export(path: Path, result: Any, images: Any) -> None:
+    from .export import save_run
+
+    with _progress(f"exporting {path}"):
+        save_run(path, result, images)
 
 
 def _plural(n: int, word: str, plural: str | None = None) -> str:

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Click a pixel in the notebook viewer: it becomes a new query, with no second forward pass.
+
+Needs the notebook viewer: ``pip install "rerun-sdk[notebook]==0.41.*"`` (package rerun-notebook).
+In a Jupyter cell (paste this file, or ``%run examples/interactive_notebook.py``)::
+
+    viewer, session = main()                       # the tiny random-weight model, offline
+    viewer, session = main(["photos/*.jpg"], model="facebook/VGGT-1B")   # your photos
+
+Then click a pixel of any view (the image or its overlay): the patch under it becomes ``q1``,
+``q2``, ... and the layout switches to its dashboards. A line under the viewer says how long it took.
+``session.add_pixel(frame, x, y)`` does the same from code (``space="original"`` for photo pixels).
+
+Importing this file does nothing; the work starts in ``main()``. The q/k cache this needs is
+printed (per frame: ``2 * P * C * 4 bytes * blocks * kinds``; VGGT-1B at 518x518: 540 MB):
+pass ``blocks=[...]`` to keep fewer blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def main(photos: Sequence[str] | None = None, model: str | None = None, queries: Sequence[str] | None = None,
+         blocks: Sequence[int] | None = None, height: int = 700) -> tuple[Any, Any]:  # fmt: skip
+    """Run once with the q/k cache, show the notebook viewer, and turn its clicks into queries."""
+    import ipywidgets
+    import rerun as rr
+    import rerun.notebook
+    import torch
+    from IPython.display import display
+
+    from vggt_attn_rerun import RecordingOptions, load_images, load_model
+    from vggt_attn_rerun.images import expand_image_paths, images_from_tensor
+    from vggt_attn_rerun.interactive import attach_to_notebook_viewer, describe, start_session
+    from vggt_attn_rerun.testing import synthetic_scene, tiny_vggt
+
+    if not rerun.notebook.HAS_NOTEBOOK:
+        raise SystemExit('the notebook viewer is missing: pip install "rerun-sdk[notebook]==0.41.*"')
+    if photos:
+        net = load_model(model or "facebook/VGGT-1B", device="cuda" if torch.cuda.is_available() else "cpu")
+        images = load_images(expand_image_paths(photos), mode="crop")
+        t = images.transforms[0]
+        queries = queries or [f"0:{t.orig_w / 2:.0f},{t.orig_h / 2:.0f}"]  # centre of the first photo
+    else:
+        net = tiny_vggt()
+        scene = synthetic_scene(4, height=112, width=168, seed=0)  # [S, H, W, 3] uint8
+        images = images_from_tensor(torch.from_numpy(scene).permute(0, 3, 1, 2).float() / 255)
+        queries = queries or ["0:p2,4"]  # frame 0, patch row 2, col 4
+
+    session = start_session(net, images, list(queries), blocks=blocks,
+                            options=RecordingOptions(kinds=("global", "frame")))  # fmt: skip
+    print(f"q/k cache: {session.cache_bytes / 1e6:.1f} MB ({session.cache_bytes / 1e6 / session.layout.num_frames:.1f}"
+          " MB per frame); click a pixel of a view to add a query")  # fmt: skip
+    viewer = rr.notebook.Viewer(recording=session.rec, width="auto", height=height)
+    # Prints from widget callbacks land in Jupyter's log console: show the reports under the viewer.
+    log = ipywidgets.Output()
+    attach_to_notebook_viewer(viewer, session, on_added=lambda a: log.append_stdout(describe(a, session.layout) + "\n"),
+                              on_error=lambda text: log.append_stderr(text + "\n"))  # fmt: skip
+    viewer.display()
+    display(log)
+    return viewer, session
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None and hasattr(get_ipython(), "kernel")
+
+
+if __name__ == "__main__":  # a pasted cell and %run both run as __main__
+    if _in_notebook():
+        viewer, session = main()
+    else:
+        print(__doc__)
