@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from vggt_attn_rerun.testing import synthetic_scene, tiny_vggt
 
@@ -19,3 +22,13 @@ def scene_images() -> torch.Tensor:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Path:
+    """A folder of three 84x56 PNG photos of the synthetic scene."""
+    folder = tmp_path / "scene"
+    folder.mkdir()
+    for i, img in enumerate(synthetic_scene(3, 56, 84)):
+        Image.fromarray(img).save(folder / f"view_{i}.png")
+    return folder

@@ -12,24 +12,13 @@ from pathlib import Path
 import pytest
 import rerun as rr
 from click.testing import CliRunner
-from PIL import Image
 
 from vggt_attn_rerun import cli
 from vggt_attn_rerun.export import load_run
 from vggt_attn_rerun.models import VGGT_COMMIT
-from vggt_attn_rerun.testing import synthetic_scene
 
 RERUN = Path(sys.executable).with_name("rerun")
 FAST = ["--model", "tiny", "--image-size", "84"]  # 84x56 input: a 6x4 patch grid
-
-
-@pytest.fixture
-def scene(tmp_path: Path) -> Path:
-    folder = tmp_path / "scene"
-    folder.mkdir()
-    for i, img in enumerate(synthetic_scene(3, 56, 84)):
-        Image.fromarray(img).save(folder / f"view_{i}.png")
-    return folder
 
 
 def invoke(*args: str):

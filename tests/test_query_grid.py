@@ -1,30 +1,18 @@
 """Many queries from the command line: --query-grid / --frame and --queries-file, in one forward pass."""
 
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from vggt_attn_rerun import cli
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.recording import query_grid
-from vggt_attn_rerun.testing import synthetic_scene
 from vggt_attn_rerun.tokens import TokenLayout
 
 from .test_cli import entities, info_text
 
 FAST = ["--model", "tiny", "--image-size", "84"]  # 84x56 input: 4 rows x 6 columns of patches
 GRID_2X3 = [(1, 1), (1, 3), (1, 5), (3, 1), (3, 3), (3, 5)]  # band centres: rows (k + .5) * 4 / 2, cols * 6 / 3
-
-
-@pytest.fixture
-def scene(tmp_path: Path) -> Path:
-    folder = tmp_path / "scene"
-    folder.mkdir()
-    for i, img in enumerate(synthetic_scene(3, 56, 84)):
-        Image.fromarray(img).save(folder / f"view_{i}.png")
-    return folder
 
 
 @pytest.fixture

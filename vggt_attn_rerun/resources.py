@@ -131,25 +131,6 @@ def estimate_memory(
     return MemoryEstimate(weights, weight_casts, activations, attention_matrix, capture, heads_bytes)
 
 
-def estimate_peak_bytes(
-    num_frames: int,
-    height: int,
-    width: int,
-    dtype: torch.dtype | None,
-    num_params: int,
-    queries: int | Sequence[object],
-    blocks: int | Sequence[int],
-    kinds: Sequence[str],
-    heads: int,
-    embed_dim: int,
-    **kwargs: object,
-) -> int:
-    """Peak bytes of the forward pass with capture, weights included (see ``estimate_memory``)."""
-    return estimate_memory(
-        num_frames, height, width, dtype, num_params, queries, blocks, kinds, heads, embed_dim, **kwargs
-    ).total  # type: ignore[arg-type]
-
-
 def _meminfo_available(path: Path = Path("/proc/meminfo")) -> int | None:
     try:
         text = path.read_text()
