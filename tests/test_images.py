@@ -310,3 +310,39 @@ def test_duplicate_is_refused_by_name(tmp_path):
 def test_no_items_is_refused():
     with pytest.raises(UserError, match="no images"):
         expand_image_paths([])
+
+
+def test_exif_orientation_is_applied_so_portrait_photos_stay_upright(tmp_path):
+    landscape = np.zeros((40, 60, 3), np.uint8)
+    landscape[:, :10] = 255  # a white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the photo is shown 40 wide, 60 high
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(landscape).save(path, exif=exif, quality=95)
+    loaded = load_images([path], mode="pad", target_size=56)
+    assert loaded.transforms[0].original_size == (40, 60)
+    top = loaded.tensor[0, :, :8].mean()  # the band is on top once upright
+    assert top > 0.9
+
+
+def test_16_bit_grayscale_keeps_its_picture_instead_of_turning_white(tmp_path):
+    ramp = (np.linspace(0, 65535, 56)[None, :].repeat(28, 0)).astype(np.uint16)
+    path = tmp_path / "depth16.png"
+    Image.fromarray(ramp).save(path)
+    t = load_images([path], mode="crop", target_size=56).tensor[0, 0]
+    assert t[:, :5].mean() < 0.1 and t[:, -5:].mean() > 0.9
+
+
+def test_a_large_photo_is_resized(tmp_path):
+    path = tmp_path / "large.png"
+    Image.new("RGB", (4000, 3000), (10, 200, 30)).save(path)
+    loaded = load_images([path])
+    assert loaded.tensor.shape == (1, 3, 392, 518)
+
+
+def test_a_decompression_bomb_is_refused_in_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (300, 300)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 300x300 is then over twice the limit
+    with pytest.raises(UserError, match=r"cannot read image .*bomb\.png .*DecompressionBombError"):
+        load_images([path])

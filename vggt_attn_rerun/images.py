@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import UserError
 
@@ -159,11 +159,32 @@ def expand_image_paths(items: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 # -- loading ----------------------------------------------------------------------------------------
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit grayscale ("I;16", "I") -> "L" by keeping the high byte.
+
+    PIL's ``convert("RGB")`` clips such images at 255, which turns a 16-bit photo white (and
+    vggt's loader does just that); scaling keeps the picture.
+    """
+    a = np.asarray(img, dtype=np.int64)
+    if a.max(initial=0) > 255:
+        a = a >> 8 if a.max() <= 65535 else (a - a.min()) * 255 // max(int(np.ptp(a)), 1)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L")
+
+
 def _open_rgb(path: Path) -> Image.Image:
-    """Open a photo as RGB; transparent pixels become white (as vggt does, for RGBA only)."""
+    """Open a photo as RGB, upright, with transparent pixels white.
+
+    Two differences from vggt's loader, both for photos it gets wrong: the EXIF orientation is
+    applied (vggt ignores it, so a phone's portrait photo reaches the model sideways; pixel
+    queries refer to the upright photo, as image viewers show it), and 16-bit grayscale is scaled
+    to 8 bits instead of clipped to white. For every other photo the result is vggt's, bit for bit.
+    """
     try:
         with Image.open(path) as img:
             img.load()  # surfaces truncated or corrupt data here, not later in resize
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                img = _to_8bit(img)
             if img.mode == "RGBA":
                 white = Image.new("RGBA", img.size, (255, 255, 255, 255))
                 return Image.alpha_composite(white, img).convert("RGB")
