@@ -218,9 +218,19 @@ def _from_dir(folder: Path, arch: str, strict: bool) -> nn.Module:
 
 
 def _download(repo_id: str, filename: str) -> str:
+    import logging
+
     from huggingface_hub import hf_hub_download
 
-    return hf_hub_download(repo_id=repo_id, filename=filename)
+    # huggingface_hub logs each failed request as a warning before raising; our one-line error
+    # (which names --model PATH) says it better.
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        return hf_hub_download(repo_id=repo_id, filename=filename)
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _from_hub(repo_id: str, arch: str, strict: bool) -> nn.Module:
