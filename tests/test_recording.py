@@ -382,3 +382,21 @@ def test_log_run_rejects_images_of_another_run(tiny_model, scene_images):
             images_from_tensor(scene_images[:2]),
             RecordingOptions(),
         )
+
+
+def test_a_degenerate_camera_is_left_out_with_a_warning(tmp_path, tiny_model, scene_images):
+    result = capture(tiny_model, scene_images, lambda lay: [Query.from_patch(lay, 0, 1, 1)], blocks=[3])
+    result.predictions["pose_enc"] = result.predictions["pose_enc"].clone()
+    result.predictions["pose_enc"][0, 1, 8] = 0.0  # zero horizontal field of view: infinite focal length
+    rec = rr.RecordingStream(APPLICATION_ID)
+    path = tmp_path / "degenerate.rrd"
+    rec.save(path)
+    with pytest.warns(UserWarning, match="view 1: the predicted camera is degenerate"):
+        log_run(rec, result, images_from_tensor(scene_images), RecordingOptions(max_points=100))
+    rec.flush()
+    rec.disconnect()
+    recording = Recording(path)
+    assert Paths.image(1) in recording.entities()  # the photo is still there
+    with pytest.raises(AssertionError, match="no static Pinhole"):
+        recording.static(Paths.image(1), "Pinhole:image_from_camera")
+    assert np.isfinite(recording.static(Paths.image(0), "Pinhole:image_from_camera")).all()

@@ -434,3 +434,26 @@ def test_grid_view_out_of_range(scene, no_model):
 def test_bad_image_size(scene, no_model, size):
     message = f"--image-size {size}: must be a positive multiple of 14 (VGGT uses 518)"
     assert_error(invoke(scene, "--image-size", size), 2, message)
+
+
+def test_warnings_while_logging_are_one_line(scene, tmp_path, monkeypatch, capsys):
+    import warnings as _warnings
+
+    from vggt_attn_rerun import recording
+
+    real = recording.log_run
+
+    def warn_then_log(*args, **kwargs):
+        _warnings.warn(
+            "view 1: the predicted camera is degenerate (non-finite or zero focal length): not shown", stacklevel=1
+        )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recording, "log_run", warn_then_log)
+    code = cli.run([str(scene), *FAST, "--headless", "--save", str(tmp_path / "w.rrd")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "warning: view 1: the predicted camera is degenerate (non-finite or zero focal length): not shown" in (
+        err.splitlines()
+    )
+    assert "warn_then_log" not in err and ".py:" not in err

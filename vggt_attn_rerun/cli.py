@@ -104,8 +104,11 @@ def run(argv: Sequence[str] | None = None, command: click.Command | None = None)
     prog = f"{PROG} install-vggt" if command is install_vggt else PROG
     debug = _wants_debug(args)
     try:
-        with command.make_context(prog, args) as ctx:
-            command.invoke(ctx)
+        with warnings.catch_warnings():
+            if not debug:  # Python's own format adds the file and source line: keep to one line
+                warnings.showwarning = _show_warning
+            with command.make_context(prog, args) as ctx:
+                command.invoke(ctx)
         return EXIT_OK
     except click.exceptions.Exit as e:  # --help, or ctx.exit(code)
         return e.exit_code
@@ -128,6 +131,11 @@ def run(argv: Sequence[str] | None = None, command: click.Command | None = None)
             EXIT_ERROR,
             debug,
         )
+
+
+def _show_warning(message: Warning | str, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:  # fmt: skip
+    click.echo(f"warning: {_one_line_text(str(message))}", err=True)
 
 
 def _one_line(e: BaseException) -> str:

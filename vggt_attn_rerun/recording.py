@@ -521,6 +521,12 @@ def _cloud(pm: PointMap, options: RecordingOptions) -> tuple[np.ndarray, np.ndar
     return pick, cloud, (scale if np.isfinite(scale) and scale > 0 else 1.0)
 
 
+def camera_is_valid(extrinsics: np.ndarray, intrinsics: np.ndarray) -> bool:
+    """Finite ``[3, 4]`` extrinsics and finite ``[3, 3]`` intrinsics with positive focal lengths."""
+    focal = np.diag(intrinsics)[:2]
+    return bool(np.isfinite(extrinsics).all() and np.isfinite(intrinsics).all() and (focal > 0).all())
+
+
 def _log_scene(rec: rr.RecordingStream, result: CaptureResult, rgb: np.ndarray, pm: PointMap,
                options: RecordingOptions) -> None:  # fmt: skip
     """Cameras, images and the point cloud (all static)."""
@@ -533,21 +539,21 @@ def _log_scene(rec: rr.RecordingStream, result: CaptureResult, rgb: np.ndarray, 
     rec.log(Paths.cloud, rr.Points3D(cloud, colors=rgb.reshape(-1, 3)[pick], radii=-1.5), static=True)
 
     for s in range(lay.num_frames):
-        # Rerun stores the camera-from-world matrix as given; the relation tells it the direction.
-        rec.log(
-            Paths.frame(s),
-            rr.Transform3D(
-                translation=extr[s, :, 3],
-                mat3x3=extr[s, :, :3],
-                relation=rr.TransformRelation.ChildFromParent,
-            ),
-            static=True,
-        )
-        rec.log(
-            Paths.image(s),
-            rr.Pinhole(image_from_camera=intr[s], resolution=[w, h], image_plane_distance=0.15 * scale),
-            static=True,
-        )
+        if camera_is_valid(extr[s], intr[s]):
+            # Rerun stores the camera-from-world matrix as given; the relation tells it the direction.
+            transform = rr.Transform3D(
+                translation=extr[s, :, 3], mat3x3=extr[s, :, :3], relation=rr.TransformRelation.ChildFromParent
+            )
+            rec.log(Paths.frame(s), transform, static=True)
+            pinhole = rr.Pinhole(image_from_camera=intr[s], resolution=[w, h], image_plane_distance=0.15 * scale)
+            rec.log(Paths.image(s), pinhole, static=True)
+        else:
+            # One non-finite camera (e.g. a zero field of view from an untrained model) makes the
+            # viewer refuse every view that contains it: keep the photo, drop the camera, say so.
+            warnings.warn(
+                f"view {s}: the predicted camera is degenerate (non-finite or zero focal length): not shown",
+                stacklevel=3,
+            )
         rec.log(
             Paths.image(s), rr.Image(rgb[s]).compress(jpeg_quality=int(options.jpeg_quality)), static=True
         )
