@@ -19,7 +19,8 @@ import torch
 from vggt_attn_rerun.capture import AttentionRows, CaptureResult
 from vggt_attn_rerun.geometry import pose_encoding_to_cameras, unproject_depth
 from vggt_attn_rerun.images import images_from_tensor
-from vggt_attn_rerun.recording import RecordingOptions, log_run
+from vggt_attn_rerun.options import RecordingOptions
+from vggt_attn_rerun.recording import log_run
 from vggt_attn_rerun.testing import synthetic_scene
 from vggt_attn_rerun.tokens import Query, TokenLayout
 

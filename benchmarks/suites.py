@@ -418,6 +418,7 @@ def _recording(settings: Settings, model: nn.Module, work: Path) -> dict[str, An
     import rerun as rr
 
     from vggt_attn_rerun.images import images_from_tensor
+    from vggt_attn_rerun.options import RecordingOptions
 
     log, device = settings.log, torch.device(settings.device)
     h, w = settings.recording_size
@@ -427,7 +428,7 @@ def _recording(settings: Settings, model: nn.Module, work: Path) -> dict[str, An
         loaded = images_from_tensor(images.cpu())
         layout = model_layout(model, s, h, w)
         queries = spread_queries(layout, settings.recording_queries)
-        options = recmod.RecordingOptions(kinds=KINDS)
+        options = RecordingOptions(kinds=KINDS)
         path = work / f"recording_S{s}.rrd"
         rec = rr.RecordingStream("vggt_attn_rerun_bench", recording_id=f"bench-S{s}")
         rec.save(path)

@@ -13,7 +13,8 @@ from vggt_attn_rerun.blueprint import (
     write_blueprints,
 )
 from vggt_attn_rerun.capture import capture
-from vggt_attn_rerun.recording import APPLICATION_ID, Paths, RecordingOptions
+from vggt_attn_rerun.entities import APPLICATION_ID, Paths
+from vggt_attn_rerun.options import RecordingOptions
 from vggt_attn_rerun.tokens import Query
 
 

@@ -7,9 +7,11 @@ import numpy as np
 import rerun as rr
 
 from vggt_attn_rerun.capture import capture
+from vggt_attn_rerun.entities import Paths
 from vggt_attn_rerun.export import save_run
 from vggt_attn_rerun.images import images_from_tensor
-from vggt_attn_rerun.recording import Paths, RecordingOptions, log_run
+from vggt_attn_rerun.options import RecordingOptions
+from vggt_attn_rerun.recording import log_run
 from vggt_attn_rerun.tokens import Query
 
 from .test_recording import Recording

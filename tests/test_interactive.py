@@ -9,9 +9,10 @@ import rerun as rr
 import rerun.notebook  # noqa: F401  (the event dataclasses; works without the rerun-notebook widget)
 import torch
 
-from vggt_attn_rerun import interactive, recording
+from vggt_attn_rerun import api, interactive, recording
 from vggt_attn_rerun.blueprint import blueprint_content
 from vggt_attn_rerun.capture import capture
+from vggt_attn_rerun.entities import Paths
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.images import FrameTransform, LoadedImages, images_from_tensor
 from vggt_attn_rerun.interactive import (
@@ -23,7 +24,8 @@ from vggt_attn_rerun.interactive import (
     prompt_queries,
     qk_cache_bytes_per_frame,
 )
-from vggt_attn_rerun.recording import Paths, RecordingOptions
+from vggt_attn_rerun.options import RecordingOptions
+from vggt_attn_rerun.scene import cameras
 from vggt_attn_rerun.tokens import Query, TokenLayout
 
 KINDS = ("frame", "global")
@@ -196,7 +198,7 @@ def test_origin_units():
 
 
 def test_click_in_3d_is_projected_into_the_frame(run):
-    extr, intr = recording.cameras(run)
+    extr, intr = cameras(run)
     frame, x, y, depth = 1, 30.25, 17.5, 0.8
     cam = depth * np.linalg.solve(intr[frame], [x, y, 1.0])
     world = extr[frame, :, :3].T @ (cam - extr[frame, :, 3])
@@ -254,7 +256,7 @@ def test_unknown_view_units(run, scene_images):
     assert session.click_from_item(Paths.image(1), [30.0, 20.0, None], "my view") == interactive.Click(
         1, 30.0, 20.0, Paths.image(1)
     )
-    extr, intr = recording.cameras(run)
+    extr, intr = cameras(run)
     cam = 0.5 * np.linalg.solve(intr[1], [30.0, 20.0, 1.0])
     world = extr[1, :, :3].T @ (cam - extr[1, :, 3])
     for view in ("my 3D view", "3D"):
@@ -313,7 +315,7 @@ def test_added_query_in_the_rrd(tiny_model, scene_images, tmp_path):
     assert any("q1 global" in values for _, values in blueprint_content(path))
 
     # The logged maps equal those of a fresh run of that query alone.
-    fresh_result, fresh = recording.record_attention(tiny_model, scene_images, [query], options=options)
+    fresh_result, fresh = api.record_attention(tiny_model, scene_images, [query], options=options)
     fresh_path = tmp_path / "fresh.rrd"
     fresh.save(fresh_path)
     fresh.disconnect()

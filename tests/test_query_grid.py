@@ -5,8 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from vggt_attn_rerun import cli
+from vggt_attn_rerun.api import query_grid
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.recording import query_grid
 from vggt_attn_rerun.tokens import TokenLayout
 
 from .test_cli import entities, info_text

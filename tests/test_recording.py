@@ -11,20 +11,14 @@ import rerun as rr
 from PIL import Image
 
 from vggt_attn_rerun import colormap
+from vggt_attn_rerun.api import as_loaded_images, record_attention
 from vggt_attn_rerun.capture import capture
+from vggt_attn_rerun.entities import APPLICATION_ID, MAP_DIMS, Paths, mass_series
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.geometry import pose_encoding_to_cameras
 from vggt_attn_rerun.images import images_from_tensor
-from vggt_attn_rerun.recording import (
-    APPLICATION_ID,
-    MAP_DIMS,
-    Paths,
-    RecordingOptions,
-    as_loaded_images,
-    log_run,
-    mass_series,
-    record_attention,
-)
+from vggt_attn_rerun.options import RecordingOptions
+from vggt_attn_rerun.recording import log_run
 from vggt_attn_rerun.tokens import Query
 
 KINDS = ("frame", "global")

@@ -5,17 +5,13 @@ import pytest
 import rerun as rr
 
 from vggt_attn_rerun import colormap
+from vggt_attn_rerun.api import record_attention
 from vggt_attn_rerun.capture import capture
 from vggt_attn_rerun.consistency import STATUS_NAMES, geometric_consistency
+from vggt_attn_rerun.entities import APPLICATION_ID, MEAN, Paths
 from vggt_attn_rerun.images import images_from_tensor
-from vggt_attn_rerun.recording import (
-    APPLICATION_ID,
-    MEAN,
-    Paths,
-    RecordingOptions,
-    log_queries,
-    record_attention,
-)
+from vggt_attn_rerun.options import RecordingOptions
+from vggt_attn_rerun.recording import log_queries
 from vggt_attn_rerun.summaries import METRICS, block_head_matrix, summarize
 from vggt_attn_rerun.tokens import Query
 

@@ -3,6 +3,7 @@
 The data flows one way: images -> model + capture -> attention rows + predictions -> recording.
 """
 
+from .api import record_attention
 from .capture import AttentionRows, CaptureResult, capture, capture_full
 from .compat import (
     AttentionExtractor,
@@ -14,7 +15,8 @@ from .compat import (
 from .errors import UserError
 from .images import FrameTransform, LoadedImages, load_images
 from .models import load_model
-from .recording import RecordingOptions, log_queries, log_run, record_attention
+from .options import RecordingOptions
+from .recording import log_queries, log_run
 from .tokens import Query, TokenLayout, parse_query
 
 __version__ = "0.1.0"

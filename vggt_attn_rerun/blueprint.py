@@ -1,4 +1,4 @@
-"""Viewer layouts (Rerun blueprints) for recordings made by recording.py.
+"""Viewer layouts (Rerun blueprints) for recordings made by recording.py (entity paths: entities.py).
 
 One dashboard per (query, kind): the 3D scene beside a grid of the views with their overlays,
 and tabs with the head grid, the attention mass per view, the summaries (one line per head and
@@ -43,7 +43,8 @@ import rerun as rr
 import rerun.blueprint as rrb
 
 from .capture import CaptureResult, check_kinds
-from .recording import APPLICATION_ID, CONSISTENCY_MATRICES, MAP_DIMS, MEAN, Paths, RecordingOptions
+from .entities import APPLICATION_ID, CONSISTENCY_MATRICES, MAP_DIMS, MEAN, Paths
+from .options import RecordingOptions
 from .summaries import METRICS
 
 _ID_NAMESPACE = uuid.UUID("5b0f3c1e-7a2d-4c59-9a53-7f1d2e0b8c44")

@@ -602,7 +602,7 @@ def _resolve_queries(
 ) -> list[Any]:
     """The queries in order: texts (-q, then --queries-file), then the --query-grid; a token named
     twice is used once (with a warning when ``warn``)."""
-    from .recording import query_grid
+    from .api import query_grid
     from .tokens import TokenLayout, parse_query
 
     h, w = loaded.layout_hw
@@ -652,8 +652,9 @@ def _load_model(spec: str, plan: _Plan) -> Any:
 def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
     import rerun as rr
 
-    from . import recording as rec_mod
+    from . import api
     from .capture import model_depth, model_heads, model_layout
+    from .options import RecordingOptions
     from .resources import translate_oom
     from .sinks import open_sinks, serve_forever
     from .tokens import parse_index_list
@@ -673,7 +674,7 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
     focus_head, focus_block = _check_focus(o["focus_head"], o["focus_block"], blocks, depth, heads)
     _check_memory(model, plan, layout, len(queries), len(blocks), heads, o["force"])
 
-    options = rec_mod.RecordingOptions(
+    options = RecordingOptions(
         kinds=plan.kinds,
         focus_head=focus_head,
         focus_block=focus_block,
@@ -691,8 +692,8 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
     )
     if plan.sinks is None:  # --export only: capture, no recording
         with _forward_progress(model), translate_oom(plan.device):
-            result = rec_mod.capture_run(model, images, queries, blocks=blocks, options=options,
-                                         autocast_dtype=plan.autocast)  # fmt: skip
+            result = api.capture_run(model, images, queries, blocks=blocks, options=options,
+                                     autocast_dtype=plan.autocast)  # fmt: skip
         _export(plan.export, result, images)
         click.echo(f"{what}: exported {plan.export}", err=True)
         return
@@ -701,7 +702,7 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
     # the active one, which lands in the file too and, unlike a default, replaces the stale
     # layout a running viewer keeps from an earlier run of another size.
     with open_sinks(rec, plan.sinks) as sinks, _forward_progress(model), translate_oom(plan.device):
-        result, _ = rec_mod.record_attention(
+        result, _ = api.record_attention(
                 model, images, queries, blocks=blocks, options=options, recording=rec,
                 autocast_dtype=plan.autocast, application_id=APP_ID,
             )  # fmt: skip

@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     from .blueprint import default_blueprint_for
-    from .recording import RecordingOptions, log_run
+    from .options import RecordingOptions
+    from .recording import log_run
 
     options = RecordingOptions(kinds=result.rows.kinds)
     rec = rr.RecordingStream(args.application_id, recording_id=args.recording_id)

@@ -33,16 +33,20 @@ import rerun as rr
 import torch
 from torch import nn
 
+from .api import as_loaded_images
 from .capture import CaptureResult, capture, find_aggregator
+from .entities import APPLICATION_ID
 from .errors import UserError
 from .images import LoadedImages
-from .recording import APPLICATION_ID, RecordingOptions, as_loaded_images, cameras, log_run
+from .options import RecordingOptions
+from .recording import log_run
+from .scene import cameras
 from .tokens import Query, TokenLayout, parse_query
 
 PixelSpace = Literal["model", "original"]
 Units = Literal["pixel", "patch", "world"]
 
-# The entity path scheme of recording.py (Paths): world/frames/{s}/image[/attention/...|/queries/...]
+# The entity path scheme of entities.py (Paths): world/frames/{s}/image[/attention/...|/queries/...]
 # and heads/q{i}/... (the head grid, whose backdrop is the image of the query's grid view).
 _FRAME_PATH = re.compile(r"world/frames/(\d+)/image(?:/(.*))?")
 _HEADS_PATH = re.compile(r"heads/q(\d+)(?:/(.*))?")

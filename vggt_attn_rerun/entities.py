@@ -1,0 +1,140 @@
+"""The names in a recording: the application id, the entity paths (``Paths``), the maps' dimensions.
+
+Entity paths (``s`` a frame, ``i`` a query, ``kind`` "frame" or "global", ``h`` a head)::
+
+    world                                       ViewCoordinates RDF: VGGT's first camera, OpenCV axes
+    world/frames/{s}                            Transform3D, camera-from-world (ChildFromParent)
+    world/frames/{s}/image                      Pinhole + the model-resolution input image (JPEG)
+    world/frames/{s}/image/attention            Transform3D scale [patch, patch, 1]: patch grid -> pixels
+    world/frames/{s}/image/attention/q{i}/{kind}  SegmentationImage [gh, gw] u8 + AnnotationContext
+    world/frames/{s}/image/queries/q{i}         Points2D marker at the query patch centre (+ /patch box)
+    world/points                                Points3D point map, confidence-filtered, image colors
+    world/queries/q{i}                          Points3D: the query's predicted 3D point
+    world/attention/q{i}/{kind}                 Points3D, one per patch (positions static, colors per time)
+    heads/q{i}/image                            the grid view's image (head grid backdrop)
+    heads/q{i}/{kind}/{h}                       SegmentationImage of head h on the grid view (block only)
+    queries/q{i}/info                           TextDocument: the query, scales, quantization
+    queries/q{i}/{kind}                         AnyValues: vmax per view, captured blocks
+    queries/q{i}/{kind}/maps                    Tensor u8 [block, head, view, y, x] (all maps, static)
+    queries/q{i}/{kind}/mass/{view_s,camera,registers}  Scalars: attention mass per target
+    queries/q{i}/{kind}/summary/{metric}        Scalars, block timeline: one series per head + "head mean"
+    queries/q{i}/{kind}/matrix/{metric}         Image [L*cell, H*cell, 3]: block x head matrix (static)
+    queries/q{i}/{kind}/matrix/legend           TextDocument: rows = blocks, columns = heads, color ranges
+    queries/q{i}/global/consistency/{score,control_score}  Image: block x head consistency matrices
+    queries/q{i}/global/consistency/peak_dist   Scalars, block timeline: peak distance (pixels, head
+                                                mean), one series per valid view
+    world/frames/{s}/image/queries/q{i}/projected  Points2D (magenta): the query's 3D point projected
+                                                into view s (+ /cross, /window); valid views only
+    queries/mean/{kind}/summary|matrix/...      the same averaged over the run's queries (Q > 1), and
+    queries/mean/global/consistency/{score,control_score}  (means over all valid query-view pairs)
+    queries/index                               TextDocument: every query (name, token, frame, patch)
+
+recording.py and summary_logging.py log under these names; blueprint.py lays views out on them.
+"""
+
+from __future__ import annotations
+
+APPLICATION_ID = "vggt_attn_rerun"
+#: the dimension names of the ``queries/q{i}/{kind}/maps`` tensor
+MAP_DIMS = ("block", "head", "view", "y", "x")
+
+
+class Paths:
+    """The entity path scheme (see the module docstring); blueprints build on the same names."""
+
+    @staticmethod
+    def frame(s: int) -> str:
+        return f"world/frames/{s}"
+
+    @staticmethod
+    def image(s: int) -> str:
+        return f"world/frames/{s}/image"
+
+    @staticmethod
+    def overlay_root(s: int) -> str:
+        return f"world/frames/{s}/image/attention"
+
+    @staticmethod
+    def overlay(s: int, q: int, kind: str) -> str:
+        return f"world/frames/{s}/image/attention/q{q}/{kind}"
+
+    @staticmethod
+    def marker(s: int, q: int) -> str:
+        return f"world/frames/{s}/image/queries/q{q}"
+
+    cloud = "world/points"
+
+    @staticmethod
+    def query_point(q: int) -> str:
+        return f"world/queries/q{q}"
+
+    @staticmethod
+    def patch_points(q: int, kind: str) -> str:
+        return f"world/attention/q{q}/{kind}"
+
+    @staticmethod
+    def heads_root(q: int) -> str:
+        return f"heads/q{q}"
+
+    @staticmethod
+    def head(q: int, kind: str, h: int) -> str:
+        return f"heads/q{q}/{kind}/{h}"
+
+    @staticmethod
+    def info(q: int) -> str:
+        return f"queries/q{q}/info"
+
+    @staticmethod
+    def scales(q: int, kind: str) -> str:
+        return f"queries/q{q}/{kind}"
+
+    @staticmethod
+    def maps(q: int, kind: str) -> str:
+        return f"queries/q{q}/{kind}/maps"
+
+    @staticmethod
+    def mass(q: int, kind: str, series: str) -> str:
+        return f"queries/q{q}/{kind}/mass/{series}"
+
+    # Summaries and consistency: ``q`` is a query index, or MEAN for the mean over the run's queries.
+    @staticmethod
+    def query_root(q: int | str) -> str:
+        return f"queries/{_query_name(q)}"
+
+    @staticmethod
+    def summary(q: int | str, kind: str, metric: str) -> str:
+        return f"queries/{_query_name(q)}/{kind}/summary/{metric}"
+
+    @staticmethod
+    def matrix(q: int | str, kind: str, metric: str) -> str:
+        return f"queries/{_query_name(q)}/{kind}/matrix/{metric}"
+
+    @staticmethod
+    def matrix_legend(q: int | str, kind: str) -> str:
+        return f"queries/{_query_name(q)}/{kind}/matrix/legend"
+
+    @staticmethod
+    def consistency(q: int | str, name: str) -> str:
+        """``score`` / ``control_score`` (block x head matrices) or ``peak_dist`` (series)."""
+        return f"queries/{_query_name(q)}/global/consistency/{name}"
+
+    @staticmethod
+    def projected(s: int, q: int) -> str:
+        return f"world/frames/{s}/image/queries/q{q}/projected"
+
+    query_index = "queries/index"
+
+
+#: the query name of the means over the run's queries (``queries/mean/...``)
+MEAN = "mean"
+#: the block x head matrices of the consistency subtree
+CONSISTENCY_MATRICES = ("score", "control_score")
+
+
+def _query_name(q: int | str) -> str:
+    return q if isinstance(q, str) else f"q{q}"
+
+
+def mass_series(num_frames: int) -> tuple[str, ...]:
+    """Names of the mass series: ``view_0..view_{S-1}`` (patch keys of a view), camera, registers."""
+    return tuple(f"view_{s}" for s in range(num_frames)) + ("camera", "registers")

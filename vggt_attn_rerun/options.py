@@ -1,0 +1,76 @@
+"""What to log and how: ``RecordingOptions``, checked on construction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import colormap
+from .capture import check_kinds
+from .errors import UserError
+
+POINT_SOURCES = ("world_points", "depth")
+
+
+@dataclass
+class RecordingOptions:
+    """What to log and how. Checked on construction (UserError); run-dependent checks in log_run.
+
+    Attributes:
+        kinds: attention kinds to log ("frame", "global").
+        focus_head: head shown in the main views on the block timeline; None = head mean.
+        focus_block: block whose heads the head timeline walks through; None = last captured.
+        grid_view: view shown in the head grid; None = the query's own frame.
+        points: point map source: "world_points" (point head) or "depth" (depth unprojected
+            with the predicted cameras).
+        conf_threshold: keep points with confidence >= this; None = use conf_percentile.
+        conf_percentile: keep points at or above this percentile of confidence (0-100).
+        max_points: at most this many cloud points (deterministic subsample).
+        per_view_normalize: scale each view's maps by its own vmax instead of one absolute
+            scale shared by all views (then colors are not comparable across views).
+        jpeg_quality: 1-100, for the logged input images.
+        colormap: one of colormap.COLORMAPS.
+        top_k: k of the ``top_k_mass`` summary (summaries.summarize).
+        consistency_radius: Chebyshev radius in patches of the consistency windows
+            (consistency.geometric_consistency).
+        matrix_cell: pixels per (block, head) cell of the block x head matrix images.
+    """
+
+    kinds: Sequence[str] = ("global",)
+    focus_head: int | None = None
+    focus_block: int | None = None
+    grid_view: int | None = None
+    points: str = "world_points"
+    conf_threshold: float | None = None
+    conf_percentile: float = 50.0
+    max_points: int = 200_000
+    per_view_normalize: bool = False
+    jpeg_quality: int = 90
+    colormap: str = "inferno"
+    top_k: int = 10
+    consistency_radius: int = 1
+    matrix_cell: int = 8
+
+    def __post_init__(self) -> None:
+        self.kinds = check_kinds((self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds))
+        if self.points not in POINT_SOURCES:
+            raise UserError(f"unknown point source {self.points!r}: valid are {', '.join(POINT_SOURCES)}")
+        for name in ("focus_head", "focus_block", "grid_view"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
+                raise UserError(f"{name} must be an index >= 0 or None, got {value!r}")
+        if self.conf_threshold is not None and not np.isfinite(self.conf_threshold):
+            raise UserError(f"conf_threshold must be a finite number or None, got {self.conf_threshold!r}")
+        if not 0.0 <= self.conf_percentile <= 100.0:
+            raise UserError(f"conf_percentile must be in [0, 100], got {self.conf_percentile!r}")
+        if int(self.max_points) < 1:
+            raise UserError(f"max_points must be >= 1, got {self.max_points!r}")
+        if not 1 <= int(self.jpeg_quality) <= 100:
+            raise UserError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality!r}")
+        self.colormap = colormap.check_colormap(self.colormap)
+        for name, low in (("top_k", 1), ("consistency_radius", 0), ("matrix_cell", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                raise UserError(f"{name} must be an integer >= {low}, got {value!r}")

@@ -1,0 +1,154 @@
+"""The run's scene in numbers (numpy, no Rerun): cameras, point map, logged cloud, patch centroids.
+
+What recording.py shows of the scene and where it places the 3D attention points: the predicted
+cameras, VGGT's point map with the confidence filter, the (subsampled) cloud and its scale, each
+patch's mean 3D point and footprint radius, the query's 3D point, and the input images as u8.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .capture import CaptureResult
+from .errors import UserError
+from .geometry import pose_encoding_to_cameras, unproject_depth
+from .images import LoadedImages
+from .options import RecordingOptions
+from .tokens import Query, TokenLayout
+
+
+@dataclass
+class PointMap:
+    """Per-pixel 3D points of the run and which of them pass the confidence filter.
+
+    Attributes:
+        points: ``[S, H, W, 3]`` world points (float32). conf: ``[S, H, W]``.
+        keep: ``[S, H, W]`` bool, finite and confident. threshold: the confidence cut used.
+    """
+
+    points: np.ndarray
+    conf: np.ndarray
+    keep: np.ndarray
+    threshold: float
+
+
+def cameras(result: CaptureResult) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted cameras: extrinsics ``[S, 3, 4]`` camera-from-world, intrinsics ``[S, 3, 3]`` (float64)."""
+    pose = result.predictions["pose_enc"].detach().reshape(-1, 9)[: result.layout.num_frames]
+    extr, intr = pose_encoding_to_cameras(pose.double().cpu(), result.layout.image_size)
+    return extr.numpy(), intr.numpy()
+
+
+def point_map(result: CaptureResult, options: RecordingOptions) -> PointMap:
+    """The point map chosen by ``options.points``, with the confidence filter applied."""
+    pred, s = result.predictions, result.layout.num_frames
+    h, w = result.layout.image_size
+
+    def arr(key: str) -> np.ndarray:
+        if key not in pred:
+            other = "world_points" if key.startswith("depth") else "depth"
+            raise UserError(f"the model's predictions have no {key!r}: try points={other!r}")
+        return pred[key].detach().float().cpu().numpy()
+
+    if options.points == "depth":
+        extr, intr = cameras(result)
+        pts = unproject_depth(arr("depth").reshape(s, h, w), extr, intr)
+        conf = arr("depth_conf").reshape(s, h, w)
+    else:
+        pts = arr("world_points").reshape(s, h, w, 3)
+        conf = arr("world_points_conf").reshape(s, h, w)
+    finite = np.isfinite(pts).all(-1) & np.isfinite(conf)
+    if options.conf_threshold is not None:
+        thr = float(options.conf_threshold)
+    else:
+        thr = float(np.percentile(conf[finite], options.conf_percentile)) if finite.any() else np.inf
+    return PointMap(pts, conf, finite & (conf >= thr), thr)
+
+
+def subsample(count: int, max_points: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` of ``count`` items, the same on every run."""
+    if count <= max_points:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=max_points, replace=False))
+
+
+def patch_centroids(pm: PointMap, layout: TokenLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Mean 3D point of each patch ``[S, gh, gw, 3]`` and whether it is kept ``[S, gh, gw]``.
+
+    A patch is kept when its mean confidence passes the cloud's cut and its centroid is finite,
+    so 3D attention points never float where the point cloud has nothing.
+    """
+    s, gh, gw, ps = layout.num_frames, layout.grid_h, layout.grid_w, layout.patch_size
+    pts = np.where(np.isfinite(pm.points), pm.points, np.nan).reshape(s, gh, ps, gw, ps, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN patches are expected: dropped below
+        centroids = np.nanmean(pts, axis=(2, 4))
+    conf = pm.conf.reshape(s, gh, ps, gw, ps).mean(axis=(2, 4))
+    return centroids.astype(np.float32), np.isfinite(centroids).all(-1) & (conf >= pm.threshold)
+
+
+def patch_radii(centroids: np.ndarray, result: CaptureResult) -> np.ndarray:
+    """Half the footprint of each patch at its depth, ``[S, gh, gw]``: ``0.5 * patch * z / f``."""
+    extr, intr = cameras(result)
+    z = np.einsum("shwj,sj->shw", centroids.astype(np.float64), extr[:, 2, :3]) + extr[:, 2, 3][:, None, None]
+    focal = 0.5 * (intr[:, 0, 0] + intr[:, 1, 1])
+    r = 0.5 * result.layout.patch_size * np.abs(z) / focal[:, None, None]
+    return np.where(np.isfinite(r), r, 0.0).astype(np.float32)
+
+
+def images_u8(images: LoadedImages) -> np.ndarray:
+    """``[S, 3, H, W]`` float in [0, 1] -> ``[S, H, W, 3]`` uint8."""
+    t = images.tensor.detach().float().cpu().clamp(0, 1)
+    return (t.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def logged_cloud(pm: PointMap, options: RecordingOptions) -> tuple[np.ndarray, np.ndarray, float]:
+    """The logged cloud: flat pixel indices, positions, and the scene scale (median point distance)."""
+    flat = np.flatnonzero(pm.keep.reshape(-1))
+    pick = flat[subsample(flat.size, int(options.max_points))]
+    cloud = pm.points.reshape(-1, 3)[pick]
+    scale = float(np.median(np.linalg.norm(cloud, axis=1))) if cloud.size else 1.0
+    return pick, cloud, (scale if np.isfinite(scale) and scale > 0 else 1.0)
+
+
+def camera_is_valid(extrinsics: np.ndarray, intrinsics: np.ndarray) -> bool:
+    """Finite ``[3, 4]`` extrinsics and finite ``[3, 3]`` intrinsics with positive focal lengths."""
+    focal = np.diag(intrinsics)[:2]
+    return bool(np.isfinite(extrinsics).all() and np.isfinite(intrinsics).all() and (focal > 0).all())
+
+
+def query_point(pm: PointMap, lay: TokenLayout, q: Query) -> np.ndarray | None:
+    """Mean of the point map over the query patch ``[3]``, or None for special tokens."""
+    rc = q.patch(lay)
+    if rc is None:
+        return None
+    ps = lay.patch_size
+    block = pm.points[q.frame, rc[0] * ps : (rc[0] + 1) * ps, rc[1] * ps : (rc[1] + 1) * ps].reshape(-1, 3)
+    block = block[np.isfinite(block).all(-1)]
+    return block.mean(0) if len(block) else None
+
+
+@dataclass
+class Scene:
+    """What the per-query logging takes from the scene."""
+
+    rgb: np.ndarray  # [S, H, W, 3] u8
+    pm: PointMap
+    scale: float
+    centroids: np.ndarray  # [S * gh * gw, 3]
+    kept: np.ndarray  # [S * gh * gw] bool
+    radius: np.ndarray  # [kept.sum()]
+
+
+def build_scene(result: CaptureResult, images: LoadedImages, options: RecordingOptions) -> Scene:
+    """The scene of a run as the per-query logging needs it: u8 images, point map, scale, kept patches."""
+    rgb = images_u8(images)
+    pm = point_map(result, options)
+    _, _, scale = logged_cloud(pm, options)
+    centroids, kept = patch_centroids(pm, result.layout)
+    radius = patch_radii(centroids, result).reshape(-1)[kept.reshape(-1)]
+    return Scene(rgb, pm, scale, centroids.reshape(-1, 3), kept.reshape(-1), radius)
