@@ -210,3 +210,25 @@ def test_end_to_end_connect_and_save_at_once(scene, tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=10)
+
+
+def test_ask_adds_typed_queries_without_a_second_forward_pass(scene, tmp_path, monkeypatch):
+    forwards = []
+    real_load = cli._load_model
+
+    def load_and_count(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        model.register_forward_hook(lambda *a: forwards.append(1))
+        return model
+
+    monkeypatch.setattr(cli, "_load_model", load_and_count)
+    out = tmp_path / "ask.rrd"
+    result = CliRunner().invoke(
+        cli.cli, [str(scene), *FAST, "-q", "0:p0,0", "--ask", "--headless", "--save", str(out)],
+        input="1:p2,3\nnot a query\nq\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert forwards == [1]
+    assert "not added: cannot parse query 'not a query'" in result.stderr
+    entities = {ch.entity_path.lstrip("/") for ch in rr.chunk.RrdReader(out).stream()}
+    assert "world/frames/1/image/attention/q1/global" in entities  # the typed query, logged as q1

@@ -77,13 +77,18 @@ def capture_run(
     blocks: Sequence[int] | None = None,
     options: RecordingOptions | None = None,
     autocast_dtype: torch.dtype | None = None,
+    keep_qk: bool = False,
 ) -> CaptureResult:
-    """The capture part of record_attention: ONE forward pass for all queries, nothing logged."""
+    """The capture part of record_attention: ONE forward pass for all queries, nothing logged.
+
+    ``keep_qk``: keep every block's q/k (``capture.QKCache``: VGGT-1B at 518x518 costs 540 MB per
+    frame in fp32) so that ``interactive.QuerySession`` can add queries without a forward pass.
+    """
     options = options if options is not None else RecordingOptions()
     loaded = as_loaded_images(images)
     tensor = loaded.tensor.to(_model_device(model))
     return capture(model, tensor, _query_factory(queries, loaded), blocks=blocks, kinds=options.kinds,
-                   autocast_dtype=autocast_dtype)  # fmt: skip
+                   autocast_dtype=autocast_dtype, keep_qk=keep_qk)  # fmt: skip
 
 
 def record_attention(
@@ -97,6 +102,7 @@ def record_attention(
     autocast_dtype: torch.dtype | None = None,
     application_id: str = APPLICATION_ID,
     send_blueprint: bool = True,
+    keep_qk: bool = False,
 ) -> tuple[CaptureResult, rr.RecordingStream]:
     """Run the model once, capture the queries' attention, and log it all into a recording.
 
@@ -112,13 +118,15 @@ def record_attention(
         send_blueprint: send ``blueprint.default_blueprint_for(result, options)`` into the stream
             (active and default), so that every sink and saved .rrd carries the layout. With
             False, pass it yourself: ``rec.save(path, default_blueprint=default_blueprint_for(...))``.
+        keep_qk: keep the q/k cache in the result (see capture_run) for later queries.
 
     Returns:
         (CaptureResult, the RecordingStream).
     """
     options = options if options is not None else RecordingOptions()
     loaded = as_loaded_images(images)
-    result = capture_run(model, loaded, queries, blocks=blocks, options=options, autocast_dtype=autocast_dtype)
+    result = capture_run(model, loaded, queries, blocks=blocks, options=options, autocast_dtype=autocast_dtype,
+                         keep_qk=keep_qk)  # fmt: skip
     rec = recording if recording is not None else rr.RecordingStream(application_id)
     if send_blueprint:
         # Imported here, not at the top: the package imports this module, and a top-level import

@@ -370,6 +370,14 @@ def _progress(desc: str, total: int | None = None, unit: str = "it") -> Any:
     show_default=True,
     help="Colormap of the heatmaps.",
 )
+@click.option(
+    "--ask",
+    is_flag=True,
+    help="After the run, read more queries from the terminal (FRAME:X,Y in pixels of the logged images, as the "
+    "viewer's hover shows them, or FRAME:pROW,COL ...) and add them without a second forward pass, from a q/k "
+    "cache (VGGT-1B: ~540 MB per 518x518 frame). The native viewer does not report clicks to Python in Rerun "
+    "0.41; in notebooks clicks work (docs/interactive.md).",
+)
 @click.option("--save", metavar="OUT.rrd", help="Write the recording to a file (written whole or not at all).")
 @click.option(
     "--export",
@@ -450,6 +458,8 @@ def _plan(image_args: Sequence[str], connect: str | None, o: dict[str, Any]) -> 
     if o["grid_view"] is not None and o["grid_view"] >= len(paths):
         raise UserError(f"--grid-view {o['grid_view']}: valid frames are 0..{len(paths) - 1}")
     export = check_export_path(o["export"], o["overwrite"]) if o["export"] else None
+    if o["ask"] and export is not None and o["headless"] and not (o["save"] or connect or o["serve"]):
+        raise UserError("--ask with --export alone has nowhere to show new queries: add --save, --connect or --serve")
     if export is not None and o["headless"] and not (o["save"] or connect or o["serve"]):
         sinks = None  # export only: no recording to log
     else:
@@ -672,7 +682,12 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
     except UserError as e:
         raise UserError(f"--blocks {plan.blocks}: {e}") from e
     focus_head, focus_block = _check_focus(o["focus_head"], o["focus_block"], blocks, depth, heads)
-    _check_memory(model, plan, layout, len(queries), len(blocks), heads, o["force"])
+    qk_cache = 0
+    if o["ask"]:
+        from .interactive import model_qk_cache_bytes
+
+        qk_cache = model_qk_cache_bytes(model, layout, len(blocks), len(plan.kinds))
+    _check_memory(model, plan, layout, len(queries), len(blocks), heads, o["force"], extra=qk_cache)
 
     options = RecordingOptions(
         kinds=plan.kinds,
@@ -701,14 +716,21 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
     # No default blueprint on the sinks: record_attention sends its layout into the stream as
     # the active one, which lands in the file too and, unlike a default, replaces the stale
     # layout a running viewer keeps from an earlier run of another size.
-    with open_sinks(rec, plan.sinks) as sinks, _forward_progress(model), translate_oom(plan.device):
-        result, _ = api.record_attention(
+    with open_sinks(rec, plan.sinks) as sinks:
+        with _forward_progress(model), translate_oom(plan.device):
+            result, _ = api.record_attention(
                 model, images, queries, blocks=blocks, options=options, recording=rec,
-                autocast_dtype=plan.autocast, application_id=APP_ID,
+                autocast_dtype=plan.autocast, application_id=APP_ID, keep_qk=o["ask"],
             )  # fmt: skip
         # Inside: an export that fails removes the partial .rrd too (the run's files come whole or not at all).
         if plan.export is not None:
             _export(plan.export, result, images)
+        if o["ask"]:  # the sinks stay open: typed queries stream to the viewer and into --save
+            from .interactive import QuerySession, prompt_queries
+
+            click.echo(f"{what}: logged; type more queries (pixels of the logged images), q to stop", err=True)
+            session = QuerySession(rec, result, images, options)
+            prompt_queries(session, write=lambda line: click.echo(line, err=True))
     done = plan.sinks.describe() + (f", exported {plan.export}" if plan.export is not None else "")
     click.echo(f"{what}: {done}", err=True)
     if plan.sinks.serve:
@@ -748,7 +770,10 @@ def _check_focus(
     return head, block
 
 
-def _check_memory(model: Any, plan: _Plan, layout: Any, queries: int, blocks: int, heads: int, force: bool) -> None:
+def _check_memory(
+    model: Any, plan: _Plan, layout: Any, queries: int, blocks: int, heads: int, force: bool, extra: int = 0
+) -> None:
+    """``extra``: bytes kept on top of the estimate (the q/k cache of --ask)."""
     from .capture import find_aggregator
     from .resources import available_memory_bytes, check_memory, estimate_memory
 
@@ -760,7 +785,7 @@ def _check_memory(model: Any, plan: _Plan, layout: Any, queries: int, blocks: in
         num_registers=layout.num_registers, fused_attention=bool(getattr(attn, "fused_attn", True)),
     )  # fmt: skip
     # The weights are already resident, so compare only what the forward pass adds.
-    line = check_memory(estimate.transient, available_memory_bytes(plan.device), plan.device, force)
+    line = check_memory(estimate.transient + extra, available_memory_bytes(plan.device), plan.device, force)
     if line:
         click.echo(line, err=True)
 
