@@ -7,13 +7,11 @@ so that a typo costs a second and not a 5 GB download or minutes of a forward pa
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import traceback
 import uuid
 import warnings
@@ -509,25 +507,9 @@ def read_queries_file(path: str | Path) -> list[tuple[str, str]]:
 
 def check_export_path(path: str | Path, overwrite: bool = False) -> Path:
     """Refuse an --export path that cannot work, before the model loads (as --save)."""
-    target = Path(path).expanduser()
-    if target.suffix.lower() != ".npz":
-        raise UserError(f"--export {path}: the file name must end in .npz (the run file format)")
-    folder = target.parent
-    if not folder.exists():
-        raise UserError(f"--export {path}: folder {folder} does not exist")
-    if not folder.is_dir():
-        raise UserError(f"--export {path}: {folder} is not a folder")
-    if target.is_dir():
-        raise UserError(f"--export {path}: is a folder; give a file name ending in .npz")
-    if target.exists() and not overwrite:
-        raise UserError(f"--export {path}: file exists; pass --overwrite to replace it")
-    try:  # permission bits say nothing for root or ACLs: try it
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.probe-", suffix=".npz", dir=folder)
-    except OSError as e:
-        raise UserError(f"--export {path}: cannot write to folder {folder} ({e.strerror or e})") from e
-    os.close(fd)
-    os.unlink(probe)
-    return target
+    from .sinks import check_output_path
+
+    return check_output_path(path, "--export", ".npz", "the run file format", overwrite)
 
 
 def _check_block_syntax(text: str) -> None:

@@ -115,32 +115,39 @@ def check_port_free(port: int, what: str) -> None:
             ) from e
 
 
-def check_save_path(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Refuse a save path that cannot work, before any expensive work is done.
+def check_output_path(
+    path: str | os.PathLike[str], option: str, suffix: str, why: str, overwrite: bool = False
+) -> Path:
+    """Refuse an output path that cannot work, before any expensive work is done.
 
     The folder must exist and take a new file (probed by creating and removing one, since
-    permission bits say nothing for root or ACLs); the file must end in .rrd and must not exist
-    unless ``overwrite``.
+    permission bits say nothing for root or ACLs); the name must end in ``suffix`` and the file
+    must not exist unless ``overwrite``. Errors name the ``option`` (``--save``, ``--export``).
     """
     target = Path(path).expanduser()
-    if target.suffix.lower() != ".rrd":
-        raise UserError(f"--save {path}: the file name must end in .rrd (the viewer opens recordings by suffix)")
+    if target.suffix.lower() != suffix:
+        raise UserError(f"{option} {path}: the file name must end in {suffix} ({why})")
     folder = target.parent
     if not folder.exists():
-        raise UserError(f"--save {path}: folder {folder} does not exist")
+        raise UserError(f"{option} {path}: folder {folder} does not exist")
     if not folder.is_dir():
-        raise UserError(f"--save {path}: {folder} is not a folder")
+        raise UserError(f"{option} {path}: {folder} is not a folder")
     if target.is_dir():
-        raise UserError(f"--save {path}: is a folder; give a file name ending in .rrd")
+        raise UserError(f"{option} {path}: is a folder; give a file name ending in {suffix}")
     if target.exists() and not overwrite:
-        raise UserError(f"--save {path}: file exists; pass --overwrite to replace it")
+        raise UserError(f"{option} {path}: file exists; pass --overwrite to replace it")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}{PARTIAL_MARK}", suffix=".rrd", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}{PARTIAL_MARK}", suffix=suffix, dir=folder)
     except OSError as e:
-        raise UserError(f"--save {path}: cannot write to folder {folder} ({e.strerror or e})") from e
+        raise UserError(f"{option} {path}: cannot write to folder {folder} ({e.strerror or e})") from e
     os.close(fd)
     os.unlink(probe)
     return target
+
+
+def check_save_path(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """check_output_path for ``--save``."""
+    return check_output_path(path, "--save", ".rrd", "the viewer opens recordings by suffix", overwrite)
 
 
 def find_viewer() -> str:
