@@ -18,6 +18,7 @@ from .capture import CaptureResult, capture
 from .entities import APPLICATION_ID
 from .errors import UserError
 from .images import LoadedImages, expand_image_paths, images_from_tensor, load_images
+from .models import model_device
 from .options import RecordingOptions
 from .recording import log_run
 from .tokens import Query, TokenLayout, parse_query
@@ -42,11 +43,6 @@ def _query_factory(queries: QueriesLike, images: LoadedImages) -> Callable[[Toke
         return lambda layout: list(queries(layout))
     pixel_maps = images.transforms if images.paths is not None else None
     return lambda layout: [q if isinstance(q, Query) else parse_query(str(q), layout, pixel_maps) for q in queries]
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def query_grid(layout: TokenLayout, frame: int, rows: int, cols: int) -> list[Query]:
@@ -86,7 +82,7 @@ def capture_run(
     """
     options = options if options is not None else RecordingOptions()
     loaded = as_loaded_images(images)
-    tensor = loaded.tensor.to(_model_device(model))
+    tensor = loaded.tensor.to(model_device(model))
     return capture(model, tensor, _query_factory(queries, loaded), blocks=blocks, kinds=options.kinds,
                    autocast_dtype=autocast_dtype, keep_qk=keep_qk)  # fmt: skip
 

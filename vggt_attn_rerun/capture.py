@@ -87,7 +87,6 @@ def check_blocks(model: nn.Module, blocks: Sequence[int] | None) -> tuple[int, .
 class _Slot:
     kind: str
     block: int
-    attn: nn.Module
     q: Tensor | None = None
     k: Tensor | None = None
     pos: Tensor | None = None
@@ -162,7 +161,7 @@ def qk_hooks(
         for kind in kinds:
             for b in blocks:
                 attn = getattr(agg, _BLOCK_LISTS[kind])[b].attn
-                slot = _Slot(kind, b, attn)
+                slot = _Slot(kind, b)
                 handles.append(attn.register_forward_pre_hook(pre_hook(slot), with_kwargs=True))
                 handles.append(attn.register_forward_hook(post_hook(slot), with_kwargs=True))
                 handles.append(attn.q_norm.register_forward_hook(norm_hook(slot, "q")))

@@ -51,6 +51,7 @@ from .capture import (
 )
 from .errors import UserError
 from .images import load_images
+from .models import model_device
 from .tokens import TokenLayout
 
 if TYPE_CHECKING:
@@ -191,17 +192,12 @@ class AttentionExtractor:
         self.clear_hooks()
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def _input_images(model: nn.Module, images: Tensor | Sequence[str | os.PathLike[str]]) -> Tensor:
     """A tensor ``[S, 3, H, W]`` / ``[1, S, 3, H, W]`` as given, or photos loaded like vggt's loader."""
     if isinstance(images, Tensor):
-        return images.to(_model_device(model))
+        return images.to(model_device(model))
     paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-    return load_images(paths).tensor.to(_model_device(model))
+    return load_images(paths).tensor.to(model_device(model))
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

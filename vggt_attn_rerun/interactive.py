@@ -34,12 +34,11 @@ import torch
 from torch import nn
 
 from .api import as_loaded_images
-from .capture import CaptureResult, capture, find_aggregator
+from .capture import CaptureResult, find_aggregator
 from .entities import APPLICATION_ID
 from .errors import UserError
 from .images import LoadedImages
 from .options import RecordingOptions
-from .recording import log_run
 from .scene import cameras
 from .tokens import Query, TokenLayout, parse_query
 
@@ -397,11 +396,6 @@ class QuerySession:
 # --------------------------------------------------------------------------------------------
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def start_session(
     model: nn.Module,
     images: Any,
@@ -419,20 +413,13 @@ def start_session(
     cache costs ``qk_cache_bytes_per_frame`` per frame: pass fewer ``blocks`` to shrink it.
     Queries: Query objects or strings (tokens.QUERY_SYNTAX; pixels of the original photos).
     """
-    from .blueprint import default_blueprint_for
+    from .api import record_attention
 
     options = options if options is not None else RecordingOptions()
     loaded = as_loaded_images(images)
-    pixel_maps = loaded.transforms if loaded.paths is not None else None
-
-    def factory(layout: TokenLayout) -> list[Query]:
-        return [q if isinstance(q, Query) else parse_query(str(q), layout, pixel_maps) for q in queries]
-
-    result = capture(model, loaded.tensor.to(_model_device(model)), factory, blocks=blocks, kinds=options.kinds,
-                     autocast_dtype=autocast_dtype, keep_qk=True)  # fmt: skip
-    rec = recording if recording is not None else rr.RecordingStream(application_id)
-    rec.send_blueprint(default_blueprint_for(result, options), make_active=True, make_default=True)
-    log_run(rec, result, loaded, options)
+    result, rec = record_attention(model, loaded, queries, blocks=blocks, options=options, recording=recording,
+                                   autocast_dtype=autocast_dtype, application_id=application_id,
+                                   keep_qk=True)  # fmt: skip
     return QuerySession(rec, result, loaded, options)
 
 

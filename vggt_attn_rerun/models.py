@@ -44,6 +44,12 @@ _CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 _SHOW_KEYS = 5
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters (CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def vggt_install_command(source: str | None = None) -> list[str]:
     """The pip command that installs vggt into this interpreter's environment."""
     # --no-deps: vggt's metadata pins numpy<2 (and opencv), but rerun-sdk 0.41 needs numpy>=2, so
