@@ -6,7 +6,7 @@ on every hooked aggregator attention module recomputes ``qkv`` from the module i
 applies ``q_norm``/``k_norm`` and RoPE with ``pos``, builds ``softmax(scale * q @ k^T)`` as a
 ``[B, H, N, N]`` matrix and keeps it, for every hooked block, on the model's device.
 
-Costs, compared with ``vggt_attn_rerun.capture.capture``: a second qkv projection per block,
+Costs, compared with ``vggt_attn_rerun.core.capture.capture``: a second qkv projection per block,
 an ``N x N`` matrix per head and block kept until the end (frame: ``[S, H, P, P]``, global:
 ``[1, H, S*P, S*P]``), plus one more such matrix while the softmax runs.
 """
@@ -19,8 +19,9 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from vggt_attn_rerun.capture import KINDS, find_aggregator, full_matrix_bytes
-from vggt_attn_rerun.tokens import TokenLayout
+from vggt_attn_rerun.core.introspect import KINDS, find_aggregator
+from vggt_attn_rerun.core.tokens import TokenLayout
+from vggt_attn_rerun.legacy.full import full_matrix_bytes
 
 _BLOCK_LISTS = {"frame": "frame_blocks", "global": "global_blocks"}
 

@@ -40,8 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vggt_attn_rerun.capture import KINDS, capture, model_layout
-from vggt_attn_rerun.tokens import Query, TokenLayout
+from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.introspect import KINDS, model_layout
+from vggt_attn_rerun.core.tokens import Query, TokenLayout
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,7 +74,7 @@ def spread_queries(layout: TokenLayout, count: int) -> list[Query]:
 
 def load_bench_model(spec: str, device: str) -> nn.Module:
     """``tiny`` or ``random`` (VGGT-1B), fp32 weights (autocast sets the compute dtype), eval mode."""
-    from vggt_attn_rerun.models import load_model
+    from vggt_attn_rerun.core.models import load_model
 
     return load_model(spec, device=device, dtype=torch.float32)
 
@@ -89,7 +90,7 @@ def rows_bytes(layout: TokenLayout, num_heads: int, num_blocks: int, queries: in
 
 
 def model_depth(model: nn.Module) -> int:
-    from vggt_attn_rerun.capture import model_depth as depth
+    from vggt_attn_rerun.core.introspect import model_depth as depth
 
     return depth(model)
 

@@ -3,10 +3,10 @@
 The CLI runs unchanged, in this process; timers are wrapped around what it calls:
 
 - import: importing ``vggt_attn_rerun.cli`` (torch, rerun, ...);
-- load: ``vggt_attn_rerun.models.load_model`` (building or reading the model);
+- load: ``vggt_attn_rerun.core.models.load_model`` (building or reading the model);
 - forward: the loaded model's top-level forward calls (forward pre/post hooks);
 - logging: from the end of the last forward until the CLI returns (logging, the blueprint and
-  writing the .rrd); ``log_run_s`` is the part spent in ``vggt_attn_rerun.recording.log_run``.
+  writing the .rrd); ``log_run_s`` is the part spent in ``vggt_attn_rerun.viz.log_run.log_run``.
 
 The parent (``suites.end_to_end``) measures the process wall time; the rest is "other"
 (interpreter start, reading photos, writing the file at exit, ...).
@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     out, cli_args = args[0], args[args.index("--") + 1 :] if "--" in args else args[1:]
     timers = _Timers()
 
-    import vggt_attn_rerun.cli as cli
-    import vggt_attn_rerun.models as models
+    import vggt_attn_rerun.cli.main as cli
+    import vggt_attn_rerun.core.models as models
 
     try:
-        import vggt_attn_rerun.recording as recording
+        import vggt_attn_rerun.viz.log_run as recording
     except ImportError:
         recording = None
     import_s = time.perf_counter() - _T0

@@ -16,13 +16,14 @@ import time
 import rerun as rr
 import torch
 
-from vggt_attn_rerun.capture import AttentionRows, CaptureResult
-from vggt_attn_rerun.geometry import pose_encoding_to_cameras, unproject_depth
-from vggt_attn_rerun.images import images_from_tensor
-from vggt_attn_rerun.options import RecordingOptions
-from vggt_attn_rerun.recording import log_run
+from vggt_attn_rerun.core.capture import CaptureResult
+from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras, unproject_depth
+from vggt_attn_rerun.core.images import images_from_tensor
+from vggt_attn_rerun.core.rows import AttentionRows
+from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.testing import synthetic_scene
-from vggt_attn_rerun.tokens import Query, TokenLayout
+from vggt_attn_rerun.viz.log_run import log_run
+from vggt_attn_rerun.viz.options import RecordingOptions
 
 SIZE, GRID, BLOCKS, HEADS = 518, 37, 24, 16
 

@@ -1,4 +1,4 @@
-"""The four benchmarks of issue 4. Each returns a JSON-ready dict (or ``{"skipped": reason}``).
+"""The four benchmarks (capture overhead, scaling in S, recording, end to end).
 
 1. ``overhead``: plain forward vs forward with capture (all blocks x heads x kinds), Q queries.
 2. ``scaling``: extra memory over a plain forward vs S, ours against the full-matrix baseline.
@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
@@ -26,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vggt_attn_rerun.capture import KINDS, capture, model_heads, model_layout
+from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.introspect import KINDS, model_heads, model_layout
 
 from .baseline import baseline_bytes, first_frames_over_budget
 from .common import (
@@ -385,13 +385,6 @@ def rrd_parts(path: Path) -> dict[str, dict[str, int]]:
     return out
 
 
-def _import(name: str) -> tuple[Any, str | None]:
-    try:
-        return importlib.import_module(name), None
-    except Exception as e:  # noqa: BLE001 - any failure to import means "not available yet"
-        return None, f"{name} cannot be imported ({type(e).__name__}: {e})"
-
-
 def _work_dir(settings: Settings) -> tuple[Path, Any]:
     """The folder for .rrd files and photos: settings.work_dir, or a temporary one removed afterwards."""
     if settings.work_dir:
@@ -412,13 +405,11 @@ def recording(settings: Settings, model: nn.Module) -> dict[str, Any]:
 
 
 def _recording(settings: Settings, model: nn.Module, work: Path) -> dict[str, Any]:
-    recmod, why = _import("vggt_attn_rerun.recording")
-    if recmod is None or not hasattr(recmod, "log_run"):
-        return {"skipped": why or "vggt_attn_rerun.recording has no log_run"}
     import rerun as rr
 
-    from vggt_attn_rerun.images import images_from_tensor
-    from vggt_attn_rerun.options import RecordingOptions
+    from vggt_attn_rerun.core.images import images_from_tensor
+    from vggt_attn_rerun.viz.log_run import log_run
+    from vggt_attn_rerun.viz.options import RecordingOptions
 
     log, device = settings.log, torch.device(settings.device)
     h, w = settings.recording_size
@@ -435,7 +426,7 @@ def _recording(settings: Settings, model: nn.Module, work: Path) -> dict[str, An
         log(f"[recording] S={s}: {len(queries)} queries, all blocks and heads, frame + global -> {path}")
         result = capture(model, images, queries, kinds=KINDS, autocast_dtype=settings.autocast)
         t0 = time.perf_counter()
-        recmod.log_run(rec, result, loaded, options)
+        log_run(rec, result, loaded, options)
         rec.flush()
         seconds = time.perf_counter() - t0
         rec.disconnect()
@@ -511,9 +502,6 @@ def end_to_end(settings: Settings) -> dict[str, Any]:
 
 
 def _end_to_end(settings: Settings, work: Path) -> dict[str, Any]:
-    _, why = _import("vggt_attn_rerun.cli")
-    if why is not None:
-        return {"skipped": why}
     log = settings.log
     rows = []
     for spec, frames, size in settings.e2e:

@@ -17,7 +17,7 @@ import rerun as rr
 import torch
 
 from vggt_attn_rerun import RecordingOptions, record_attention
-from vggt_attn_rerun.images import images_from_tensor
+from vggt_attn_rerun.core.images import images_from_tensor
 from vggt_attn_rerun.testing import synthetic_scene, tiny_vggt
 
 

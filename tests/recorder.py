@@ -2,7 +2,7 @@
 
 import torch
 
-from vggt_attn_rerun.capture import find_aggregator
+from vggt_attn_rerun.core.introspect import find_aggregator
 
 
 class AttentionRecorder:

@@ -1,21 +1,19 @@
 import rerun as rr
 import rerun.blueprint as rrb
 
-from vggt_attn_rerun.blueprint import (
+from tools.make_blueprints import (
     BLUEPRINT_DIR,
     blueprint_content,
-    compact_blueprint,
-    default_blueprint,
-    default_blueprint_for,
     main,
     shipped_blueprints,
     stale_blueprints,
     write_blueprints,
 )
-from vggt_attn_rerun.capture import capture
-from vggt_attn_rerun.entities import APPLICATION_ID, Paths
-from vggt_attn_rerun.options import RecordingOptions
-from vggt_attn_rerun.tokens import Query
+from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.tokens import Query
+from vggt_attn_rerun.viz.blueprint import compact_blueprint, default_blueprint, default_blueprint_for
+from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.paths import APPLICATION_ID, Paths
 
 
 def _views(node) -> list:
@@ -32,7 +30,7 @@ def _rules(view) -> list[str]:
 
 
 def test_shipped_rbl_files_are_fresh():
-    # Regenerate with:  python -m vggt_attn_rerun.blueprint
+    # Regenerate with:  python tools/make_blueprints.py
     assert stale_blueprints() == []
     assert sorted(p.name for p in BLUEPRINT_DIR.glob("*.rbl")) == sorted(shipped_blueprints())
 

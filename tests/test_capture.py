@@ -3,16 +3,13 @@
 import pytest
 import torch
 
-from vggt_attn_rerun.capture import (
-    AttentionRows,
-    capture,
-    capture_full,
-    full_matrix_bytes,
-    model_layout,
-)
+from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.introspect import model_layout
+from vggt_attn_rerun.core.rows import AttentionRows
+from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.legacy.full import capture_full, full_matrix_bytes
 from vggt_attn_rerun.testing import tiny_vggt
-from vggt_attn_rerun.tokens import Query, TokenLayout
 
 from .recorder import AttentionRecorder as _Recorder
 

@@ -13,9 +13,9 @@ import pytest
 import rerun as rr
 from click.testing import CliRunner
 
-from vggt_attn_rerun import cli
-from vggt_attn_rerun.export import load_run
-from vggt_attn_rerun.models import VGGT_COMMIT
+from vggt_attn_rerun.cli import main as cli
+from vggt_attn_rerun.core.models import VGGT_COMMIT
+from vggt_attn_rerun.io.runfile import load_run
 
 RERUN = Path(sys.executable).with_name("rerun")
 FAST = ["--model", "tiny", "--image-size", "84"]  # 84x56 input: a 6x4 patch grid
@@ -167,7 +167,7 @@ def test_connect_swallowing_an_image_is_undone(scene, tmp_path, monkeypatch):
         seen["connect"] = connect
         raise cli.UserError("stop here")
 
-    monkeypatch.setattr("vggt_attn_rerun.sinks.plan_sinks", fake_plan)
+    monkeypatch.setattr("vggt_attn_rerun.viz.sinks.plan_sinks", fake_plan)
     images = sorted(scene.iterdir())
     result = invoke("--connect", images[0], images[1], *FAST)
     assert result.exit_code == 2 and seen["connect"] == "rerun+http://127.0.0.1:9876/proxy"

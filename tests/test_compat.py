@@ -7,17 +7,18 @@ import pytest
 import torch
 from PIL import Image
 
-from vggt_attn_rerun.capture import capture, find_aggregator
-from vggt_attn_rerun.compat import (
+from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.introspect import find_aggregator
+from vggt_attn_rerun.core.tokens import Query
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.legacy.seed import (
     AttentionExtractor,
     demo_visualize_token_attention,
     extract_both_attentions,
     get_attention_values,
     visualize_attention_on_image,
 )
-from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.testing import synthetic_scene
-from vggt_attn_rerun.tokens import Query
 
 # scene_images: S=3 frames of 56x84 -> 4x6 patches, P = 5 + 24 = 29, N = 87; tiny model: 4 heads, 4 blocks.
 S, GH, GW, P, HEADS, DEPTH = 3, 4, 6, 29, 4, 4
@@ -79,7 +80,7 @@ def test_extractor_over_budget_raises_during_forward_and_names_the_rows_api(tiny
     # One frame map is S*H*P*P*4 = 40 KB, a global one 121 KB: the second block must be refused.
     with AttentionExtractor(tiny_model, budget_bytes=100_000) as extractor:
         extractor.register_hooks([0], attention_types=["frame", "global"])
-        refused = r"global attention of block 0.*vggt_attn_rerun\.capture\.capture"
+        refused = r"global attention of block 0.*vggt_attn_rerun\.capture\b"
         with pytest.raises(UserError, match=refused), torch.no_grad():
             tiny_model(scene_images)
     assert _hook_count(tiny_model) == before

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vggt_attn_rerun.capture import AttentionRows, capture
-from vggt_attn_rerun.consistency import (
+from vggt_attn_rerun.analysis.consistency import (
     BEHIND_CAMERA,
     LOW_CONFIDENCE,
     NO_POINT,
@@ -23,10 +22,12 @@ from vggt_attn_rerun.consistency import (
     VALID,
     geometric_consistency,
 )
+from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras, unproject_depth
+from vggt_attn_rerun.core.images import FrameTransform
+from vggt_attn_rerun.core.rows import AttentionRows
+from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.geometry import pose_encoding_to_cameras, unproject_depth
-from vggt_attn_rerun.images import FrameTransform
-from vggt_attn_rerun.tokens import Query, TokenLayout
 
 LAY = TokenLayout(3, 4, 6)
 H, W = LAY.image_size  # 56, 84

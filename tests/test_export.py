@@ -7,10 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-import vggt_attn_rerun.export as export
-from vggt_attn_rerun.capture import AttentionRows, CaptureResult, capture
+import vggt_attn_rerun.io.runfile as export
+from vggt_attn_rerun.core.capture import CaptureResult, capture
+from vggt_attn_rerun.core.images import images_from_tensor, load_images
+from vggt_attn_rerun.core.rows import AttentionRows
+from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.export import (
+from vggt_attn_rerun.io.runfile import (
     FORMAT_NAME,
     SAVED_PREDICTIONS,
     is_run_file,
@@ -18,9 +21,7 @@ from vggt_attn_rerun.export import (
     load_run,
     save_run,
 )
-from vggt_attn_rerun.images import images_from_tensor, load_images
 from vggt_attn_rerun.testing import synthetic_scene
-from vggt_attn_rerun.tokens import Query, TokenLayout
 
 
 def _queries(lay):

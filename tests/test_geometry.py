@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vggt_attn_rerun.geometry import (
+from vggt_attn_rerun.core.geometry import (
     invert_extrinsics,
     pose_encoding_to_cameras,
     project_points,

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.images import (
+from vggt_attn_rerun.core.images import (
     FrameTransform,
     LoadedImages,
     expand_image_paths,
     images_from_tensor,
     load_images,
 )
+from vggt_attn_rerun.errors import UserError
 
 GRAY = (128, 128, 128)
 RED = (255, 0, 0)

@@ -6,19 +6,19 @@ import sys
 import numpy as np
 import rerun as rr
 
-from vggt_attn_rerun.capture import capture
-from vggt_attn_rerun.entities import Paths
-from vggt_attn_rerun.export import save_run
-from vggt_attn_rerun.images import images_from_tensor
-from vggt_attn_rerun.options import RecordingOptions
-from vggt_attn_rerun.recording import log_run
-from vggt_attn_rerun.tokens import Query
+from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.images import images_from_tensor
+from vggt_attn_rerun.core.tokens import Query
+from vggt_attn_rerun.io.runfile import save_run
+from vggt_attn_rerun.viz.log_run import log_run
+from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.paths import Paths
 
 from .test_recording import Recording
 
 
 def _importer(*args):
-    return subprocess.run([sys.executable, "-m", "vggt_attn_rerun.importer", *map(str, args)], capture_output=True)
+    return subprocess.run([sys.executable, "-m", "vggt_attn_rerun.io.importer", *map(str, args)], capture_output=True)
 
 
 def test_export_then_import_reads_back_the_same_maps_as_the_original_recording(tmp_path, tiny_model, scene_images):

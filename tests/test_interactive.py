@@ -9,13 +9,15 @@ import rerun as rr
 import rerun.notebook  # noqa: F401  (the event dataclasses; works without the rerun-notebook widget)
 import torch
 
-from vggt_attn_rerun import api, interactive, recording
-from vggt_attn_rerun.blueprint import blueprint_content
-from vggt_attn_rerun.capture import capture
-from vggt_attn_rerun.entities import Paths
+from tools.make_blueprints import blueprint_content
+from vggt_attn_rerun import api
+from vggt_attn_rerun.analysis.scene import cameras
+from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.images import FrameTransform, LoadedImages, images_from_tensor
+from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.images import FrameTransform, LoadedImages, images_from_tensor
-from vggt_attn_rerun.interactive import (
+from vggt_attn_rerun.interactive import session as interactive
+from vggt_attn_rerun.interactive.session import (
     QuerySession,
     SelectionHandler,
     attach_to_notebook_viewer,
@@ -24,9 +26,9 @@ from vggt_attn_rerun.interactive import (
     prompt_queries,
     qk_cache_bytes_per_frame,
 )
-from vggt_attn_rerun.options import RecordingOptions
-from vggt_attn_rerun.scene import cameras
-from vggt_attn_rerun.tokens import Query, TokenLayout
+from vggt_attn_rerun.viz import log_run as recording
+from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.paths import Paths
 
 KINDS = ("frame", "global")
 OPTIONS = dict(kinds=KINDS, max_points=300)

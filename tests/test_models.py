@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from vggt_attn_rerun.core.introspect import find_aggregator
+from vggt_attn_rerun.core.models import VGGT_COMMIT, load_model, vggt_install_command
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.models import VGGT_COMMIT, find_aggregator, load_model, vggt_install_command
 from vggt_attn_rerun.testing import tiny_vggt
 
 IMAGES = torch.rand(2, 3, 28, 42, generator=torch.Generator().manual_seed(0))

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from vggt_attn_rerun.core.images import FrameTransform
+from vggt_attn_rerun.core.tokens import Query, TokenLayout, parse_index_list, parse_query
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.images import FrameTransform
-from vggt_attn_rerun.tokens import Query, TokenLayout, parse_index_list, parse_query
 
 # Modest example counts: these run beside other suites on two shared cores.
 FEW = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -4,10 +4,10 @@
 import pytest
 from click.testing import CliRunner
 
-from vggt_attn_rerun import cli
 from vggt_attn_rerun.api import query_grid
+from vggt_attn_rerun.cli import main as cli
+from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.tokens import TokenLayout
 
 from .test_cli import entities, info_text
 

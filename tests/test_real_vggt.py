@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from vggt_attn_rerun.capture import capture
-from vggt_attn_rerun.tokens import Query
+from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.tokens import Query
 
 from .recorder import AttentionRecorder
 

@@ -10,16 +10,16 @@ import pytest
 import rerun as rr
 from PIL import Image
 
-from vggt_attn_rerun import colormap
 from vggt_attn_rerun.api import as_loaded_images, record_attention
-from vggt_attn_rerun.capture import capture
-from vggt_attn_rerun.entities import APPLICATION_ID, MAP_DIMS, Paths, mass_series
+from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
+from vggt_attn_rerun.core.images import images_from_tensor
+from vggt_attn_rerun.core.tokens import Query
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.geometry import pose_encoding_to_cameras
-from vggt_attn_rerun.images import images_from_tensor
-from vggt_attn_rerun.options import RecordingOptions
-from vggt_attn_rerun.recording import log_run
-from vggt_attn_rerun.tokens import Query
+from vggt_attn_rerun.viz import colormap
+from vggt_attn_rerun.viz.log_run import log_run
+from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.paths import APPLICATION_ID, MAP_DIMS, Paths, mass_series
 
 KINDS = ("frame", "global")
 MAX_POINTS = 500

@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import rerun as rr
 
-from vggt_attn_rerun import colormap
+from vggt_attn_rerun.analysis.consistency import STATUS_NAMES, geometric_consistency
+from vggt_attn_rerun.analysis.summaries import METRICS, block_head_matrix, summarize
 from vggt_attn_rerun.api import record_attention
-from vggt_attn_rerun.capture import capture
-from vggt_attn_rerun.consistency import STATUS_NAMES, geometric_consistency
-from vggt_attn_rerun.entities import APPLICATION_ID, MEAN, Paths
-from vggt_attn_rerun.images import images_from_tensor
-from vggt_attn_rerun.options import RecordingOptions
-from vggt_attn_rerun.recording import log_queries
-from vggt_attn_rerun.summaries import METRICS, block_head_matrix, summarize
-from vggt_attn_rerun.tokens import Query
+from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.images import images_from_tensor
+from vggt_attn_rerun.core.tokens import Query
+from vggt_attn_rerun.viz import colormap
+from vggt_attn_rerun.viz.log_run import log_queries
+from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.paths import APPLICATION_ID, MEAN, Paths
 
 from .test_recording import Recording
 

@@ -11,9 +11,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from vggt_attn_rerun import api, cli, models, resources, testing
-from vggt_attn_rerun.images import IMAGE_SUFFIXES
+from vggt_attn_rerun import api
+from vggt_attn_rerun.cli import main as cli
+from vggt_attn_rerun.core import models, resources
+from vggt_attn_rerun.core.images import IMAGE_SUFFIXES
 from vggt_attn_rerun.testing import synthetic_scene
+from vggt_attn_rerun.testing.tiny_model import TinyVGGT
 
 FAST = ["--model", "tiny", "--image-size", "84"]
 SUFFIXES = ", ".join(IMAGE_SUFFIXES)
@@ -342,7 +345,7 @@ def test_error_in_the_model_forward_leaves_no_file(scene, out, monkeypatch):
     def broken_forward(self, images, query_points=None):
         raise ValueError("the forward pass failed")
 
-    monkeypatch.setattr(testing.TinyVGGT, "forward", broken_forward)
+    monkeypatch.setattr(TinyVGGT, "forward", broken_forward)
     result = invoke(scene, *FAST, *save_args(out))
     assert_error(result, 1, "unexpected ValueError: the forward pass failed (run with --debug for the traceback)")
     assert_nothing_saved(out)
@@ -412,7 +415,7 @@ def test_memory_estimate_is_plausible_for_vggt_1b():
 def test_serve_on_a_taken_port(scene, monkeypatch, no_model):
     import socket
 
-    from vggt_attn_rerun import sinks
+    from vggt_attn_rerun.viz import sinks
 
     with socket.socket() as taken, socket.socket() as free:
         taken.bind(("127.0.0.1", 0))

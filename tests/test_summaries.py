@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from vggt_attn_rerun.capture import AttentionRows, capture
-from vggt_attn_rerun.colormap import lut
+from vggt_attn_rerun.analysis.summaries import METRICS, block_head_matrix, summarize
+from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.rows import AttentionRows
+from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.summaries import METRICS, block_head_matrix, summarize
-from vggt_attn_rerun.tokens import Query, TokenLayout
+from vggt_attn_rerun.viz.colormap import lut
 
 LAY = TokenLayout(3, 4, 6)  # P = 1 + 4 + 24 = 29 tokens per frame, N = 87
 

@@ -2,9 +2,9 @@
 
 import pytest
 
+from vggt_attn_rerun.core.images import FrameTransform
+from vggt_attn_rerun.core.tokens import Query, TokenLayout, parse_index_list, parse_query
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.images import FrameTransform
-from vggt_attn_rerun.tokens import Query, TokenLayout, parse_index_list, parse_query
 
 # 3 frames of 518x392 pixels: 37 wide x 28 high patches, as VGGT sees a 4:3 photo
 LAY = TokenLayout(num_frames=3, grid_h=28, grid_w=37)

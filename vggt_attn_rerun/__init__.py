@@ -3,21 +3,23 @@
 The data flows one way: images -> model + capture -> attention rows + predictions -> recording.
 """
 
-from .api import record_attention
-from .capture import AttentionRows, CaptureResult, capture, capture_full
-from .compat import (
+from vggt_attn_rerun.api import record_attention
+from vggt_attn_rerun.core.capture import CaptureResult, capture
+from vggt_attn_rerun.core.images import FrameTransform, LoadedImages, load_images
+from vggt_attn_rerun.core.models import load_model
+from vggt_attn_rerun.core.rows import AttentionRows
+from vggt_attn_rerun.core.tokens import Query, TokenLayout, parse_query
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.legacy.full import capture_full
+from vggt_attn_rerun.legacy.seed import (
     AttentionExtractor,
     demo_visualize_token_attention,
     extract_both_attentions,
     get_attention_values,
     visualize_attention_on_image,
 )
-from .errors import UserError
-from .images import FrameTransform, LoadedImages, load_images
-from .models import load_model
-from .options import RecordingOptions
-from .recording import log_queries, log_run
-from .tokens import Query, TokenLayout, parse_query
+from vggt_attn_rerun.viz.log_run import log_queries, log_run
+from vggt_attn_rerun.viz.options import RecordingOptions
 
 __version__ = "0.1.0"
 

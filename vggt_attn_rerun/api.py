@@ -14,14 +14,15 @@ import rerun as rr
 import torch
 from torch import nn
 
-from .capture import CaptureResult, capture
-from .entities import APPLICATION_ID
-from .errors import UserError
-from .images import LoadedImages, expand_image_paths, images_from_tensor, load_images
-from .models import model_device
-from .options import RecordingOptions
-from .recording import log_run
-from .tokens import Query, TokenLayout, parse_query
+from vggt_attn_rerun.core.capture import CaptureResult, capture
+from vggt_attn_rerun.core.images import LoadedImages, expand_image_paths, images_from_tensor, load_images
+from vggt_attn_rerun.core.models import model_device
+from vggt_attn_rerun.core.tokens import Query, TokenLayout, parse_query
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.viz.blueprint import default_blueprint_for
+from vggt_attn_rerun.viz.log_run import log_run
+from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.paths import APPLICATION_ID
 
 ImagesLike = LoadedImages | torch.Tensor | str | os.PathLike | Sequence[str | os.PathLike]
 QueriesLike = Sequence[Query | str] | Callable[[TokenLayout], Sequence[Query]]
@@ -125,10 +126,6 @@ def record_attention(
                          keep_qk=keep_qk)  # fmt: skip
     rec = recording if recording is not None else rr.RecordingStream(application_id)
     if send_blueprint:
-        # Imported here, not at the top: the package imports this module, and a top-level import
-        # would make `python -m vggt_attn_rerun.blueprint` find blueprint already imported (runpy warns).
-        from .blueprint import default_blueprint_for
-
         rec.send_blueprint(default_blueprint_for(result, options), make_active=True, make_default=True)
     log_run(rec, result, loaded, options)
     return result, rec

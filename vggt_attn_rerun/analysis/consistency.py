@@ -66,11 +66,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .capture import AttentionRows
-from .errors import UserError
-from .geometry import pose_encoding_to_cameras
-from .images import FrameTransform
-from .tokens import Query
+from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
+from vggt_attn_rerun.core.images import FrameTransform
+from vggt_attn_rerun.core.rows import AttentionRows
+from vggt_attn_rerun.core.tokens import Query
+from vggt_attn_rerun.errors import UserError
 
 VALID = 0
 OWN_VIEW = 1

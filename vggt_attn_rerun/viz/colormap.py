@@ -11,7 +11,7 @@ from functools import cache
 
 import numpy as np
 
-from .errors import UserError
+from vggt_attn_rerun.errors import UserError
 
 ANCHOR_INDICES = tuple(range(0, 256, 8)) + (255,)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from vggt_attn_rerun.errors import UserError
 
 WARN_FRACTION = 0.8
 

@@ -43,10 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .capture import AttentionRows, CaptureResult
-from .errors import UserError
-from .images import FrameTransform, LoadedImages
-from .tokens import Query, TokenLayout
+from vggt_attn_rerun.core.capture import CaptureResult
+from vggt_attn_rerun.core.images import FrameTransform, LoadedImages
+from vggt_attn_rerun.core.rows import AttentionRows
+from vggt_attn_rerun.core.tokens import Query, TokenLayout
+from vggt_attn_rerun.errors import UserError
 
 FORMAT_NAME = "vggt-attn-rerun/run"
 FORMAT_VERSION = "1"

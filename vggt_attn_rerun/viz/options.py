@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import colormap
-from .capture import check_kinds
-from .errors import UserError
+from vggt_attn_rerun.core.introspect import check_kinds
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.viz import colormap
 
 POINT_SOURCES = ("world_points", "depth")
 

@@ -17,7 +17,7 @@ unchanged (``from vggt_attn_rerun.compat import extract_both_attentions, ...``).
 
 Also: softmax in fp32 even under autocast (the seed ran it in fp16/bf16), full matrices are
 checked against a memory budget (one global map of VGGT-1B is 7.7 GB at 8 views; the rows API
-``vggt_attn_rerun.capture.capture`` never builds them), figures use no pyplot state and are not
+``vggt_attn_rerun.core.capture.capture`` never builds them), figures use no pyplot state and are not
 shown, and the patch size is an argument (the demo takes the model's) instead of a hard-coded 14.
 
 Token indices: ``token_idx`` is a global token index, ``frame * P + index within frame`` with
@@ -39,20 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .capture import (
-    KINDS,
-    FullCollector,
-    capture_full,
-    check_blocks,
-    check_kinds,
-    model_heads,
-    model_layout,
-    qk_hooks,
-)
-from .errors import UserError
-from .images import load_images
-from .models import model_device
-from .tokens import TokenLayout
+from vggt_attn_rerun.core.hooks import qk_hooks
+from vggt_attn_rerun.core.images import batched_images, load_images
+from vggt_attn_rerun.core.introspect import KINDS, check_blocks, check_kinds, model_heads, model_layout
+from vggt_attn_rerun.core.models import model_device
+from vggt_attn_rerun.core.tokens import TokenLayout
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.legacy.full import FullCollector, capture_full
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -67,7 +60,7 @@ __all__ = [
 
 DEFAULT_BUDGET_BYTES = 4 << 30
 RESIZE_MODE = "bilinear"  # as the seed; align_corners=False puts each patch value at its patch centre
-_ROWS_API = "vggt_attn_rerun.capture.capture"
+_ROWS_API = "vggt_attn_rerun.capture"
 _MEAN = "mean"
 
 
@@ -276,16 +269,6 @@ def _check_head(head_idx: int | str | None, num_heads: int) -> int | None:
     return head
 
 
-def _image_tensor(images: Tensor) -> Tensor:
-    if not isinstance(images, Tensor):
-        raise UserError(f"images must be a torch.Tensor [S, 3, H, W], got {type(images).__name__}")
-    if images.ndim == 5 and images.shape[0] == 1:
-        images = images[0]
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise UserError(f"images must be [S, 3, H, W] or [1, S, 3, H, W], got {list(images.shape)}")
-    return images
-
-
 def get_attention_values(
     attn_weights: Tensor,
     images: Tensor,
@@ -322,7 +305,7 @@ def get_attention_values(
         Out-of-range token, head or type: UserError naming the valid range.
     """
     kind = _as_kinds(attention_type)[0]
-    imgs = _image_tensor(images)
+    imgs = batched_images(images)[0]
     s, _, h, w = (int(d) for d in imgs.shape)
     layout = TokenLayout.for_image_size(s, h, w, patch_size, int(patch_start_idx) - 1)
     p, n = layout.tokens_per_frame, layout.num_tokens
@@ -507,7 +490,7 @@ def demo_visualize_token_attention(
     _figure_class()  # fail before minutes of loading and inference, not after
     kinds = _as_kinds(attention_types)
     if model is None:
-        from .models import load_model
+        from vggt_attn_rerun.core.models import load_model
 
         model = load_model(device="cuda" if torch.cuda.is_available() else "cpu")
     images = _input_images(model, image_paths)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from .errors import UserError
+from vggt_attn_rerun.errors import UserError
 
 if TYPE_CHECKING:  # rerun is imported where it is used: the checks above need none of it
     import rerun as rr

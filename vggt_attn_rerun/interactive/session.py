@@ -33,14 +33,15 @@ import rerun as rr
 import torch
 from torch import nn
 
-from .api import as_loaded_images
-from .capture import CaptureResult, find_aggregator
-from .entities import APPLICATION_ID
-from .errors import UserError
-from .images import LoadedImages
-from .options import RecordingOptions
-from .scene import cameras
-from .tokens import Query, TokenLayout, parse_query
+from vggt_attn_rerun.analysis.scene import cameras
+from vggt_attn_rerun.api import as_loaded_images
+from vggt_attn_rerun.core.capture import CaptureResult
+from vggt_attn_rerun.core.images import LoadedImages
+from vggt_attn_rerun.core.introspect import find_aggregator
+from vggt_attn_rerun.core.tokens import Query, TokenLayout, parse_query
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.paths import APPLICATION_ID
 
 PixelSpace = Literal["model", "original"]
 Units = Literal["pixel", "patch", "world"]
@@ -332,12 +333,12 @@ class QuerySession:
                 if self.update_blueprint and known != self.shown:
                     self.show(known)
                 return known
-        from . import recording  # log_queries is looked up at call time
+        from vggt_attn_rerun.viz import log_run as recording
 
         log_queries = getattr(recording, "log_queries", None)
         if log_queries is None:
             raise NotImplementedError(
-                "vggt_attn_rerun.recording.log_queries(rec, result, images, options, first_index) is missing: "
+                "vggt_attn_rerun.viz.log_run.log_queries(rec, result, images, options, first_index) is missing: "
                 "this version cannot log queries added after a run"
             )
         t0 = time.perf_counter()
@@ -361,7 +362,7 @@ class QuerySession:
     def _blueprint(self, shown: int | None = None) -> Any:
         import rerun.blueprint as rrb
 
-        from .blueprint import default_blueprint
+        from vggt_attn_rerun.viz.blueprint import default_blueprint
 
         count = max(self.queries) + 1 if self.queries else 1
         bp = default_blueprint(self.layout.num_frames, tuple(self.options.kinds), self.result.rows.num_heads, count,
@@ -413,7 +414,7 @@ def start_session(
     cache costs ``qk_cache_bytes_per_frame`` per frame: pass fewer ``blocks`` to shrink it.
     Queries: Query objects or strings (tokens.QUERY_SYNTAX; pixels of the original photos).
     """
-    from .api import record_attention
+    from vggt_attn_rerun.api import record_attention
 
     options = options if options is not None else RecordingOptions()
     loaded = as_loaded_images(images)

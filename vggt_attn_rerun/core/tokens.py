@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .errors import UserError
+from vggt_attn_rerun.errors import UserError
 
 
 class PixelMap(Protocol):

@@ -38,8 +38,8 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from .capture import AttentionRows
-from .errors import UserError
+from vggt_attn_rerun.core.rows import AttentionRows
+from vggt_attn_rerun.errors import UserError
 
 #: names of the ``[L, Q, H]`` metrics of a Summary (the ones block_head matrices are made of)
 METRICS = ("own_view_mass", "other_views_mass", "camera_mass", "register_mass", "entropy", "top_k_mass")

@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from .capture import CaptureResult
-from .errors import UserError
-from .geometry import pose_encoding_to_cameras, unproject_depth
-from .images import LoadedImages
-from .options import RecordingOptions
-from .tokens import Query, TokenLayout
+from vggt_attn_rerun.core.capture import CaptureResult
+from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras, unproject_depth
+from vggt_attn_rerun.core.images import LoadedImages
+from vggt_attn_rerun.core.tokens import Query, TokenLayout
+from vggt_attn_rerun.errors import UserError
+
+
+class PointMapChoice(Protocol):
+    """Which point map to log and how to filter it (``viz.options.RecordingOptions`` is one)."""
+
+    points: str  # "world_points" (point head) or "depth" (depth unprojected with the predicted cameras)
+    conf_threshold: float | None  # keep points with confidence >= this; None: use conf_percentile
+    conf_percentile: float  # 0-100
+    max_points: int
 
 
 @dataclass
@@ -43,7 +52,7 @@ def cameras(result: CaptureResult) -> tuple[np.ndarray, np.ndarray]:
     return extr.numpy(), intr.numpy()
 
 
-def point_map(result: CaptureResult, options: RecordingOptions) -> PointMap:
+def point_map(result: CaptureResult, options: PointMapChoice) -> PointMap:
     """The point map chosen by ``options.points``, with the confidence filter applied."""
     pred, s = result.predictions, result.layout.num_frames
     h, w = result.layout.image_size
@@ -106,7 +115,7 @@ def images_u8(images: LoadedImages) -> np.ndarray:
     return (t.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def logged_cloud(pm: PointMap, options: RecordingOptions) -> tuple[np.ndarray, np.ndarray, float]:
+def logged_cloud(pm: PointMap, options: PointMapChoice) -> tuple[np.ndarray, np.ndarray, float]:
     """The logged cloud: flat pixel indices, positions, and the scene scale (median point distance)."""
     flat = np.flatnonzero(pm.keep.reshape(-1))
     pick = flat[subsample(flat.size, int(options.max_points))]
@@ -144,7 +153,7 @@ class Scene:
     radius: np.ndarray  # [kept.sum()]
 
 
-def build_scene(result: CaptureResult, images: LoadedImages, options: RecordingOptions) -> Scene:
+def build_scene(result: CaptureResult, images: LoadedImages, options: PointMapChoice) -> Scene:
     """The scene of a run as the per-query logging needs it: u8 images, point map, scale, kept patches."""
     rgb = images_u8(images)
     pm = point_map(result, options)

@@ -23,12 +23,12 @@ from typing import Any
 
 import click
 
-from .colormap import COLORMAPS
-from .errors import UserError
-from .images import MODES
-from .models import DEFAULT_MODEL, SPEC_SYNTAX, VGGT_SOURCE
-from .sinks import DEFAULT_URL, WEB_PORT
-from .tokens import QUERY_SYNTAX
+from vggt_attn_rerun.core.images import MODES
+from vggt_attn_rerun.core.models import DEFAULT_MODEL, SPEC_SYNTAX, VGGT_SOURCE
+from vggt_attn_rerun.core.tokens import QUERY_SYNTAX
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.viz.colormap import COLORMAPS
+from vggt_attn_rerun.viz.sinks import DEFAULT_URL, WEB_PORT
 
 PROG = "vggt-attn-rerun"
 APP_ID = "vggt_attn_rerun"
@@ -196,7 +196,7 @@ def install_vggt(source: str | None, dry_run: bool, debug: bool) -> None:
     resolver refuses the pair. vggt's model code runs on numpy 2, so it is installed without its
     dependencies; its real runtime needs come with `pip install 'vggt-attn-rerun[vggt]'`.
     """
-    from .models import vggt_install_command
+    from vggt_attn_rerun.core.models import vggt_install_command
 
     command = vggt_install_command(source)
     click.echo(shlex.join(command))
@@ -429,9 +429,9 @@ def _check_command_line(images: Sequence[str], connect: str | None, o: dict[str,
 
 
 def _plan(image_args: Sequence[str], connect: str | None, o: dict[str, Any]) -> _Plan:
-    from .capture import check_kinds
-    from .images import expand_image_paths
-    from .sinks import plan_sinks
+    from vggt_attn_rerun.core.images import expand_image_paths
+    from vggt_attn_rerun.core.introspect import check_kinds
+    from vggt_attn_rerun.viz.sinks import plan_sinks
 
     # Inputs first (images, options, queries), then where the output goes.
     paths = expand_image_paths(image_args)
@@ -507,13 +507,13 @@ def read_queries_file(path: str | Path) -> list[tuple[str, str]]:
 
 def check_export_path(path: str | Path, overwrite: bool = False) -> Path:
     """Refuse an --export path that cannot work, before the model loads (as --save)."""
-    from .sinks import check_output_path
+    from vggt_attn_rerun.viz.sinks import check_output_path
 
     return check_output_path(path, "--export", ".npz", "the run file format", overwrite)
 
 
 def _check_block_syntax(text: str) -> None:
-    from .tokens import parse_index_list
+    from vggt_attn_rerun.core.tokens import parse_index_list
 
     try:
         parse_index_list(text, _ANY_DEPTH)
@@ -565,7 +565,7 @@ def _resolve_device(device: str, dtype: str) -> tuple[str, Any]:
 
 
 def _load_images(paths: Sequence[Path], mode: str, size: int, patch: int) -> Any:
-    from .images import load_images
+    from vggt_attn_rerun.core.images import load_images
 
     loaded = load_images(paths, mode=mode, target_size=size, patch_size=patch)
     for path, t in zip(paths, loaded.transforms, strict=True):
@@ -594,8 +594,8 @@ def _resolve_queries(
 ) -> list[Any]:
     """The queries in order: texts (-q, then --queries-file), then the --query-grid; a token named
     twice is used once (with a warning when ``warn``)."""
-    from .api import query_grid
-    from .tokens import TokenLayout, parse_query
+    from vggt_attn_rerun.api import query_grid
+    from vggt_attn_rerun.core.tokens import TokenLayout, parse_query
 
     h, w = loaded.layout_hw
     layout = TokenLayout.for_image_size(len(loaded.transforms), h, w, patch, registers)
@@ -628,7 +628,7 @@ def _resolve_queries(
 
 
 def _load_model(spec: str, plan: _Plan) -> Any:
-    from .models import load_model
+    from vggt_attn_rerun.core.models import load_model
 
     with _progress(f"loading model {spec}"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -644,12 +644,12 @@ def _load_model(spec: str, plan: _Plan) -> Any:
 def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
     import rerun as rr
 
-    from . import api
-    from .capture import model_depth, model_heads, model_layout
-    from .options import RecordingOptions
-    from .resources import translate_oom
-    from .sinks import open_sinks, serve_forever
-    from .tokens import parse_index_list
+    from vggt_attn_rerun import api
+    from vggt_attn_rerun.core.introspect import model_depth, model_heads, model_layout
+    from vggt_attn_rerun.core.resources import translate_oom
+    from vggt_attn_rerun.core.tokens import parse_index_list
+    from vggt_attn_rerun.viz.options import RecordingOptions
+    from vggt_attn_rerun.viz.sinks import open_sinks, serve_forever
 
     images = plan.images
     patch = _model_patch_size(model)
@@ -666,7 +666,7 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
     focus_head, focus_block = _check_focus(o["focus_head"], o["focus_block"], blocks, depth, heads)
     qk_cache = 0
     if o["ask"]:
-        from .interactive import model_qk_cache_bytes
+        from vggt_attn_rerun.interactive.session import model_qk_cache_bytes
 
         qk_cache = model_qk_cache_bytes(model, layout, len(blocks), len(plan.kinds))
     _check_memory(model, plan, layout, len(queries), len(blocks), heads, o["force"], extra=qk_cache)
@@ -708,7 +708,7 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
         if plan.export is not None:
             _export(plan.export, result, images)
         if o["ask"]:  # the sinks stay open: typed queries stream to the viewer and into --save
-            from .interactive import QuerySession, prompt_queries
+            from vggt_attn_rerun.interactive.session import QuerySession, prompt_queries
 
             click.echo(f"{what}: logged; type more queries (pixels of the logged images), q to stop", err=True)
             session = QuerySession(rec, result, images, options)
@@ -720,7 +720,7 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
 
 
 def _export(path: Path, result: Any, images: Any) -> None:
-    from .export import save_run
+    from vggt_attn_rerun.io.runfile import save_run
 
     with _progress(f"exporting {path}"):
         save_run(path, result, images)
@@ -731,7 +731,7 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
 
 
 def _model_patch_size(model: Any) -> int:
-    from .capture import find_aggregator
+    from vggt_attn_rerun.core.introspect import find_aggregator
 
     agg = find_aggregator(model)
     ps = getattr(getattr(agg, "patch_embed", None), "patch_size", getattr(agg, "patch_size", _VGGT_PATCH))
@@ -756,8 +756,8 @@ def _check_memory(
     model: Any, plan: _Plan, layout: Any, queries: int, blocks: int, heads: int, force: bool, extra: int = 0
 ) -> None:
     """``extra``: bytes kept on top of the estimate (the q/k cache of --ask)."""
-    from .capture import find_aggregator
-    from .resources import available_memory_bytes, check_memory, estimate_memory
+    from vggt_attn_rerun.core.introspect import find_aggregator
+    from vggt_attn_rerun.core.resources import available_memory_bytes, check_memory, estimate_memory
 
     attn = find_aggregator(model).frame_blocks[0].attn
     h, w = layout.image_size
@@ -775,7 +775,7 @@ def _check_memory(
 @contextmanager
 def _forward_progress(model: Any) -> Iterator[None]:
     """A bar that advances with every aggregator block, then one for the logging."""
-    from .capture import find_aggregator
+    from vggt_attn_rerun.core.introspect import find_aggregator
 
     agg = find_aggregator(model)
     modules = [*agg.frame_blocks, *agg.global_blocks]

@@ -25,8 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .capture import find_aggregator  # noqa: F401  (re-exported: part of this module's API)
-from .errors import UserError
+from vggt_attn_rerun.errors import UserError
 
 DEFAULT_MODEL = "facebook/VGGT-1B"
 ARCHS = ("vggt", "tiny")
@@ -72,7 +71,7 @@ def _vggt_class() -> type[nn.Module]:
 
 
 def _tiny_builder() -> Callable[..., nn.Module]:
-    from .testing import tiny_vggt
+    from vggt_attn_rerun.testing import tiny_vggt
 
     return tiny_vggt
 

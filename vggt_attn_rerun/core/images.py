@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import UserError
+from vggt_attn_rerun.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MODES = ("crop", "pad")
@@ -312,3 +312,14 @@ def images_from_tensor(t: torch.Tensor, patch_size: int = 14) -> LoadedImages:
         )
     transforms = [FrameTransform.identity(width, height) for _ in range(t.shape[0])]
     return LoadedImages(t.contiguous(), None, transforms)
+
+
+def batched_images(images: torch.Tensor) -> torch.Tensor:
+    """``[S, 3, H, W]`` or ``[1, S, 3, H, W]`` -> ``[1, S, 3, H, W]``; anything else is a UserError."""
+    if not isinstance(images, torch.Tensor):
+        raise UserError(f"images must be a torch.Tensor [S, 3, H, W], got {type(images).__name__}")
+    if images.ndim == 4:
+        images = images[None]
+    if images.ndim != 5 or images.shape[0] != 1 or images.shape[2] != 3:
+        raise UserError(f"images must be [S, 3, H, W] or [1, S, 3, H, W], got {list(images.shape)}")
+    return images

@@ -41,17 +41,25 @@ import numpy as np
 import pyarrow as pa
 import rerun as rr
 
-from . import colormap
-from .capture import CaptureResult
-from .consistency import Consistency
-from .entities import MAP_DIMS, Paths, mass_series
-from .errors import UserError
-from .images import LoadedImages
-from .options import RecordingOptions
-from .scene import PointMap, Scene, build_scene, camera_is_valid, cameras, logged_cloud, query_point
-from .summaries import Summary, summarize
-from .summary_logging import compute_consistency, log_query_means, log_query_summaries
-from .tokens import Query, TokenLayout
+from vggt_attn_rerun.analysis.consistency import Consistency
+from vggt_attn_rerun.analysis.scene import (
+    PointMap,
+    Scene,
+    build_scene,
+    camera_is_valid,
+    cameras,
+    logged_cloud,
+    query_point,
+)
+from vggt_attn_rerun.analysis.summaries import Summary, summarize
+from vggt_attn_rerun.core.capture import CaptureResult
+from vggt_attn_rerun.core.images import LoadedImages
+from vggt_attn_rerun.core.tokens import Query, TokenLayout
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.viz import colormap
+from vggt_attn_rerun.viz.log_summaries import compute_consistency, log_query_means, log_query_summaries
+from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.paths import MAP_DIMS, Paths, mass_series
 
 QUERY_COLOR = (0, 255, 255)  # cyan: stands out against every perceptual colormap here
 _MIN_VMAX = 1e-12  # a view no key of which got attention (frame attention elsewhere) stays 0

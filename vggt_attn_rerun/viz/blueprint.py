@@ -25,39 +25,25 @@ Rerun 0.41), so they depend on the number of frames, heads and queries and on th
 View and container ids are derived from their place in the layout, so the same arguments
 always give the same blueprint.
 
-``python -m vggt_attn_rerun.blueprint`` writes the .rbl files of ``blueprints/`` (see
-SIZES); ``--check`` exits 1 when a file there is missing or stale.
+``tools/make_blueprints.py`` writes the .rbl files of ``blueprints/`` from these functions.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-import tempfile
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 
 import rerun as rr
 import rerun.blueprint as rrb
 
-from .capture import CaptureResult, check_kinds
-from .entities import APPLICATION_ID, CONSISTENCY_MATRICES, MAP_DIMS, MEAN, Paths
-from .options import RecordingOptions
-from .summaries import METRICS
+from vggt_attn_rerun.analysis.summaries import METRICS
+from vggt_attn_rerun.core.capture import CaptureResult
+from vggt_attn_rerun.core.introspect import check_kinds
+from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.paths import CONSISTENCY_MATRICES, MAP_DIMS, MEAN, Paths
 
 _ID_NAMESPACE = uuid.UUID("5b0f3c1e-7a2d-4c59-9a53-7f1d2e0b8c44")
-BLUEPRINT_DIR = Path(__file__).resolve().parent.parent / "blueprints"
-
-# (name, num_frames, kinds, num_heads, queries): the synthetic example (3 views of the 4-head
-# tiny model) and VGGT-1B (16 heads) on 4 and 8 views, with one query, global attention.
-SIZES: tuple[tuple[str, int, tuple[str, ...], int, int], ...] = (
-    ("tiny_s3", 3, ("global",), 4, 1),
-    ("vggt_s4", 4, ("global",), 16, 1),
-    ("vggt_s8", 8, ("global",), 16, 1),
-)
-
 
 #: more queries than this: the default layout shows the dashboards of q0 only (see the module docstring)
 MANY_QUERIES = 4
@@ -278,79 +264,3 @@ def compact_blueprint_for(
     """compact_blueprint sized for one run."""
     s, kinds, _, queries = _run_sizes(result, options)
     return compact_blueprint(s, kinds, queries, shown_queries=shown_queries)
-
-
-# --------------------------------------------------------------------------------------------
-# The committed .rbl files
-# --------------------------------------------------------------------------------------------
-
-
-def shipped_blueprints() -> dict[str, rrb.Blueprint]:
-    """File name -> blueprint for every file of ``blueprints/``."""
-    out: dict[str, rrb.Blueprint] = {}
-    for name, s, kinds, heads, queries in SIZES:
-        out[f"default_{name}.rbl"] = default_blueprint(s, kinds, heads, queries)
-        out[f"compact_{name}.rbl"] = compact_blueprint(s, kinds, queries)
-    return out
-
-
-def blueprint_content(path: str | Path) -> list[tuple[str, str]]:
-    """The decoded blueprint of an .rbl/.rrd, comparable across runs: sorted
-    (entity path, component values) pairs, without row ids, timestamps and store ids."""
-    reader = rr.chunk.RrdReader(path)
-    rows: list[tuple[str, str]] = []
-    for store in reader.blueprints():
-        for chunk in reader.stream(store=store):
-            batch = chunk.to_record_batch()
-            keep = [n for n in batch.schema.names if n != "rerun.controls.RowId" and n != "log_time"]
-            for row in batch.select(keep).to_pylist():
-                rows.append((chunk.entity_path, repr(sorted(row.items()))))
-    return sorted(rows)
-
-
-def write_blueprints(folder: Path = BLUEPRINT_DIR) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, bp in shipped_blueprints().items():
-        bp.save(APPLICATION_ID, folder / name)
-        written.append(folder / name)
-    return written
-
-
-def stale_blueprints(folder: Path = BLUEPRINT_DIR) -> list[str]:
-    """Names of the files in ``folder`` that are missing or differ from what the code generates."""
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = write_blueprints(Path(tmp))
-        stale = []
-        for path in fresh:
-            old = folder / path.name
-            if not old.exists() or blueprint_content(old) != blueprint_content(path):
-                stale.append(path.name)
-    return stale
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m vggt_attn_rerun.blueprint", description="Regenerate the .rbl files of blueprints/."
-    )
-    ap.add_argument(
-        "--check", action="store_true", help="exit 1 if a file is missing or stale; write nothing"
-    )
-    ap.add_argument("--dir", type=Path, default=BLUEPRINT_DIR, help=f"folder (default {BLUEPRINT_DIR})")
-    args = ap.parse_args(argv)
-    if args.check:
-        stale = stale_blueprints(args.dir)
-        if stale:
-            print(
-                f"stale blueprints in {args.dir}: {', '.join(stale)}; run python -m vggt_attn_rerun.blueprint"
-            )
-            return 1
-        print(f"blueprints in {args.dir} are up to date")
-        return 0
-    for path in write_blueprints(args.dir):
-        print("wrote", path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import rerun as rr
 
-from .errors import UserError
-from .export import is_run_file, load_run
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.io.runfile import is_run_file, load_run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,9 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    from .blueprint import default_blueprint_for
-    from .options import RecordingOptions
-    from .recording import log_run
+    from vggt_attn_rerun.viz.blueprint import default_blueprint_for
+    from vggt_attn_rerun.viz.log_run import log_run
+    from vggt_attn_rerun.viz.options import RecordingOptions
 
     options = RecordingOptions(kinds=result.rows.kinds)
     rec = rr.RecordingStream(args.application_id, recording_id=args.recording_id)

@@ -25,15 +25,15 @@ from functools import lru_cache
 import numpy as np
 import rerun as rr
 
-from . import colormap
-from .capture import CaptureResult
-from .consistency import STATUS_NAMES, VALID, Consistency, geometric_consistency
-from .entities import MEAN, Paths
-from .errors import UserError
-from .images import LoadedImages
-from .options import RecordingOptions
-from .summaries import METRICS, Summary, block_head_matrix
-from .tokens import TokenLayout
+from vggt_attn_rerun.analysis.consistency import STATUS_NAMES, VALID, Consistency, geometric_consistency
+from vggt_attn_rerun.analysis.summaries import METRICS, Summary, block_head_matrix
+from vggt_attn_rerun.core.capture import CaptureResult
+from vggt_attn_rerun.core.images import LoadedImages
+from vggt_attn_rerun.core.tokens import TokenLayout
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.viz import colormap
+from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.paths import MEAN, Paths
 
 PROJECTED_COLOR = (255, 0, 255)  # magenta: the query's 3D point seen from another view
 

@@ -1,0 +1,1 @@
+"""Numpy analysis of captured rows: scene geometry, summaries, consistency, map scaling."""

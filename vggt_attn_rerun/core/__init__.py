@@ -1,0 +1,1 @@
+"""Torch, no rerun: tokens, images, models, introspection, hooks, capture, q/k cache, resources."""

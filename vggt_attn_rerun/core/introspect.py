@@ -1,0 +1,66 @@
+"""Where VGGT keeps its attention: the only module that reads the model's internals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from vggt_attn_rerun.core.tokens import TokenLayout
+from vggt_attn_rerun.errors import UserError
+
+KINDS = ("frame", "global")
+_BLOCK_LISTS = {"frame": "frame_blocks", "global": "global_blocks"}
+
+
+def find_aggregator(model: nn.Module) -> nn.Module:
+    """The module that owns VGGT's ``frame_blocks`` and ``global_blocks``."""
+    for candidate in (getattr(model, "aggregator", None), model):
+        if isinstance(candidate, nn.Module) and all(
+            isinstance(getattr(candidate, name, None), nn.ModuleList) for name in ("frame_blocks", "global_blocks")
+        ):
+            return candidate
+    raise UserError(
+        f"model {type(model).__name__} has no VGGT aggregator: expected a module with .aggregator, "
+        f"or one with .frame_blocks and .global_blocks (ModuleLists of attention blocks)"
+    )
+
+
+def model_layout(model: nn.Module, num_frames: int, height: int, width: int) -> TokenLayout:
+    """The token layout the model will use for S frames of ``height x width`` pixels."""
+    agg = find_aggregator(model)
+    patch_size = int(getattr(agg, "patch_size", 14))
+    if isinstance(getattr(agg, "patch_embed", None), nn.Module) and hasattr(agg.patch_embed, "patch_size"):
+        ps = agg.patch_embed.patch_size
+        patch_size = int(ps[0] if isinstance(ps, tuple) else ps)
+    num_registers = int(getattr(agg, "patch_start_idx", 5)) - 1
+    return TokenLayout.for_image_size(num_frames, height, width, patch_size, num_registers)
+
+
+def model_depth(model: nn.Module) -> int:
+    return len(find_aggregator(model).frame_blocks)
+
+
+def model_heads(model: nn.Module) -> int:
+    return int(find_aggregator(model).frame_blocks[0].attn.num_heads)
+
+
+def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    kinds = tuple(dict.fromkeys(k.strip().lower() for k in kinds))
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise UserError(f"unknown attention kind {bad[0] if bad else '(none)'!r}: valid kinds are frame, global")
+    return kinds
+
+
+def check_blocks(model: nn.Module, blocks: Sequence[int] | None) -> tuple[int, ...]:
+    depth = model_depth(model)
+    if blocks is None:
+        return tuple(range(depth))
+    blocks = tuple(sorted(dict.fromkeys(int(b) for b in blocks)))
+    bad = [b for b in blocks if not 0 <= b < depth]
+    if bad or not blocks:
+        raise UserError(f"block {bad[0] if bad else '(none)'} does not exist: valid blocks are 0..{depth - 1}")
+    return blocks
+
+

@@ -1,0 +1,1 @@
+"""Files: atomic writes, the run file (export/load), the Rerun importer."""

@@ -1,0 +1,1 @@
+"""The seed script's API (AttentionExtractor, ...) and full attention matrices."""

@@ -1,0 +1,1 @@
+"""The only layer that imports rerun: entity paths, colormaps, blueprints, sinks, logging."""
