@@ -24,8 +24,9 @@ from typing import Any
 import click
 
 from vggt_attn_rerun.core.images import MODES
+from vggt_attn_rerun.core.introspect import model_embed_dim, model_patch_size
 from vggt_attn_rerun.core.models import DEFAULT_MODEL, SPEC_SYNTAX, VGGT_SOURCE
-from vggt_attn_rerun.core.tokens import QUERY_SYNTAX
+from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, VGGT_NUM_REGISTERS, VGGT_PATCH_SIZE
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.colormap import COLORMAPS
 from vggt_attn_rerun.viz.sinks import DEFAULT_URL, WEB_PORT
@@ -38,8 +39,6 @@ KIND_CHOICES = "global, frame or frame,global"
 # Any depth a real model could have: used to check the syntax of --blocks before the model loads.
 _ANY_DEPTH = 1 << 20
 # VGGT's tokens per frame before the patches: 1 camera + 4 registers.
-_VGGT_REGISTERS = 4
-_VGGT_PATCH = 14
 
 _EXAMPLES = (
     ("photos/", "open the viewer on every image in photos/"),
@@ -436,8 +435,8 @@ def _plan(image_args: Sequence[str], connect: str | None, o: dict[str, Any]) -> 
     # Inputs first (images, options, queries), then where the output goes.
     paths = expand_image_paths(image_args)
     size = o["image_size"]
-    if size < _VGGT_PATCH or size % _VGGT_PATCH:
-        raise UserError(f"--image-size {size}: must be a positive multiple of {_VGGT_PATCH} (VGGT uses 518)")
+    if size < VGGT_PATCH_SIZE or size % VGGT_PATCH_SIZE:
+        raise UserError(f"--image-size {size}: must be a positive multiple of {VGGT_PATCH_SIZE} (VGGT uses 518)")
     kinds = check_kinds(o["kinds"].split(","))
     _check_block_syntax(o["blocks"])
     for name in ("focus_head", "focus_block"):
@@ -447,12 +446,12 @@ def _plan(image_args: Sequence[str], connect: str | None, o: dict[str, Any]) -> 
     device, autocast = _resolve_device(o["device"], o["dtype"])
     grid = _parse_query_grid(o["query_grid"], o["grid_frame"], len(paths))
     file_queries = read_queries_file(o["queries_file"]) if o["queries_file"] else []
-    loaded = _load_images(paths, o["mode"], size, _VGGT_PATCH)
+    loaded = _load_images(paths, o["mode"], size, VGGT_PATCH_SIZE)
     queries = [(q, f"--query {q}") for q in o["queries"]] + file_queries
     if not queries and grid is None:
         queries = [(_centre_query(loaded), "the default query")]
     # Provisional VGGT layout: catches bad and out-of-range queries now; checked again for the model.
-    _resolve_queries(queries, grid, loaded, _VGGT_PATCH, _VGGT_REGISTERS, warn=False)
+    _resolve_queries(queries, grid, loaded, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, warn=False)
     if o["grid_view"] is not None and o["grid_view"] >= len(paths):
         raise UserError(f"--grid-view {o['grid_view']}: valid frames are 0..{len(paths) - 1}")
     export = check_export_path(o["export"], o["overwrite"]) if o["export"] else None
@@ -652,8 +651,8 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
     from vggt_attn_rerun.viz.sinks import open_sinks, serve_forever
 
     images = plan.images
-    patch = _model_patch_size(model)
-    if patch != _VGGT_PATCH:  # a custom model with another patch size needs its own resize
+    patch = model_patch_size(model)
+    if patch != VGGT_PATCH_SIZE:  # a custom model with another patch size needs its own resize
         images = _load_images(images.paths, o["mode"], o["image_size"], patch)
     h, w = images.layout_hw
     layout = model_layout(model, len(images.transforms), h, w)
@@ -730,14 +729,6 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
-def _model_patch_size(model: Any) -> int:
-    from vggt_attn_rerun.core.introspect import find_aggregator
-
-    agg = find_aggregator(model)
-    ps = getattr(getattr(agg, "patch_embed", None), "patch_size", getattr(agg, "patch_size", _VGGT_PATCH))
-    return int(ps[0] if isinstance(ps, tuple) else ps)
-
-
 def _check_focus(
     head: int | None, block: int | None, blocks: Sequence[int], depth: int, heads: int
 ) -> tuple[int | None, int | None]:
@@ -763,7 +754,7 @@ def _check_memory(
     h, w = layout.image_size
     estimate = estimate_memory(
         layout.num_frames, h, w, plan.autocast, sum(p.numel() for p in model.parameters()), queries, blocks,
-        plan.kinds, heads, int(attn.qkv.in_features), patch_size=layout.patch_size,
+        plan.kinds, heads, model_embed_dim(model), patch_size=layout.patch_size,
         num_registers=layout.num_registers, fused_attention=bool(getattr(attn, "fused_attn", True)),
     )  # fmt: skip
     # The weights are already resident, so compare only what the forward pass adds.

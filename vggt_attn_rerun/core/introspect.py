@@ -26,15 +26,27 @@ def find_aggregator(model: nn.Module) -> nn.Module:
     )
 
 
+def model_patch_size(model: nn.Module) -> int:
+    """Pixels per patch side of the model's patch embedding (14 for VGGT)."""
+    agg = find_aggregator(model)
+    ps = getattr(getattr(agg, "patch_embed", None), "patch_size", getattr(agg, "patch_size", 14))
+    return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+
+
+def model_num_registers(model: nn.Module) -> int:
+    """Register tokens per frame: the special tokens before the patches, less the camera token."""
+    return int(getattr(find_aggregator(model), "patch_start_idx", 5)) - 1
+
+
+def model_embed_dim(model: nn.Module) -> int:
+    """Channels of the aggregator's tokens (all heads together): 1024 for VGGT-1B."""
+    attn = find_aggregator(model).frame_blocks[0].attn
+    return int(attn.qkv.in_features) if hasattr(attn, "qkv") else int(attn.num_heads * attn.head_dim)
+
+
 def model_layout(model: nn.Module, num_frames: int, height: int, width: int) -> TokenLayout:
     """The token layout the model will use for S frames of ``height x width`` pixels."""
-    agg = find_aggregator(model)
-    patch_size = int(getattr(agg, "patch_size", 14))
-    if isinstance(getattr(agg, "patch_embed", None), nn.Module) and hasattr(agg.patch_embed, "patch_size"):
-        ps = agg.patch_embed.patch_size
-        patch_size = int(ps[0] if isinstance(ps, tuple) else ps)
-    num_registers = int(getattr(agg, "patch_start_idx", 5)) - 1
-    return TokenLayout.for_image_size(num_frames, height, width, patch_size, num_registers)
+    return TokenLayout.for_image_size(num_frames, height, width, model_patch_size(model), model_num_registers(model))
 
 
 def model_depth(model: nn.Module) -> int:

@@ -31,6 +31,12 @@ class PixelMap(Protocol):
     def original_size(self) -> tuple[int, int]: ...
 
 
+# VGGT-1B's token layout: what the command line checks against before a model is loaded.
+VGGT_PATCH_SIZE = 14
+VGGT_NUM_REGISTERS = 4
+VGGT_IMAGE_SIZE = 518  # the input width (crop) or long side (pad) VGGT was trained at
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """The token layout of one run.
@@ -45,8 +51,8 @@ class TokenLayout:
     num_frames: int
     grid_h: int
     grid_w: int
-    patch_size: int = 14
-    num_registers: int = 4
+    patch_size: int = VGGT_PATCH_SIZE
+    num_registers: int = VGGT_NUM_REGISTERS
 
     def __post_init__(self) -> None:
         for name in ("num_frames", "grid_h", "grid_w", "patch_size"):
@@ -57,7 +63,8 @@ class TokenLayout:
 
     @classmethod
     def for_image_size(
-        cls, num_frames: int, height: int, width: int, patch_size: int = 14, num_registers: int = 4
+        cls, num_frames: int, height: int, width: int, patch_size: int = VGGT_PATCH_SIZE,
+        num_registers: int = VGGT_NUM_REGISTERS,
     ) -> TokenLayout:
         """Layout for S frames of ``height x width`` input pixels (multiples of ``patch_size``)."""
         if height % patch_size or width % patch_size:
