@@ -33,7 +33,7 @@ def main(photos: Sequence[str] | None = None, model: str | None = None, queries:
 
     from vggt_attn_rerun import RecordingOptions, load_images, load_model
     from vggt_attn_rerun.core.images import expand_image_paths, images_from_tensor
-    from vggt_attn_rerun.interactive.session import attach_to_notebook_viewer, describe, start_session
+    from vggt_attn_rerun.interactive import attach_to_notebook_viewer, describe, start_session
     from vggt_attn_rerun.testing import synthetic_scene, tiny_vggt
 
     if not rerun.notebook.HAS_NOTEBOOK:

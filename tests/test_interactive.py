@@ -1,4 +1,4 @@
-"""New queries after a run (interactive.py): rows from the q/k cache, no second forward pass."""
+"""New queries after a run (vggt_attn_rerun.interactive): rows from the q/k cache, no second forward pass."""
 
 import json
 import time
@@ -14,19 +14,20 @@ from vggt_attn_rerun import api
 from vggt_attn_rerun.analysis.scene import cameras
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.images import FrameTransform, LoadedImages, images_from_tensor
+from vggt_attn_rerun.core.qk_cache import model_qk_cache_bytes, qk_cache_bytes_per_frame
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.interactive import session as interactive
-from vggt_attn_rerun.interactive.session import (
+from vggt_attn_rerun.interactive import (
+    Click,
     QuerySession,
     SelectionHandler,
     attach_to_notebook_viewer,
     click_from_selection,
     origin_units,
     prompt_queries,
-    qk_cache_bytes_per_frame,
+    start_session,
 )
-from vggt_attn_rerun.viz import log_run as recording
+from vggt_attn_rerun.interactive import session as session_module
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import Paths
 
@@ -43,20 +44,21 @@ def run(tiny_model, scene_images):
 
 @pytest.fixture
 def fake_log(monkeypatch):
-    """recording.log_queries replaced by a recorder of its calls (for tests of the plumbing only)."""
+    """The session's log_queries replaced by a recorder of its calls (for tests of the plumbing only)."""
     calls = []
 
     def log_queries(rec, result, images, options, first_index):
         calls.append((first_index, result.rows.queries))
 
-    monkeypatch.setattr(recording, "log_queries", log_queries, raising=False)
+    monkeypatch.setattr(session_module, "log_queries", log_queries)
     return calls
 
 
 def _session(run, scene_images, **kw) -> QuerySession:
     kw.setdefault("update_blueprint", False)
-    return QuerySession(rr.RecordingStream("test_interactive"), run, images_from_tensor(scene_images),
-                        RecordingOptions(**OPTIONS), **kw)  # fmt: skip
+    return QuerySession(
+        rr.RecordingStream("test_interactive"), run, images_from_tensor(scene_images), RecordingOptions(**OPTIONS), **kw
+    )
 
 
 # -- rows from the cache ----------------------------------------------------------------------
@@ -125,21 +127,22 @@ def test_layout_follows_the_last_query(run, scene_images, fake_log, monkeypatch)
     assert all(bp.root_container.active_tab == 0 for bp, _ in sent)
 
 
-def test_needs_the_cache_and_log_queries(tiny_model, scene_images, run, monkeypatch):
+def test_a_session_needs_the_q_k_cache(tiny_model, scene_images):
     plain = capture(tiny_model, scene_images, [Query(0, 5)])
     with pytest.raises(UserError, match="keep_qk=True"):
         _session(plain, scene_images)
-    monkeypatch.delattr(recording, "log_queries", raising=False)
-    with pytest.raises(NotImplementedError, match="log_queries"):
-        _session(run, scene_images).add_pixel(0, 1.0, 1.0)
+
+
+def test_a_pixel_outside_the_model_image_is_refused(run, scene_images, fake_log):
     with pytest.raises(UserError, match="outside the model image"):
         _session(run, scene_images).add_pixel(0, 84.0, 1.0)
+    assert fake_log == []
 
 
 def test_cache_memory_formula(run, tiny_model):
     per_frame = qk_cache_bytes_per_frame(run.layout, embed_dim=64, num_blocks=4, num_kinds=2)
     assert per_frame * run.layout.num_frames == run.qk_cache.nbytes()
-    assert interactive.model_qk_cache_bytes(tiny_model, run.layout, 4, 2) == run.qk_cache.nbytes()
+    assert model_qk_cache_bytes(tiny_model, run.layout, 4, 2) == run.qk_cache.nbytes()
     vggt = qk_cache_bytes_per_frame(TokenLayout(1, 37, 37), embed_dim=1024, num_blocks=24)
     assert vggt == 2 * 1374 * 1024 * 4 * 48 and round(vggt / 1e6) == 540
 
@@ -204,13 +207,16 @@ def test_click_in_3d_is_projected_into_the_frame(run):
     frame, x, y, depth = 1, 30.25, 17.5, 0.8
     cam = depth * np.linalg.solve(intr[frame], [x, y, 1.0])
     world = extr[frame, :, :3].T @ (cam - extr[frame, :, 3])
-    click = click_from_selection(Paths.overlay(frame, 0, "global"), list(world), run.layout, units="world",
-                                 world_cameras=(extr, intr))  # fmt: skip
+    click = click_from_selection(
+        Paths.overlay(frame, 0, "global"), list(world), run.layout, units="world", world_cameras=(extr, intr)
+    )
     assert click.frame == frame and np.allclose([click.x, click.y], [x, y], atol=1e-6)
     assert click_from_selection(Paths.image(frame), list(world), run.layout, units="world") is None  # no cameras
     behind = extr[frame, :, :3].T @ (-cam - extr[frame, :, 3])
-    assert click_from_selection(Paths.image(frame), list(behind), run.layout, units="world",
-                                world_cameras=(extr, intr)) is None  # fmt: skip
+    assert (
+        click_from_selection(Paths.image(frame), list(behind), run.layout, units="world", world_cameras=(extr, intr))
+        is None
+    )
 
 
 # -- event sources ------------------------------------------------------------------------------
@@ -247,15 +253,19 @@ def test_selection_handler(run, scene_images, fake_log, monkeypatch):
     payload = {"type": "selection_change", "recording_id": session.rec.get_recording_id(), "items": [marker]}
     assert handler(payload) == [1] and len(added) == 2 and errors == []
     assert [i for i, _ in fake_log] == [1, 2]
+
     # Failures are reported through on_error, not raised into the viewer's event loop.
-    monkeypatch.delattr(recording, "log_queries")
+    def failing_log(*args, **kwargs):
+        raise UserError("the recording is closed")
+
+    monkeypatch.setattr(session_module, "log_queries", failing_log)
     assert handler(_event(session, rr.notebook.EntitySelectionItem(Paths.image(0), position=[5.0, 1.0]))) == []
-    assert len(errors) == 1 and "log_queries" in errors[0]
+    assert len(errors) == 1 and "the recording is closed" in errors[0]
 
 
 def test_unknown_view_units(run, scene_images):
     session = _session(run, scene_images)
-    assert session.click_from_item(Paths.image(1), [30.0, 20.0, None], "my view") == interactive.Click(
+    assert session.click_from_item(Paths.image(1), [30.0, 20.0, None], "my view") == Click(
         1, 30.0, 20.0, Paths.image(1)
     )
     extr, intr = cameras(run)
@@ -273,10 +283,18 @@ def test_notebook_viewer_widget(run, scene_images, fake_log):
     session = _session(run, scene_images, update_blueprint=True)
     viewer = rr.notebook.Viewer(recording=session.rec)
     attach_to_notebook_viewer(viewer, session, on_added=lambda a: None)
-    item = {"type": "entity", "entity_path": "/world/frames/0/image/attention/q0/global", "view_name": "view 0",
-            "position": [80.0, 50.0, None]}  # fmt: skip
-    message = {"type": "selection_change", "application_id": "vggt_attn_rerun",
-               "recording_id": session.rec.get_recording_id(), "items": [item]}  # fmt: skip
+    item = {
+        "type": "entity",
+        "entity_path": "/world/frames/0/image/attention/q0/global",
+        "view_name": "view 0",
+        "position": [80.0, 50.0, None],
+    }
+    message = {
+        "type": "selection_change",
+        "application_id": "vggt_attn_rerun",
+        "recording_id": session.rec.get_recording_id(),
+        "items": [item],
+    }
     viewer._viewer._handle_custom_msg(json.dumps(message), [])  # what the widget's frontend sends
     assert session.queries[1] == Query.from_patch(run.layout, 0, 3, 5) and [i for i, _ in fake_log] == [1]
     with pytest.raises(UserError, match="on_event"):
@@ -295,11 +313,16 @@ def test_prompt_queries(run, scene_images, fake_log):
 # -- the real logging ---------------------------------------------------------------------------
 
 
+def test_start_session_passes_record_attention_keywords_through(tiny_model, scene_images):
+    options = RecordingOptions(kinds=("global",), max_points=300)
+    session = start_session(tiny_model, scene_images, ["0:p1,1"], blocks=[1, 3], options=options)
+    assert session.options is options and session.result.rows.blocks == (1, 3)
+    assert set(session.result.qk_cache.qk) == {("global", 1), ("global", 3)}
+
+
 def test_added_query_in_the_rrd(tiny_model, scene_images, tmp_path):
-    if not hasattr(recording, "log_queries"):
-        pytest.skip("recording.log_queries is not there yet")
     options = RecordingOptions(**OPTIONS)
-    session = interactive.start_session(tiny_model, scene_images, ["0:p1,1"], options=options)
+    session = start_session(tiny_model, scene_images, ["0:p1,1"], options=options)
     t0 = time.perf_counter()
     query = session.add_pixel(2, 47.5, 30.0)
     print(f"added q1 in {time.perf_counter() - t0:.3f} s")

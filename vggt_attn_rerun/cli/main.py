@@ -665,7 +665,7 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
     focus_head, focus_block = _check_focus(o["focus_head"], o["focus_block"], blocks, depth, heads)
     qk_cache = 0
     if o["ask"]:
-        from vggt_attn_rerun.interactive.session import model_qk_cache_bytes
+        from vggt_attn_rerun.core.qk_cache import model_qk_cache_bytes
 
         qk_cache = model_qk_cache_bytes(model, layout, len(blocks), len(plan.kinds))
     _check_memory(model, plan, layout, len(queries), len(blocks), heads, o["force"], extra=qk_cache)
@@ -707,7 +707,7 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
         if plan.export is not None:
             _export(plan.export, result, images)
         if o["ask"]:  # the sinks stay open: typed queries stream to the viewer and into --save
-            from vggt_attn_rerun.interactive.session import QuerySession, prompt_queries
+            from vggt_attn_rerun.interactive import QuerySession, prompt_queries
 
             click.echo(f"{what}: logged; type more queries (pixels of the logged images), q to stop", err=True)
             session = QuerySession(rec, result, images, options)

@@ -1,4 +1,9 @@
-"""Keep every block's q and k so that new queries need no second forward pass."""
+"""Keep every block's q and k so that new queries need no second forward pass, and what that costs.
+
+Memory: q and k of every token are kept (any token may be asked for later), ``2 * P * C`` values
+per frame per (kind, block), ``P`` tokens per frame of ``C`` channels (all heads together), in the
+dtype the module used: ``qk_cache_bytes_per_frame``. Fewer blocks or one kind shrink it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vggt_attn_rerun.core.introspect import KINDS
+from vggt_attn_rerun.core.introspect import KINDS, model_embed_dim
 from vggt_attn_rerun.core.rows import AttentionRows, RowCollector
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
@@ -16,10 +21,9 @@ from vggt_attn_rerun.errors import UserError
 class QKCache:
     """on_qk consumer that keeps every block's q and k, so new queries need no second forward pass.
 
-    Memory: ``2 * P * C`` values per frame per (kind, block), stored in the dtype the module used
-    (rows from the cache are then bit-identical to a fresh capture's). VGGT-1B (C = 1024) at
-    518x518 (P = 1374) in fp32: 11.3 MB per frame per (kind, block), 540 MB per frame for all
-    24 blocks x 2 kinds; half that for a bf16 model. Fewer blocks or one kind shrink it.
+    q and k are stored in the dtype the module used, so rows from the cache are bit-identical to
+    a fresh capture's. Memory: ``qk_cache_bytes_per_frame`` (540 MB per frame for VGGT-1B at
+    518x518 in fp32, all 24 blocks x 2 kinds; half that for a bf16 model).
     """
 
     def __init__(self, store_device: str | torch.device = "cpu") -> None:
@@ -51,3 +55,17 @@ class QKCache:
         return collector.result()
 
 
+def qk_cache_bytes_per_frame(
+    layout: TokenLayout, embed_dim: int, num_blocks: int, num_kinds: int = 2, bytes_per_value: int = 4
+) -> int:
+    """Bytes the q/k cache costs per frame: ``2 * P * C * bytes * blocks * kinds``.
+
+    VGGT-1B (C = 1024, 24 blocks, 2 kinds, fp32): 518x518 input (P = 1374) -> 540 MB per frame
+    (11.3 MB per (kind, block)); 518x392 (P = 1041) -> 409 MB per frame.
+    """
+    return 2 * layout.tokens_per_frame * int(embed_dim) * int(bytes_per_value) * int(num_blocks) * int(num_kinds)
+
+
+def model_qk_cache_bytes(model: nn.Module, layout: TokenLayout, num_blocks: int, num_kinds: int) -> int:
+    """Bytes ``capture(model, ..., keep_qk=True)`` keeps for all frames of ``layout`` (fp32 cache)."""
+    return layout.num_frames * qk_cache_bytes_per_frame(layout, model_embed_dim(model), num_blocks, num_kinds)

@@ -12,6 +12,8 @@ Entity paths (``s`` a frame, ``i`` a query, ``kind`` "frame" or "global", ``h`` 
     world/queries/q{i}                          Points3D: the query's predicted 3D point
     world/attention/q{i}/{kind}                 Points3D, one per patch (positions static, colors per time)
     heads/q{i}/image                            the grid view's image (head grid backdrop)
+    heads/q{i}/query                            Points2D marker of the query on that image (its own view only)
+    heads/q{i}/{kind}                           Transform3D scale [patch, patch, 1] + AnnotationContext
     heads/q{i}/{kind}/{h}                       SegmentationImage of head h on the grid view (block only)
     queries/q{i}/info                           TextDocument: the query, scales, quantization
     queries/q{i}/{kind}                         AnyValues: vmax per view, captured blocks
@@ -29,10 +31,14 @@ Entity paths (``s`` a frame, ``i`` a query, ``kind`` "frame" or "global", ``h`` 
     queries/mean/global/consistency/{score,control_score}  (means over all valid query-view pairs)
     queries/index                               TextDocument: every query (name, token, frame, patch)
 
-recording.py and summary_logging.py log under these names; blueprint.py lays views out on them.
+log_run.py and log_summaries.py log under these names; blueprint.py lays views out on them;
+``image_frame``, ``head_grid_query`` and ``in_patch_units`` read a selected entity's path back
+(interactive/clicks.py). The parsers are built from the builders, so the two cannot drift apart.
 """
 
 from __future__ import annotations
+
+import re
 
 APPLICATION_ID = "vggt_attn_rerun"
 #: the dimension names of the ``queries/q{i}/{kind}/maps`` tensor
@@ -77,6 +83,18 @@ class Paths:
         return f"heads/q{q}"
 
     @staticmethod
+    def heads_backdrop(q: int) -> str:
+        return f"heads/q{q}/image"
+
+    @staticmethod
+    def heads_marker(q: int) -> str:
+        return f"heads/q{q}/query"
+
+    @staticmethod
+    def heads_kind(q: int, kind: str) -> str:
+        return f"heads/q{q}/{kind}"
+
+    @staticmethod
     def head(q: int, kind: str, h: int) -> str:
         return f"heads/q{q}/{kind}/{h}"
 
@@ -97,10 +115,6 @@ class Paths:
         return f"queries/q{q}/{kind}/mass/{series}"
 
     # Summaries and consistency: ``q`` is a query index, or MEAN for the mean over the run's queries.
-    @staticmethod
-    def query_root(q: int | str) -> str:
-        return f"queries/{_query_name(q)}"
-
     @staticmethod
     def summary(q: int | str, kind: str, metric: str) -> str:
         return f"queries/{_query_name(q)}/{kind}/summary/{metric}"
@@ -138,3 +152,46 @@ def _query_name(q: int | str) -> str:
 def mass_series(num_frames: int) -> tuple[str, ...]:
     """Names of the mass series: ``view_0..view_{S-1}`` (patch keys of a view), camera, registers."""
     return tuple(f"view_{s}" for s in range(num_frames)) + ("camera", "registers")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading paths back: the regexes are the builders above applied to capture groups
+# --------------------------------------------------------------------------------------------
+
+_INDEX = r"(\d+)"
+_BELOW = r"(?:/.*)?"  # the entity itself or any entity below it
+_IMAGE_OR_BELOW = re.compile(Paths.image(_INDEX) + _BELOW)
+_HEADS_OR_BELOW = re.compile(Paths.heads_root(_INDEX) + _BELOW)
+# Entities below a Transform3D(scale=[patch, patch, 1]): their 2D space is the patch grid.
+_PATCH_UNITS = re.compile("|".join([Paths.overlay_root(_INDEX) + _BELOW, Paths.heads_kind(_INDEX, "[^/]+") + _BELOW]))
+# The children of heads/q{i} that are drawn in the pixels of the grid view's image.
+_HEADS_PIXEL_CHILDREN = re.compile(
+    "|".join([Paths.heads_backdrop(_INDEX) + _BELOW, Paths.heads_marker(_INDEX) + _BELOW])
+)
+
+
+def clean_path(path: str) -> str:
+    """``/world/frames/2/image`` (as the viewer writes it) -> ``world/frames/2/image``."""
+    return str(path).strip().strip("/")
+
+
+def image_frame(path: str) -> int | None:
+    """Frame ``s`` of ``world/frames/{s}/image`` or of any entity below it (overlays, markers); else None."""
+    m = _IMAGE_OR_BELOW.fullmatch(clean_path(path))
+    return int(m.group(1)) if m else None
+
+
+def head_grid_query(path: str) -> int | None:
+    """Query ``i`` of ``heads/q{i}`` or of any entity below it (the head grid of query i); else None."""
+    m = _HEADS_OR_BELOW.fullmatch(clean_path(path))
+    return int(m.group(1)) if m else None
+
+
+def in_patch_units(path: str) -> bool:
+    """True for an entity whose 2D space is the patch grid (one unit = one patch), else pixels.
+
+    That is the subtree of an overlay root (``world/frames/{s}/image/attention``) and of a head
+    grid's kind (``heads/q{i}/{kind}``), which log a ``Transform3D(scale=[patch, patch, 1])``.
+    """
+    path = clean_path(path)
+    return _PATCH_UNITS.fullmatch(path) is not None and _HEADS_PIXEL_CHILDREN.fullmatch(path) is None

@@ -1,0 +1,155 @@
+"""A viewer selection -> a frame and a pixel of its model input image.
+
+Rerun reports a selection as entity items, each with the selected entity's path and a
+position in the space of the VIEW the click happened in (not of the clicked entity): pixels
+for 2D views rooted at an image or a head grid, patches for 2D views rooted at or below an
+overlay (whose Transform3D scales patches to pixels), world coordinates for 3D views. The
+entity path says which frame was clicked (``viz.paths`` reads it back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from vggt_attn_rerun.core.tokens import TokenLayout
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.viz.paths import clean_path, head_grid_query, image_frame, in_patch_units
+
+Units = Literal["pixel", "patch", "world"]
+
+
+@dataclass(frozen=True)
+class Click:
+    """A click mapped to a frame and a point of its model input image (continuous pixels)."""
+
+    frame: int
+    x: float
+    y: float
+    entity_path: str
+
+
+def origin_units(origin: str) -> Units:
+    """Units of the 2D space of a view rooted at ``origin``: ``patch`` below an overlay's
+    ``Transform3D(scale=[patch, patch, 1])`` (``world/frames/{s}/image/attention/...``,
+    ``heads/q{i}/{kind}/...``), else ``pixel`` (the image, the head grid's root)."""
+    return "patch" if in_patch_units(origin) else "pixel"
+
+
+def _clicked_frame(path: str, units: Units, grid_frames: Mapping[int, int] | None) -> int | None:
+    """The frame an image entity shows: its own for ``world/frames/{s}/image/...``, the grid's for heads."""
+    frame = image_frame(path)
+    if frame is not None:
+        return frame
+    query = head_grid_query(path)
+    if query is None or grid_frames is None or query not in grid_frames or units == "world":
+        return None
+    return int(grid_frames[query])
+
+
+def _project(point: Sequence[float], frame: int, world_cameras: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """Pixel (x, y) of a world point in ``frame``; NaN when it is behind the camera or not finite."""
+    extr, intr = world_cameras
+    cam = extr[frame, :, :3] @ np.asarray(point, np.float64) + extr[frame, :, 3]
+    if not np.isfinite(cam).all() or cam[2] <= 0:
+        return float("nan"), float("nan")
+    u = intr[frame] @ cam
+    return float(u[0] / u[2]), float(u[1] / u[2])
+
+
+def click_from_selection(
+    entity_path: str,
+    position: Sequence[float | None] | None,
+    layout: TokenLayout,
+    *,
+    units: Units = "pixel",
+    grid_frames: Mapping[int, int] | None = None,
+    world_cameras: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Click | None:
+    """Map one selected entity and the selection position to a pixel of a frame, or None.
+
+    Args:
+        entity_path: the selected entity, with or without the leading ``/``. Understood:
+            ``world/frames/{s}/image`` and everything below it (overlays ``.../attention/...``,
+            query markers ``.../queries/...``): frame ``s``; ``heads/q{i}/...`` (head grid):
+            frame ``grid_frames[i]``. Anything else (point cloud, 3D points, series, tensor,
+            text) gives None.
+        position: the event's position. Rerun fills it with the pointer in the space of the
+            VIEW's origin (``pointer_in_camera_plane`` for 2D views, the picked 3D point for 3D
+            views), not in the clicked entity's own space. A 2D view's z is a depth or null.
+        units: the units of that space: ``pixel`` (2D views rooted at the image or the head
+            grid, as in every blueprint of this package), ``patch`` (a 2D view rooted at or below
+            an overlay, whose Transform3D scales patches to pixels: see ``origin_units``), or
+            ``world`` (a 3D view rooted at ``world``: the point is projected into frame ``s``
+            with ``world_cameras`` = (extrinsics ``[S, 3, 4]``, intrinsics ``[S, 3, 3]``)).
+        grid_frames: query index -> frame shown by its head grid.
+
+    Returns:
+        Click in model input pixels, or None when the entity is not an image of a frame, there is
+        no position, or the point falls outside the model image.
+    """
+    if position is None or len(position) < 2 or position[0] is None or position[1] is None:
+        return None
+    frame = _clicked_frame(entity_path, units, grid_frames)
+    if frame is None or not 0 <= frame < layout.num_frames:
+        return None
+    if units == "world":
+        if world_cameras is None or len(position) < 3 or position[2] is None:
+            return None
+        x, y = _project(position[:3], frame, world_cameras)
+    elif units == "patch":
+        x, y = float(position[0]) * layout.patch_size, float(position[1]) * layout.patch_size
+    elif units == "pixel":
+        x, y = float(position[0]), float(position[1])
+    else:
+        raise UserError(f"unknown position units {units!r}: valid are pixel, patch, world")
+    h_px, w_px = layout.image_size
+    if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < w_px and 0 <= y < h_px):
+        return None
+    return Click(frame, x, y, clean_path(entity_path))
+
+
+def event_field(obj: Any, name: str) -> Any:
+    """A field of an event or item: an attribute of Rerun's dataclasses, a key of the JSON payload."""
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+def selection_items(event: Any) -> list[tuple[str, tuple | None, str | None]]:
+    """(entity_path, position, view_name) of the entity items of a selection-change event.
+
+    Accepts ``rerun.notebook.SelectionChangeEvent`` and the viewer's JSON payload as a dict
+    (``{"type": "selection_change", "items": [{"type": "entity", ...}]}``); other events give [].
+    """
+    if event_field(event, "type") != "selection_change":
+        return []
+    out = []
+    for item in event_field(event, "items") or ():
+        path = event_field(item, "entity_path")
+        if event_field(item, "type") != "entity" or path is None:
+            continue
+        pos = event_field(item, "position")
+        out.append((str(path), None if pos is None else tuple(pos), event_field(item, "view_name")))
+    return out
+
+
+def view_units(blueprint: Any) -> dict[str, Units]:
+    """View name -> units of its space, for the views of a blueprint (names that disagree are left out)."""
+    import rerun.blueprint as rrb
+
+    found: dict[str, set[str]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, rrb.View):
+            if node.name is None:
+                return
+            kind = "world" if node.class_identifier == "3D" else origin_units(str(node.origin))
+            found.setdefault(str(node.name), set()).add(kind)
+        else:
+            for child in getattr(node, "contents", None) or ():
+                walk(child)
+
+    walk(blueprint.root_container)
+    return {name: next(iter(kinds)) for name, kinds in found.items() if len(kinds) == 1}  # type: ignore[misc]

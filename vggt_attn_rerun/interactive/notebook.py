@@ -1,0 +1,92 @@
+"""Clicks in a Jupyter notebook's Rerun viewer become new queries of a session.
+
+``rerun.notebook.Viewer`` (package ``rerun-notebook``) reports ``SelectionChangeEvent``s through
+``Viewer.on_event``; ``attach_to_notebook_viewer`` registers a ``SelectionHandler`` there, which maps
+each newly selected image pixel to a patch (``interactive.clicks``) and adds it to the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.interactive.clicks import event_field, selection_items
+from vggt_attn_rerun.interactive.prompt import describe, print_line
+from vggt_attn_rerun.interactive.session import AddedQuery, QuerySession
+
+
+@dataclass
+class SelectionHandler:
+    """Callable for ``rerun.notebook.Viewer.on_event``: each newly selected image pixel becomes a query.
+
+    Items already in the previous selection are skipped (a multi-selection lists them again), so is
+    a selection in another recording than the session's. ``on_added(AddedQuery)`` and
+    ``on_error(str)`` report (default: one printed line each); errors never reach the viewer's
+    event loop.
+    """
+
+    session: QuerySession
+    on_added: Callable[[AddedQuery], None] | None = None
+    on_error: Callable[[str], None] | None = None
+    seen: set = field(default_factory=set)
+
+    def __call__(self, event: Any) -> list[int]:
+        """Add the queries of one event; returns their indices (known tokens give their index again)."""
+        if event_field(event, "type") != "selection_change":
+            return []
+        rid = event_field(event, "recording_id")
+        if rid is not None and rid != self.session.rec.get_recording_id():
+            return []
+        items = selection_items(event)
+        fresh = [it for it in items if it not in self.seen]
+        self.seen = set(items)
+        added = []
+        for path, pos, view in fresh:
+            click = self.session.click_from_item(path, pos, view)
+            if click is None:
+                continue
+            before = len(self.session.added)
+            try:
+                index = self.session.add_query(self.session.query_at(click.frame, click.x, click.y))
+            except UserError as err:
+                (self.on_error or print_line)(f"click on {click.entity_path} ignored: {err}")
+                continue
+            added.append(index)
+            if len(self.session.added) > before:
+                self._report_added(self.session.added[-1])
+        if added:
+            self.session.rec.flush()
+        return added
+
+    def _report_added(self, added: AddedQuery) -> None:
+        if self.on_added is not None:
+            self.on_added(added)
+        else:
+            print_line(describe(added, self.session.layout))
+
+
+def attach_to_notebook_viewer(
+    viewer: Any,
+    session: QuerySession,
+    *,
+    on_added: Callable[[AddedQuery], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> SelectionHandler:
+    """Turn clicks on images in a ``rerun.notebook.Viewer`` into new queries of ``session``.
+
+    The viewer must show ``session.rec`` (``rr.notebook.Viewer(recording=session.rec)``). Click a
+    pixel of a view (the image, its overlay or a marker), or of a head-grid image: the patch under it
+    becomes ``q{n}``, logged without a forward pass, and its tab is made active. Clicks on 3D image
+    planes in the 3D view are projected into that frame with the predicted cameras.
+    Returns the handler (call it with an event to replay one).
+    """
+    if not callable(getattr(viewer, "on_event", None)):
+        raise UserError(
+            f"{type(viewer).__name__} has no on_event(callback): pass a rerun.notebook.Viewer "
+            "(pip install 'rerun-sdk[notebook]')"
+        )
+    handler = SelectionHandler(session, on_added, on_error)
+    viewer.on_event(handler)
+    return handler
