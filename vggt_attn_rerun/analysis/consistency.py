@@ -69,7 +69,7 @@ import torch
 from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
 from vggt_attn_rerun.core.images import FrameTransform
 from vggt_attn_rerun.core.rows import AttentionRows
-from vggt_attn_rerun.core.tokens import Query
+from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 
 VALID = 0
@@ -170,19 +170,216 @@ def _prediction(predictions: Mapping[str, object], name: str, shape: tuple[int, 
     if a.ndim == len(shape) + 1 and a.shape[0] == 1:  # the batch axis
         a = a[0]
     if a.shape != shape:
-        raise UserError(
-            f"prediction {name!r} has shape {list(a.shape)}, expected {list(shape)} (batch size 1)"
-        )
+        raise UserError(f"prediction {name!r} has shape {list(a.shape)}, expected {list(shape)} (batch size 1)")
     return a
 
 
 def _window_masks(centers: np.ndarray, ok: np.ndarray, gh: int, gw: int, radius: int) -> np.ndarray:
     """``[Q, S, gh, gw]`` bool: patches within Chebyshev ``radius`` of each (row, col) centre where ok."""
-    rr = np.arange(gh)[:, None]
-    cc = np.arange(gw)[None, :]
-    dr = np.abs(rr[None, None] - centers[..., 0, None, None])
-    dc = np.abs(cc[None, None] - centers[..., 1, None, None])
-    return (np.maximum(dr, dc) <= radius) & ok[..., None, None]
+    rows = np.arange(gh)[:, None]
+    cols = np.arange(gw)[None, :]
+    d_row = np.abs(rows[None, None] - centers[..., 0, None, None])
+    d_col = np.abs(cols[None, None] - centers[..., 1, None, None])
+    return (np.maximum(d_row, d_col) <= radius) & ok[..., None, None]
+
+
+def _per_pair(a: np.ndarray) -> np.ndarray:
+    """``[Q, S, ...]`` -> ``[1, Q, 1, S, ...]``: a per-(query, view) array against ``[L, Q, H, S]``."""
+    return a[None, :, None]
+
+
+def _check_request(rows: AttentionRows, kind: str, radius: int, occlusion_margin: float) -> int:
+    """The radius as an int, after refusing what cannot be measured."""
+    if kind != "global":
+        raise UserError(
+            f"geometric consistency needs global attention, got {kind!r}: frame attention only attends "
+            "the query's own view"
+        )
+    if kind not in rows.probs:
+        raise UserError(f"attention kind {kind!r} was not captured: captured kinds are {list(rows.probs)}")
+    if int(radius) != radius or radius < 0:
+        raise UserError(f"radius must be an integer >= 0 (patches), got {radius}")
+    if not occlusion_margin >= 0:
+        raise UserError(f"occlusion_margin must be >= 0, got {occlusion_margin}")
+    return int(radius)
+
+
+def _query_patches(queries: Sequence[Query], lay: TokenLayout) -> np.ndarray:
+    """``[Q, 2]`` int (row, col) of each query's patch; -1 for camera and register tokens."""
+    patches = np.full((len(queries), 2), -1, np.int64)
+    for i, query in enumerate(queries):
+        rc = query.patch(lay)
+        if rc is not None:
+            patches[i] = rc
+    return patches
+
+
+def _query_points(
+    predictions: Mapping[str, object],
+    queries: Sequence[Query],
+    query_patches: np.ndarray,
+    lay: TokenLayout,
+    given: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``([Q, 3] world points, [Q] confidences)``: the means over each query patch's pixels.
+
+    Given points replace the prediction (their confidence is NaN: not measured); camera and
+    register queries get NaN points unless given.
+    """
+    n, ps = len(queries), lay.patch_size
+    conf = np.full(n, np.nan)
+    if given is not None:
+        points = np.asarray(given, dtype=np.float64)
+        if points.shape != (n, 3):
+            raise UserError(f"points must have shape [{n}, 3] (one per query), got {list(points.shape)}")
+        return points, conf
+    h_img, w_img = lay.image_size
+    world_points = _prediction(predictions, "world_points", (lay.num_frames, h_img, w_img, 3))
+    world_conf = _prediction(predictions, "world_points_conf", (lay.num_frames, h_img, w_img))
+    points = np.full((n, 3), np.nan)
+    for i, query in enumerate(queries):
+        row, col = query_patches[i]
+        if row < 0:
+            continue
+        pixels = (query.frame, slice(row * ps, (row + 1) * ps), slice(col * ps, (col + 1) * ps))
+        points[i] = world_points[pixels].reshape(-1, 3).mean(0)
+        conf[i] = world_conf[pixels].mean()
+    return points, conf
+
+
+def _image_boxes(transforms: Sequence[FrameTransform] | None, lay: TokenLayout) -> np.ndarray:
+    """``[S, 4]`` (x0, y0, x1, y1) per view: the part of the model image that shows the photo."""
+    h_img, w_img = lay.image_size
+    if transforms is None:
+        return np.array([(0.0, 0.0, float(w_img), float(h_img))] * lay.num_frames)
+    if len(transforms) != lay.num_frames:
+        raise UserError(f"got {len(transforms)} frame transforms for {lay.num_frames} views")
+    return np.array([t.valid_model_box() for t in transforms], dtype=np.float64)
+
+
+@dataclass
+class _Projection:
+    """The query points seen from every view: ``[Q, S]`` unless said."""
+
+    xy: np.ndarray  # [Q, S, 2] continuous pixels; NaN without a point or behind the camera
+    depth: np.ndarray  # z in camera s (NaN without a point)
+    has_point: np.ndarray
+    in_front: np.ndarray  # has a point with z > 0
+    inside: np.ndarray  # in front and inside the view's image box
+    view_depth: np.ndarray  # the predicted depth at the projected pixel (NaN when not inside)
+    occluded: np.ndarray  # inside, but farther than the predicted depth there (by the margin)
+    patch: np.ndarray  # [Q, S, 2] int (row, col) of the patch under the projection (-1: not inside)
+
+
+def _project(
+    points: np.ndarray,
+    extrinsics: np.ndarray,
+    intrinsics: np.ndarray,
+    depth: np.ndarray,
+    boxes: np.ndarray,
+    patch_size: int,
+    occlusion_margin: float,
+) -> _Projection:
+    """Project ``[Q, 3]`` world points into every view (``[S, 3, 4]``, ``[S, 3, 3]`` cameras, ``[S, H, W]`` depth)."""
+    num_views = extrinsics.shape[0]
+    cam = np.einsum("sij,qj->qsi", extrinsics[:, :, :3], points) + extrinsics[None, :, :, 3]  # [Q, S, 3]
+    z = cam[..., 2]
+    fx, fy, cx, cy = intrinsics[:, 0, 0], intrinsics[:, 1, 1], intrinsics[:, 0, 2], intrinsics[:, 1, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = fx * cam[..., 0] / z + cx + 0.5  # VGGT samples pixel j at u = j: +0.5 is its centre
+        y = fy * cam[..., 1] / z + cy + 0.5
+    has_point = np.isfinite(points).all(-1)[:, None] & np.ones((1, num_views), bool)
+    in_front = has_point & (z > 0)
+    x = np.where(in_front, x, np.nan)
+    y = np.where(in_front, y, np.nan)
+    with np.errstate(invalid="ignore"):
+        inside = in_front & (x >= boxes[:, 0]) & (y >= boxes[:, 1]) & (x < boxes[:, 2]) & (y < boxes[:, 3])
+    px = np.where(inside, np.floor(np.nan_to_num(x)), 0).astype(np.int64)
+    py = np.where(inside, np.floor(np.nan_to_num(y)), 0).astype(np.int64)
+    view_depth = np.where(inside, depth[np.arange(num_views)[None, :], py, px], np.nan)
+    with np.errstate(invalid="ignore"):
+        farther = z > view_depth * (1 + occlusion_margin)
+        occluded = inside & np.isfinite(view_depth) & (view_depth > 0) & farther
+    return _Projection(
+        xy=np.stack([x, y], -1),
+        depth=np.where(has_point, z, np.nan),
+        has_point=has_point,
+        in_front=in_front,
+        inside=inside,
+        view_depth=view_depth,
+        occluded=occluded,
+        patch=np.where(inside[..., None], np.stack([py // patch_size, px // patch_size], -1), -1),
+    )
+
+
+def _exclusions(proj: _Projection, query_frames: np.ndarray, query_conf: np.ndarray, min_conf: float) -> np.ndarray:
+    """``[Q, S]`` int8 status codes: VALID, or the first reason (module docstring order) to exclude the pair."""
+    num_views = proj.has_point.shape[1]
+    own_view = query_frames[:, None] == np.arange(num_views)[None, :]
+    low_conf = (query_conf < min_conf)[:, None] & np.ones((1, num_views), bool)  # NaN (not measured) is never low
+    status = np.full(proj.has_point.shape, VALID, np.int8)
+    for mask, code in (  # later entries take precedence
+        (proj.occluded, OCCLUDED),
+        (proj.in_front & ~proj.inside, OUTSIDE_IMAGE),
+        (proj.has_point & ~proj.in_front, BEHIND_CAMERA),
+        (proj.has_point & low_conf, LOW_CONFIDENCE),
+        (~proj.has_point, NO_POINT),
+        (own_view, OWN_VIEW),
+    ):
+        status[mask] = code
+    return status
+
+
+@dataclass
+class _PeaksAndMasses:
+    """Per block, query, head and view (``[L, Q, H, S]``): where the row peaks and how its patch mass falls."""
+
+    peak_patch: np.ndarray  # [L, Q, H, S, 2] int (row, col)
+    view_mass: np.ndarray  # all patch mass on view s
+    mass_near: np.ndarray  # within the window around the projection
+    control_mass: np.ndarray  # within the window around the query's own (row, col)
+
+
+def _peaks_and_masses(
+    probs: torch.Tensor, lay: TokenLayout, near_windows: np.ndarray, control_windows: np.ndarray
+) -> _PeaksAndMasses:
+    """Measure ``[L, Q, H, S, P]`` rows against ``[Q, S, gh, gw]`` windows, one block at a time (memory)."""
+    num_blocks, num_queries, num_heads, num_views = probs.shape[:4]
+    shape = (num_blocks, num_queries, num_heads, num_views)
+    near = near_windows.reshape(num_queries, num_views, -1).astype(np.float64)
+    control = control_windows.reshape(num_queries, num_views, -1).astype(np.float64)
+    out = _PeaksAndMasses(np.empty(shape + (2,), np.int64), np.empty(shape), np.empty(shape), np.empty(shape))
+    for block in range(num_blocks):
+        patch_probs = probs[block, ..., lay.patch_start :].to("cpu", torch.float64).numpy()  # [Q, H, S, gh*gw]
+        peak = patch_probs.argmax(-1)
+        out.peak_patch[block] = np.stack([peak // lay.grid_w, peak % lay.grid_w], -1)
+        out.view_mass[block] = patch_probs.sum(-1)
+        out.mass_near[block] = np.einsum("qhsn,qsn->qhs", patch_probs, near)
+        out.control_mass[block] = np.einsum("qhsn,qsn->qhs", patch_probs, control)
+    return out
+
+
+def _patch_distance(peak_patch: np.ndarray, target: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """``[L, Q, H, S]`` distance in patches from each peak to a ``[Q, S, 2]`` target patch (NaN where not ok)."""
+    target = _per_pair(np.where(ok[..., None], target, 0))
+    d = np.hypot(peak_patch[..., 0] - target[..., 0], peak_patch[..., 1] - target[..., 1])
+    return np.where(_per_pair(ok), d, np.nan)
+
+
+def _pixel_distance(peak_patch: np.ndarray, xy: np.ndarray, ok: np.ndarray, patch_size: int) -> np.ndarray:
+    """``[L, Q, H, S]`` distance in pixels from each peak patch's centre to a ``[Q, S, 2]`` position."""
+    centre_x = (peak_patch[..., 1] + 0.5) * patch_size
+    centre_y = (peak_patch[..., 0] + 0.5) * patch_size
+    with np.errstate(invalid="ignore"):
+        d = np.hypot(centre_x - _per_pair(xy[..., 0]), centre_y - _per_pair(xy[..., 1]))
+    return np.where(_per_pair(ok), d, np.nan)
+
+
+def _share(mass: np.ndarray, view_mass: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """``mass / view_mass`` where ``[Q, S]`` ok and the view got any mass, else NaN."""
+    looked = view_mass > 0
+    with np.errstate(invalid="ignore"):
+        return np.where(_per_pair(ok) & looked, mass / np.where(looked, view_mass, 1), np.nan)
 
 
 def geometric_consistency(
@@ -212,148 +409,53 @@ def geometric_consistency(
     Returns:
         Consistency (``[L, Q, H, S]`` arrays, ``[Q, S]`` status, ``[L, H]`` scores).
     """
-    if kind != "global":
-        raise UserError(
-            f"geometric consistency needs global attention, got {kind!r}: frame attention only attends "
-            "the query's own view"
-        )
-    if kind not in rows.probs:
-        raise UserError(f"attention kind {kind!r} was not captured: captured kinds are {list(rows.probs)}")
-    if int(radius) != radius or radius < 0:
-        raise UserError(f"radius must be an integer >= 0 (patches), got {radius}")
-    if not occlusion_margin >= 0:
-        raise UserError(f"occlusion_margin must be >= 0, got {occlusion_margin}")
-    radius = int(radius)
+    radius = _check_request(rows, kind, radius, occlusion_margin)
     lay = rows.layout
-    s_, gh, gw, ps = lay.num_frames, lay.grid_h, lay.grid_w, lay.patch_size
-    h_img, w_img = lay.image_size
     queries = tuple(rows.queries)
-    q_ = len(queries)
+    h_img, w_img = lay.image_size
 
-    pose_enc = _prediction(predictions, "pose_enc", (s_, 9))
-    depth = _prediction(predictions, "depth", (s_, h_img, w_img))
-    extr, intr = (t.numpy() for t in pose_encoding_to_cameras(torch.from_numpy(pose_enc), (h_img, w_img)))
-
-    # -- the query points ---------------------------------------------------------------------
-    qpatch = np.full((q_, 2), -1, np.int64)
-    for i, qq in enumerate(queries):
-        rc = qq.patch(lay)
-        if rc is not None:
-            qpatch[i] = rc
-    conf = np.full(q_, np.nan)
-    if points is not None:
-        pts = np.asarray(points, dtype=np.float64)
-        if pts.shape != (q_, 3):
-            raise UserError(f"points must have shape [{q_}, 3] (one per query), got {list(pts.shape)}")
-    else:
-        wp = _prediction(predictions, "world_points", (s_, h_img, w_img, 3))
-        wc = _prediction(predictions, "world_points_conf", (s_, h_img, w_img))
-        pts = np.full((q_, 3), np.nan)
-        for i, qq in enumerate(queries):
-            if qpatch[i, 0] < 0:
-                continue
-            r, c = qpatch[i]
-            win = (qq.frame, slice(r * ps, (r + 1) * ps), slice(c * ps, (c + 1) * ps))
-            pts[i] = wp[win].reshape(-1, 3).mean(0)
-            conf[i] = wc[win].mean()
-
-    # -- projection and status ----------------------------------------------------------------
-    cam = np.einsum("sij,qj->qsi", extr[:, :, :3], pts) + extr[None, :, :, 3]  # [Q, S, 3]
-    z = cam[..., 2]
-    fx, fy, cx, cy = intr[:, 0, 0], intr[:, 1, 1], intr[:, 0, 2], intr[:, 1, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = fx * cam[..., 0] / z + cx + 0.5  # continuous convention
-        y = fy * cam[..., 1] / z + cy + 0.5
-    has_point = np.isfinite(pts).all(-1)[:, None] & np.ones((1, s_), bool)
-    front = has_point & (z > 0)
-    x = np.where(front, x, np.nan)
-    y = np.where(front, y, np.nan)
-    box = np.array([(0.0, 0.0, float(w_img), float(h_img))] * s_)
-    if transforms is not None:
-        if len(transforms) != s_:
-            raise UserError(f"got {len(transforms)} frame transforms for {s_} views")
-        box = np.array([t.valid_model_box() for t in transforms], dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        inside = front & (x >= box[:, 0]) & (y >= box[:, 1]) & (x < box[:, 2]) & (y < box[:, 3])
-    px = np.where(inside, np.floor(np.nan_to_num(x)), 0).astype(np.int64)
-    py = np.where(inside, np.floor(np.nan_to_num(y)), 0).astype(np.int64)
-    view_depth = np.where(inside, depth[np.arange(s_)[None, :], py, px], np.nan)
-    with np.errstate(invalid="ignore"):
-        occluded = (
-            inside & np.isfinite(view_depth) & (view_depth > 0) & (z > view_depth * (1 + occlusion_margin))
-        )
-    proj_patch = np.where(inside[..., None], np.stack([py // ps, px // ps], -1), -1)
-
-    status = np.full((q_, s_), VALID, np.int8)
-    frames = np.array([qq.frame for qq in queries], np.int64)
-    own = frames[:, None] == np.arange(s_)[None, :]
-    low = (conf < min_conf)[:, None] & np.ones((1, s_), bool)  # NaN conf (not measured) is never low
-    for mask, code in (
-        (occluded, OCCLUDED),
-        (has_point & ~inside & (z > 0), OUTSIDE_IMAGE),
-        (has_point & ~(z > 0), BEHIND_CAMERA),
-        (has_point & low, LOW_CONFIDENCE),
-        (~has_point, NO_POINT),
-        (own, OWN_VIEW),
-    ):  # later entries take precedence
-        status[mask] = code
+    # Where the query's 3D point lands in every view, and which (query, view) pairs can be measured.
+    pose_enc = _prediction(predictions, "pose_enc", (lay.num_frames, 9))
+    depth = _prediction(predictions, "depth", (lay.num_frames, h_img, w_img))
+    extrinsics, intrinsics = (t.numpy() for t in pose_encoding_to_cameras(torch.from_numpy(pose_enc), (h_img, w_img)))
+    query_patches = _query_patches(queries, lay)
+    query_points, query_conf = _query_points(predictions, queries, query_patches, lay, points)
+    boxes = _image_boxes(transforms, lay)
+    proj = _project(query_points, extrinsics, intrinsics, depth, boxes, lay.patch_size, occlusion_margin)
+    status = _exclusions(proj, np.array([q.frame for q in queries], np.int64), query_conf, min_conf)
     valid = status == VALID
-    ctrl_ok = valid & (qpatch[:, None, 0] >= 0)
+    # The positional control needs the query's own patch: camera and register queries have none.
+    control_ok = valid & (query_patches[:, None, 0] >= 0)
+    query_patch_per_view = np.broadcast_to(query_patches[:, None], proj.patch.shape)
 
-    # -- attention measures, one block at a time ----------------------------------------------
-    near = _window_masks(proj_patch, valid, gh, gw, radius)  # [Q, S, gh, gw]
-    ctrl = _window_masks(np.broadcast_to(qpatch[:, None], (q_, s_, 2)), ctrl_ok, gh, gw, radius)
-    probs = rows.probs[kind]
-    l_, h_ = probs.shape[0], probs.shape[2]
-    shape = (l_, q_, h_, s_)
-    peak_patch = np.empty(shape + (2,), np.int64)
-    mass_near, ctrl_mass, view_mass = (np.empty(shape) for _ in range(3))
-    for li in range(l_):
-        pat = probs[li, ..., lay.patch_start :].to("cpu", torch.float64).numpy()  # [Q, H, S, gh*gw]
-        arg = pat.argmax(-1)
-        peak_patch[li] = np.stack([arg // gw, arg % gw], -1)
-        view_mass[li] = pat.sum(-1)
-        mass_near[li] = np.einsum("qhsn,qsn->qhs", pat, near.reshape(q_, s_, -1).astype(np.float64))
-        ctrl_mass[li] = np.einsum("qhsn,qsn->qhs", pat, ctrl.reshape(q_, s_, -1).astype(np.float64))
-
-    v4 = valid[None, :, None, :]
-    c4 = ctrl_ok[None, :, None, :]
-    pr = np.where(valid, proj_patch[..., 0], 0)[None, :, None, :]
-    pc = np.where(valid, proj_patch[..., 1], 0)[None, :, None, :]
-    peak_r, peak_c = peak_patch[..., 0], peak_patch[..., 1]
-    dist_patches = np.where(v4, np.hypot(peak_r - pr, peak_c - pc), np.nan)
-    with np.errstate(invalid="ignore"):
-        dist_pixels = np.where(
-            v4,
-            np.hypot((peak_c + 0.5) * ps - x[None, :, None, :], (peak_r + 0.5) * ps - y[None, :, None, :]),
-            np.nan,
-        )
-        share = np.where(v4 & (view_mass > 0), mass_near / np.where(view_mass > 0, view_mass, 1), np.nan)
-        ctrl_share = np.where(c4 & (view_mass > 0), ctrl_mass / np.where(view_mass > 0, view_mass, 1), np.nan)
-    qr, qc = qpatch[None, :, None, None, 0], qpatch[None, :, None, None, 1]
-    ctrl_dist = np.where(c4, np.hypot(peak_r - qr, peak_c - qc), np.nan)
+    # Where each head's row peaks in each view, and how much of its mass lands near the projection.
+    near_windows = _window_masks(proj.patch, valid, lay.grid_h, lay.grid_w, radius)
+    control_windows = _window_masks(query_patch_per_view, control_ok, lay.grid_h, lay.grid_w, radius)
+    measured = _peaks_and_masses(rows.probs[kind], lay, near_windows, control_windows)
+    share_near = _share(measured.mass_near, measured.view_mass, valid)
+    control_share_near = _share(measured.control_mass, measured.view_mass, control_ok)
 
     return Consistency(
         blocks=tuple(rows.blocks),
         queries=queries,
         radius=radius,
-        points=pts,
-        query_conf=conf,
-        projected_xy=np.stack([x, y], -1),
-        projected_depth=np.where(has_point, z, np.nan),
-        view_depth=view_depth,
-        projected_patch=proj_patch,
+        points=query_points,
+        query_conf=query_conf,
+        projected_xy=proj.xy,
+        projected_depth=proj.depth,
+        view_depth=proj.view_depth,
+        projected_patch=proj.patch,
         status=status,
-        peak_patch=peak_patch,
-        peak_dist_patches=dist_patches,
-        peak_dist_pixels=dist_pixels,
-        mass_near=np.where(v4, mass_near, np.nan),
-        share_near=share,
-        control_peak_dist_patches=ctrl_dist,
-        control_mass_near=np.where(c4, ctrl_mass, np.nan),
-        control_share_near=ctrl_share,
-        score=_mean_lh(share),
-        control_score=_mean_lh(ctrl_share),
+        peak_patch=measured.peak_patch,
+        peak_dist_patches=_patch_distance(measured.peak_patch, proj.patch, valid),
+        peak_dist_pixels=_pixel_distance(measured.peak_patch, proj.xy, valid, lay.patch_size),
+        mass_near=np.where(_per_pair(valid), measured.mass_near, np.nan),
+        share_near=share_near,
+        control_peak_dist_patches=_patch_distance(measured.peak_patch, query_patch_per_view, control_ok),
+        control_mass_near=np.where(_per_pair(control_ok), measured.control_mass, np.nan),
+        control_share_near=control_share_near,
+        score=_mean_lh(share_near),
+        control_score=_mean_lh(control_share_near),
     )
 
 
