@@ -22,7 +22,7 @@ Definitions, for one row ``p`` (query q, block l, head h) of ``kind`` attention:
   1 means the row is carried by at most k keys; for a uniform row it is ``k / N``.
 
 ``summarize(..., head_mean=True)`` computes the same metrics on the head-mean row
-(``AttentionRows.head_mean``, what a "mean over heads" map shows): its H axis has length 1.
+(the mean of the H rows, what a "mean over heads" map shows): its H axis has length 1.
 The masses of the head-mean row equal the mean of the per-head masses; entropy and top-k do not
 (the mean of peaked heads that look at different places is spread out).
 

@@ -55,11 +55,6 @@ class FrameTransform:
         """(width, height) of the original photo."""
         return self.orig_w, self.orig_h
 
-    @property
-    def model_size(self) -> tuple[int, int]:
-        """(width, height) of the model input image."""
-        return self.model_w, self.model_h
-
     def original_to_model(self, x: float, y: float) -> tuple[float, float]:
         return x * self.scale_x + self.offset_x, y * self.scale_y + self.offset_y
 

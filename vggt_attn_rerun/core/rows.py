@@ -79,10 +79,6 @@ class AttentionRows:
         """``[L, Q, H, S]``: total probability on each frame's tokens."""
         return self._probs(kind).sum(-1)
 
-    def head_mean(self, kind: str) -> Tensor:
-        """``[L, Q, S, P]``: the mean over heads of the raw probabilities."""
-        return self._probs(kind).mean(2)
-
     def get(self, kind: str, block: int) -> Tensor:
         """``[Q, H, S, gh, gw]`` patch probabilities of one block."""
         return self.patches(kind)[self.block_index(block)]
