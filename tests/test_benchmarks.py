@@ -1,4 +1,4 @@
-"""The benchmarks run, write what they promise, and compare against a correct baseline (issue 4)."""
+"""The benchmarks run, write what they promise, and compare against a correct baseline."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Capture is exact, light and faithful (issue 2, section 3)."""
+"""Capture (core.capture) is exact, light and faithful."""
 
 import pytest
 import torch
@@ -38,6 +38,7 @@ def test_rows_equal_an_explicit_full_softmax_with_rope(tiny_model, scene_images,
     full = rec.explicit_attention()  # frame [S, H, P, P], global [1, H, N, N]
     lay = res.layout
     got = _full_rows(res.rows, kind, block)
+    assert res.rows.queries == tuple(_queries(lay))
     for i, q in enumerate(res.rows.queries):
         if kind == "global":
             want = full[0, :, q.token(lay)].reshape(-1, lay.num_frames, lay.tokens_per_frame)
@@ -59,6 +60,7 @@ def test_rows_times_v_through_proj_rebuild_the_module_output(tiny_model, scene_i
     v = rec.values()  # [B', H, N, D]
     lay, a = res.layout, rec.attn
     rows = _full_rows(res.rows, kind, block)
+    assert res.rows.queries == tuple(_queries(lay))
     for i, q in enumerate(res.rows.queries):
         if kind == "global":
             weights, vv, out = rows[i].reshape(a.num_heads, -1), v[0], rec.out[0, q.token(lay)]
@@ -70,7 +72,7 @@ def test_rows_times_v_through_proj_rebuild_the_module_output(tiny_model, scene_i
 
 
 def test_rope_matters_so_the_test_above_could_fail(tiny_model, scene_images):
-    """Dropping RoPE (the seed script's bug) changes the rows well beyond the tolerance."""
+    """Dropping RoPE (what a hook that misses the keyword ``pos`` does) changes the rows beyond the tolerance."""
     res = capture(tiny_model, scene_images, _queries, blocks=[1], kinds=["global"])
     rec = _Recorder(tiny_model, "global", 1)
     rope = rec.attn.rope
@@ -133,9 +135,10 @@ def test_hooks_are_removed_after_capture_and_after_a_failing_forward(scene_image
 def test_fused_and_explicit_attention_paths_give_the_same_rows(scene_images):
     model = tiny_vggt(seed=0)
     fused = capture(model, scene_images, _queries).rows
-    for m in model.modules():
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = False
+    switched = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    assert len(switched) == 2 * 4 and all(m.fused_attn for m in switched)  # frame + global blocks
+    for m in switched:
+        m.fused_attn = False
     explicit = capture(model, scene_images, _queries).rows
     for kind in ("frame", "global"):
         torch.testing.assert_close(fused.probs[kind], explicit.probs[kind], atol=1e-6, rtol=0)
@@ -200,6 +203,7 @@ def test_full_matrices_match_rows_and_respect_the_budget(tiny_model, scene_image
     _, maps, lay = capture_full(tiny_model, scene_images, blocks=[2])
     assert maps[("global", 2)].shape == (1, 4, lay.num_tokens, lay.num_tokens)
     assert maps[("frame", 2)].shape == (lay.num_frames, 4, lay.tokens_per_frame, lay.tokens_per_frame)
+    assert res.rows.queries == tuple(_queries(lay))
     for i, q in enumerate(res.rows.queries):
         g = maps[("global", 2)][0, :, q.token(lay)].reshape(4, lay.num_frames, -1)
         torch.testing.assert_close(res.rows.probs["global"][0, i], g, atol=1e-6, rtol=0)

@@ -1,4 +1,4 @@
-"""Geometric consistency of attention with VGGT's own geometry (issue 6, section 2).
+"""Geometric consistency of attention with VGGT's own geometry (analysis.consistency).
 
 The hand-built scene: 3 views of 4x6 patches (56x84 pixels), identity rotations, a wall at
 z = 2, fx = fy = 42 px, cameras stepping sideways. A camera-from-world translation of

@@ -56,7 +56,8 @@ def test_tiny_loads_in_eval_mode():
 
 def test_dtype_is_applied():
     model = load_model("tiny", dtype=torch.float64)
-    assert all(p.dtype == torch.float64 for p in model.parameters())
+    params = list(model.parameters())
+    assert params and all(p.dtype == torch.float64 for p in params)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -34,6 +34,7 @@ def test_rows_on_vggt_aggregator_equal_explicit_softmax_and_rebuild_the_output(s
         rec.remove()
     full, v, lay, a = rec.explicit_attention(), rec.values(), res.layout, rec.attn
     got = res.rows.probs[kind][0]
+    assert len(res.rows.queries) == got.shape[0] > 0
     for i, q in enumerate(res.rows.queries):
         if kind == "global":
             want, vv, out = full[0, :, q.token(lay)], v[0], rec.out[0, q.token(lay)]

@@ -1,4 +1,4 @@
-"""Per-head summaries of attention rows (issue 6, section 1): hand-built rows with known answers."""
+"""Per-head summaries of attention rows (analysis.summaries): hand-built rows with known answers."""
 
 import math
 

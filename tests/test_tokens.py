@@ -1,4 +1,4 @@
-"""Token layout conversions, each tested both ways (issue 2, section 2)."""
+"""Token layout conversions (core.tokens), each tested both ways."""
 
 import pytest
 
