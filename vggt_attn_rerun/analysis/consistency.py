@@ -4,18 +4,10 @@ VGGT's own predictions are the reference: the query's 3D point comes from its po
 is projected into every other view with its predicted cameras. Then, per block, head and view,
 the global attention row of the query is compared with that projection.
 
-Definitions (pixels are model input pixels in the continuous convention of tokens.py: pixel
-``(i, j)`` covers ``[j, j+1) x [i, i+1)``; patch ``(row, col)`` covers ``[col, col+1) x
-[row, row+1)`` times ``patch_size``):
+Where the point lands in each view and which (query, view) pairs are excluded (own view, no
+point, low confidence, behind the camera, outside the image, occluded) is ``analysis.visibility``:
+its docstring gives the projection and the exclusions. Per block, head and valid pair:
 
-- Query point X: the mean of ``world_points`` over the ``patch_size x patch_size`` pixels of the
-  query patch in its frame, or a point the caller gives. Query confidence: the mean of
-  ``world_points_conf`` over the same pixels (not checked for given points).
-- Projection into view s: ``x_cam = R_s X + t_s`` with VGGT's camera-from-world extrinsics and
-  intrinsics (``geometry.pose_encoding_to_cameras``), ``u = fx x/z + cx``, ``v = fy y/z + cy``.
-  VGGT's intrinsics sample pixel ``j`` at ``u = j`` (its unprojection convention), so the
-  continuous position is ``(u + 0.5, v + 0.5)``; the projected patch is the patch that covers
-  it, the projected pixel the pixel that covers it.
 - Peak: the argmax of the row over the PATCH tokens of view s (special tokens ignored; ties go
   to the first patch in row-major order).
 - ``peak_dist_patches``: Euclidean distance between the peak patch (row, col) and the projected
@@ -37,23 +29,12 @@ Definitions (pixels are model input pixels in the continuous convention of token
 - ``score [L, H]``: the mean of ``share_near`` over all valid (query, view) pairs;
   ``control_score`` the same for the control (NaN where no pair is valid).
 
-Exclusions: each (query, view) pair gets one status code (the first that applies, in this order);
-excluded pairs are NaN in every ``[L, Q, H, S]`` array and are counted by ``counts()``:
-
-- ``own_view``: the query's own frame (not a cross-view comparison);
-- ``no_point``: no 3D point (a camera/register query without a given point, or a non-finite point);
-- ``low_confidence``: the query's point confidence is below ``min_conf`` (applies to all views);
-- ``behind_camera``: the point's depth in view s is ``z <= 0``;
-- ``outside_image``: the projection falls outside view s's image (or outside the part of it
-  covered by the photo when frame transforms are given: white padding is excluded);
-- ``occluded``: the point is farther than VGGT's predicted depth at the projected pixel by more
-  than ``occlusion_margin`` (relative): ``z > depth * (1 + margin)``: something nearer hides it.
+Excluded pairs are NaN in every ``[L, Q, H, S]`` array and are counted by ``counts()``.
 
 Limits: everything is measured against VGGT's own geometry, not the truth, so a head can only
 agree with what the model predicts (a wrong camera or point map makes a right head look wrong).
-The point is the mean over a patch and the occlusion test looks at one pixel, so points on depth
-edges are unreliable. Confidence scales differ between models (VGGT's are ``1 + exp(x) >= 1``,
-so the default ``min_conf = 0`` excludes nothing; VGGT's demo drops the least confident half,
+Confidence scales differ between models (VGGT's are ``1 + exp(x) >= 1``, so the default
+``min_conf = 0`` excludes nothing; VGGT's demo drops the least confident half,
 ``np.quantile(world_points_conf, 0.5)``). Only global attention looks at other views: frame
 attention is refused.
 """
@@ -66,29 +47,34 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
+from vggt_attn_rerun.analysis.visibility import (
+    BEHIND_CAMERA,
+    LOW_CONFIDENCE,
+    NO_POINT,
+    OCCLUDED,
+    OUTSIDE_IMAGE,
+    OWN_VIEW,
+    STATUS_NAMES,
+    VALID,
+    query_visibility,
+)
 from vggt_attn_rerun.core.images import FrameTransform
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 
-VALID = 0
-OWN_VIEW = 1
-NO_POINT = 2
-LOW_CONFIDENCE = 3
-BEHIND_CAMERA = 4
-OUTSIDE_IMAGE = 5
-OCCLUDED = 6
-#: status code -> name (index = code)
-STATUS_NAMES = (
-    "valid",
-    "own_view",
-    "no_point",
-    "low_confidence",
-    "behind_camera",
-    "outside_image",
-    "occluded",
-)
+__all__ = [
+    "BEHIND_CAMERA",
+    "LOW_CONFIDENCE",
+    "NO_POINT",
+    "OCCLUDED",
+    "OUTSIDE_IMAGE",
+    "OWN_VIEW",
+    "STATUS_NAMES",
+    "VALID",
+    "Consistency",
+    "geometric_consistency",
+]
 
 
 @dataclass
@@ -151,29 +137,6 @@ class Consistency:
         return int(((self.status != VALID) & (self.status != OWN_VIEW)).sum())
 
 
-def _as_numpy(x: object, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", torch.float64).numpy()
-    try:
-        return np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"prediction {name!r} is not a numeric array ({e})") from None
-
-
-def _prediction(predictions: Mapping[str, object], name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """``predictions[name]`` without its batch axis of 1, checked against ``shape``."""
-    if name not in predictions:
-        raise UserError(f"predictions lack {name!r}: geometric consistency needs {name} from VGGT's output")
-    a = _as_numpy(predictions[name], name)
-    if a.ndim > len(shape) and a.shape[-1] == 1 and shape[-1] != 1:  # depth [..., H, W, 1]
-        a = a[..., 0]
-    if a.ndim == len(shape) + 1 and a.shape[0] == 1:  # the batch axis
-        a = a[0]
-    if a.shape != shape:
-        raise UserError(f"prediction {name!r} has shape {list(a.shape)}, expected {list(shape)} (batch size 1)")
-    return a
-
-
 def _window_masks(centers: np.ndarray, ok: np.ndarray, gh: int, gw: int, radius: int) -> np.ndarray:
     """``[Q, S, gh, gw]`` bool: patches within Chebyshev ``radius`` of each (row, col) centre where ok."""
     rows = np.arange(gh)[:, None]
@@ -188,7 +151,7 @@ def _per_pair(a: np.ndarray) -> np.ndarray:
     return a[None, :, None]
 
 
-def _check_request(rows: AttentionRows, kind: str, radius: int, occlusion_margin: float) -> int:
+def _check_request(rows: AttentionRows, kind: str, radius: int) -> int:
     """The radius as an int, after refusing what cannot be measured."""
     if kind != "global":
         raise UserError(
@@ -199,135 +162,7 @@ def _check_request(rows: AttentionRows, kind: str, radius: int, occlusion_margin
         raise UserError(f"attention kind {kind!r} was not captured: captured kinds are {list(rows.probs)}")
     if int(radius) != radius or radius < 0:
         raise UserError(f"radius must be an integer >= 0 (patches), got {radius}")
-    if not occlusion_margin >= 0:
-        raise UserError(f"occlusion_margin must be >= 0, got {occlusion_margin}")
     return int(radius)
-
-
-def _query_patches(queries: Sequence[Query], lay: TokenLayout) -> np.ndarray:
-    """``[Q, 2]`` int (row, col) of each query's patch; -1 for camera and register tokens."""
-    patches = np.full((len(queries), 2), -1, np.int64)
-    for i, query in enumerate(queries):
-        rc = query.patch(lay)
-        if rc is not None:
-            patches[i] = rc
-    return patches
-
-
-def _query_points(
-    predictions: Mapping[str, object],
-    queries: Sequence[Query],
-    query_patches: np.ndarray,
-    lay: TokenLayout,
-    given: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``([Q, 3] world points, [Q] confidences)``: the means over each query patch's pixels.
-
-    Given points replace the prediction (their confidence is NaN: not measured); camera and
-    register queries get NaN points unless given.
-    """
-    n, ps = len(queries), lay.patch_size
-    conf = np.full(n, np.nan)
-    if given is not None:
-        points = np.asarray(given, dtype=np.float64)
-        if points.shape != (n, 3):
-            raise UserError(f"points must have shape [{n}, 3] (one per query), got {list(points.shape)}")
-        return points, conf
-    h_img, w_img = lay.image_size
-    world_points = _prediction(predictions, "world_points", (lay.num_frames, h_img, w_img, 3))
-    world_conf = _prediction(predictions, "world_points_conf", (lay.num_frames, h_img, w_img))
-    points = np.full((n, 3), np.nan)
-    for i, query in enumerate(queries):
-        row, col = query_patches[i]
-        if row < 0:
-            continue
-        pixels = (query.frame, slice(row * ps, (row + 1) * ps), slice(col * ps, (col + 1) * ps))
-        points[i] = world_points[pixels].reshape(-1, 3).mean(0)
-        conf[i] = world_conf[pixels].mean()
-    return points, conf
-
-
-def _image_boxes(transforms: Sequence[FrameTransform] | None, lay: TokenLayout) -> np.ndarray:
-    """``[S, 4]`` (x0, y0, x1, y1) per view: the part of the model image that shows the photo."""
-    h_img, w_img = lay.image_size
-    if transforms is None:
-        return np.array([(0.0, 0.0, float(w_img), float(h_img))] * lay.num_frames)
-    if len(transforms) != lay.num_frames:
-        raise UserError(f"got {len(transforms)} frame transforms for {lay.num_frames} views")
-    return np.array([t.valid_model_box() for t in transforms], dtype=np.float64)
-
-
-@dataclass
-class _Projection:
-    """The query points seen from every view: ``[Q, S]`` unless said."""
-
-    xy: np.ndarray  # [Q, S, 2] continuous pixels; NaN without a point or behind the camera
-    depth: np.ndarray  # z in camera s (NaN without a point)
-    has_point: np.ndarray
-    in_front: np.ndarray  # has a point with z > 0
-    inside: np.ndarray  # in front and inside the view's image box
-    view_depth: np.ndarray  # the predicted depth at the projected pixel (NaN when not inside)
-    occluded: np.ndarray  # inside, but farther than the predicted depth there (by the margin)
-    patch: np.ndarray  # [Q, S, 2] int (row, col) of the patch under the projection (-1: not inside)
-
-
-def _project(
-    points: np.ndarray,
-    extrinsics: np.ndarray,
-    intrinsics: np.ndarray,
-    depth: np.ndarray,
-    boxes: np.ndarray,
-    patch_size: int,
-    occlusion_margin: float,
-) -> _Projection:
-    """Project ``[Q, 3]`` world points into every view (``[S, 3, 4]``, ``[S, 3, 3]`` cameras, ``[S, H, W]`` depth)."""
-    num_views = extrinsics.shape[0]
-    cam = np.einsum("sij,qj->qsi", extrinsics[:, :, :3], points) + extrinsics[None, :, :, 3]  # [Q, S, 3]
-    z = cam[..., 2]
-    fx, fy, cx, cy = intrinsics[:, 0, 0], intrinsics[:, 1, 1], intrinsics[:, 0, 2], intrinsics[:, 1, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = fx * cam[..., 0] / z + cx + 0.5  # VGGT samples pixel j at u = j: +0.5 is its centre
-        y = fy * cam[..., 1] / z + cy + 0.5
-    has_point = np.isfinite(points).all(-1)[:, None] & np.ones((1, num_views), bool)
-    in_front = has_point & (z > 0)
-    x = np.where(in_front, x, np.nan)
-    y = np.where(in_front, y, np.nan)
-    with np.errstate(invalid="ignore"):
-        inside = in_front & (x >= boxes[:, 0]) & (y >= boxes[:, 1]) & (x < boxes[:, 2]) & (y < boxes[:, 3])
-    px = np.where(inside, np.floor(np.nan_to_num(x)), 0).astype(np.int64)
-    py = np.where(inside, np.floor(np.nan_to_num(y)), 0).astype(np.int64)
-    view_depth = np.where(inside, depth[np.arange(num_views)[None, :], py, px], np.nan)
-    with np.errstate(invalid="ignore"):
-        farther = z > view_depth * (1 + occlusion_margin)
-        occluded = inside & np.isfinite(view_depth) & (view_depth > 0) & farther
-    return _Projection(
-        xy=np.stack([x, y], -1),
-        depth=np.where(has_point, z, np.nan),
-        has_point=has_point,
-        in_front=in_front,
-        inside=inside,
-        view_depth=view_depth,
-        occluded=occluded,
-        patch=np.where(inside[..., None], np.stack([py // patch_size, px // patch_size], -1), -1),
-    )
-
-
-def _exclusions(proj: _Projection, query_frames: np.ndarray, query_conf: np.ndarray, min_conf: float) -> np.ndarray:
-    """``[Q, S]`` int8 status codes: VALID, or the first reason (module docstring order) to exclude the pair."""
-    num_views = proj.has_point.shape[1]
-    own_view = query_frames[:, None] == np.arange(num_views)[None, :]
-    low_conf = (query_conf < min_conf)[:, None] & np.ones((1, num_views), bool)  # NaN (not measured) is never low
-    status = np.full(proj.has_point.shape, VALID, np.int8)
-    for mask, code in (  # later entries take precedence
-        (proj.occluded, OCCLUDED),
-        (proj.in_front & ~proj.inside, OUTSIDE_IMAGE),
-        (proj.has_point & ~proj.in_front, BEHIND_CAMERA),
-        (proj.has_point & low_conf, LOW_CONFIDENCE),
-        (~proj.has_point, NO_POINT),
-        (own_view, OWN_VIEW),
-    ):
-        status[mask] = code
-    return status
 
 
 @dataclass
@@ -409,27 +244,17 @@ def geometric_consistency(
     Returns:
         Consistency (``[L, Q, H, S]`` arrays, ``[Q, S]`` status, ``[L, H]`` scores).
     """
-    radius = _check_request(rows, kind, radius, occlusion_margin)
+    radius = _check_request(rows, kind, radius)
     lay = rows.layout
     queries = tuple(rows.queries)
-    h_img, w_img = lay.image_size
-
-    # Where the query's 3D point lands in every view, and which (query, view) pairs can be measured.
-    pose_enc = _prediction(predictions, "pose_enc", (lay.num_frames, 9))
-    depth = _prediction(predictions, "depth", (lay.num_frames, h_img, w_img))
-    extrinsics, intrinsics = (t.numpy() for t in pose_encoding_to_cameras(torch.from_numpy(pose_enc), (h_img, w_img)))
-    query_patches = _query_patches(queries, lay)
-    query_points, query_conf = _query_points(predictions, queries, query_patches, lay, points)
-    boxes = _image_boxes(transforms, lay)
-    proj = _project(query_points, extrinsics, intrinsics, depth, boxes, lay.patch_size, occlusion_margin)
-    status = _exclusions(proj, np.array([q.frame for q in queries], np.int64), query_conf, min_conf)
-    valid = status == VALID
+    seen = query_visibility(lay, queries, predictions, min_conf, occlusion_margin, points, transforms)
+    valid = seen.status == VALID
     # The positional control needs the query's own patch: camera and register queries have none.
-    control_ok = valid & (query_patches[:, None, 0] >= 0)
-    query_patch_per_view = np.broadcast_to(query_patches[:, None], proj.patch.shape)
+    control_ok = valid & (seen.query_patch[:, None, 0] >= 0)
+    query_patch_per_view = np.broadcast_to(seen.query_patch[:, None], seen.projected_patch.shape)
 
     # Where each head's row peaks in each view, and how much of its mass lands near the projection.
-    near_windows = _window_masks(proj.patch, valid, lay.grid_h, lay.grid_w, radius)
+    near_windows = _window_masks(seen.projected_patch, valid, lay.grid_h, lay.grid_w, radius)
     control_windows = _window_masks(query_patch_per_view, control_ok, lay.grid_h, lay.grid_w, radius)
     measured = _peaks_and_masses(rows.probs[kind], lay, near_windows, control_windows)
     share_near = _share(measured.mass_near, measured.view_mass, valid)
@@ -439,16 +264,16 @@ def geometric_consistency(
         blocks=tuple(rows.blocks),
         queries=queries,
         radius=radius,
-        points=query_points,
-        query_conf=query_conf,
-        projected_xy=proj.xy,
-        projected_depth=proj.depth,
-        view_depth=proj.view_depth,
-        projected_patch=proj.patch,
-        status=status,
+        points=seen.points,
+        query_conf=seen.query_conf,
+        projected_xy=seen.projected_xy,
+        projected_depth=seen.projected_depth,
+        view_depth=seen.view_depth,
+        projected_patch=seen.projected_patch,
+        status=seen.status,
         peak_patch=measured.peak_patch,
-        peak_dist_patches=_patch_distance(measured.peak_patch, proj.patch, valid),
-        peak_dist_pixels=_pixel_distance(measured.peak_patch, proj.xy, valid, lay.patch_size),
+        peak_dist_patches=_patch_distance(measured.peak_patch, seen.projected_patch, valid),
+        peak_dist_pixels=_pixel_distance(measured.peak_patch, seen.projected_xy, valid, lay.patch_size),
         mass_near=np.where(_per_pair(valid), measured.mass_near, np.nan),
         share_near=share_near,
         control_peak_dist_patches=_patch_distance(measured.peak_patch, query_patch_per_view, control_ok),
