@@ -56,6 +56,7 @@ from vggt_attn_rerun.analysis.visibility import (
     OWN_VIEW,
     STATUS_NAMES,
     VALID,
+    Visibility,
     query_visibility,
 )
 from vggt_attn_rerun.core.images import FrameTransform
@@ -78,22 +79,15 @@ __all__ = [
 
 
 @dataclass
-class Consistency:
+class Consistency(Visibility):
     """Geometric consistency of the captured global attention rows (see the module docstring).
 
     Shapes: L blocks, Q queries, H heads, S views. ``[L, Q, H, S]`` arrays are float64 and NaN
     where ``status != VALID``.
 
     Attributes:
+        (inherited) the Visibility of the queries: their points, projections and ``status``.
         blocks, queries, radius: what was measured.
-        points: ``[Q, 3]`` the query points in VGGT's world frame (NaN: none).
-        query_conf: ``[Q]`` mean point confidence of the query patch (NaN: not measured).
-        projected_xy: ``[Q, S, 2]`` projected (x, y) in model pixels, continuous convention
-            (NaN: no point or behind the camera).
-        projected_depth: ``[Q, S]`` the point's depth z in camera s (NaN: no point).
-        view_depth: ``[Q, S]`` VGGT's predicted depth at the projected pixel (NaN: not in the image).
-        projected_patch: ``[Q, S, 2]`` int (row, col) of the projected patch (-1: not in the image).
-        status: ``[Q, S]`` int8 status codes (STATUS_NAMES).
         peak_patch: ``[L, Q, H, S, 2]`` int (row, col) of each view's attention peak (all views).
         peak_dist_patches, peak_dist_pixels, mass_near, share_near: ``[L, Q, H, S]``.
         control_peak_dist_patches, control_mass_near, control_share_near: ``[L, Q, H, S]``, the
@@ -104,13 +98,6 @@ class Consistency:
     blocks: tuple[int, ...]
     queries: tuple[Query, ...]
     radius: int
-    points: np.ndarray
-    query_conf: np.ndarray
-    projected_xy: np.ndarray
-    projected_depth: np.ndarray
-    view_depth: np.ndarray
-    projected_patch: np.ndarray
-    status: np.ndarray
     peak_patch: np.ndarray
     peak_dist_patches: np.ndarray
     peak_dist_pixels: np.ndarray
@@ -121,20 +108,6 @@ class Consistency:
     control_share_near: np.ndarray
     score: np.ndarray
     control_score: np.ndarray
-
-    @property
-    def valid(self) -> np.ndarray:
-        """``[Q, S]`` bool: the pairs that were measured."""
-        return self.status == VALID
-
-    def counts(self) -> dict[str, int]:
-        """How many (query, view) pairs got each status, by name (all names present)."""
-        return {name: int((self.status == code).sum()) for code, name in enumerate(STATUS_NAMES)}
-
-    @property
-    def num_excluded(self) -> int:
-        """Pairs of a query with ANOTHER view that were excluded (own views are not counted)."""
-        return int(((self.status != VALID) & (self.status != OWN_VIEW)).sum())
 
 
 def _window_masks(centers: np.ndarray, ok: np.ndarray, gh: int, gw: int, radius: int) -> np.ndarray:
@@ -248,7 +221,7 @@ def geometric_consistency(
     lay = rows.layout
     queries = tuple(rows.queries)
     seen = query_visibility(lay, queries, predictions, min_conf, occlusion_margin, points, transforms)
-    valid = seen.status == VALID
+    valid = seen.valid
     # The positional control needs the query's own patch: camera and register queries have none.
     control_ok = valid & (seen.query_patch[:, None, 0] >= 0)
     query_patch_per_view = np.broadcast_to(seen.query_patch[:, None], seen.projected_patch.shape)
@@ -261,16 +234,10 @@ def geometric_consistency(
     control_share_near = _share(measured.control_mass, measured.view_mass, control_ok)
 
     return Consistency(
+        **vars(seen),
         blocks=tuple(rows.blocks),
         queries=queries,
         radius=radius,
-        points=seen.points,
-        query_conf=seen.query_conf,
-        projected_xy=seen.projected_xy,
-        projected_depth=seen.projected_depth,
-        view_depth=seen.view_depth,
-        projected_patch=seen.projected_patch,
-        status=seen.status,
         peak_patch=measured.peak_patch,
         peak_dist_patches=_patch_distance(measured.peak_patch, seen.projected_patch, valid),
         peak_dist_pixels=_pixel_distance(measured.peak_patch, seen.projected_xy, valid, lay.patch_size),

@@ -232,6 +232,20 @@ class Visibility:
     projected_patch: np.ndarray
     status: np.ndarray
 
+    @property
+    def valid(self) -> np.ndarray:
+        """``[Q, S]`` bool: the pairs that can be measured."""
+        return self.status == VALID
+
+    def counts(self) -> dict[str, int]:
+        """How many (query, view) pairs got each status, by name (all names present)."""
+        return {name: int((self.status == code).sum()) for code, name in enumerate(STATUS_NAMES)}
+
+    @property
+    def num_excluded(self) -> int:
+        """Pairs of a query with ANOTHER view that were excluded (own views are not counted)."""
+        return int(((self.status != VALID) & (self.status != OWN_VIEW)).sum())
+
 
 def query_visibility(
     layout: TokenLayout,
