@@ -5,6 +5,7 @@ import torch
 
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.introspect import model_layout
+from vggt_attn_rerun.core.qk_cache import model_qk_cache_bytes, qk_cache_bytes_per_frame
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
@@ -223,3 +224,12 @@ def test_rows_of_a_new_query_from_the_qk_cache_equal_a_fresh_capture(tiny_model,
         assert torch.equal(from_cache.probs[kind], fresh.probs[kind])
     lay = first.layout
     assert first.qk_cache.nbytes() == 2 * 2 * 4 * lay.num_tokens * 64 * 4  # kinds x blocks x (q, k) x N x C x fp32
+
+
+def test_qk_cache_memory_formula_matches_the_cache_kept(tiny_model, scene_images):
+    run = capture(tiny_model, scene_images, _queries, keep_qk=True)
+    per_frame = qk_cache_bytes_per_frame(run.layout, embed_dim=64, num_blocks=4, num_kinds=2)
+    assert per_frame * run.layout.num_frames == run.qk_cache.nbytes() > 0
+    assert model_qk_cache_bytes(tiny_model, run.layout, 4, 2) == run.qk_cache.nbytes()
+    vggt = qk_cache_bytes_per_frame(TokenLayout(1, 37, 37), embed_dim=1024, num_blocks=24)
+    assert vggt == 2 * 1374 * 1024 * 4 * 48 and round(vggt / 1e6) == 540

@@ -14,7 +14,6 @@ from vggt_attn_rerun import api
 from vggt_attn_rerun.analysis.scene import cameras
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.images import FrameTransform, LoadedImages, images_from_tensor
-from vggt_attn_rerun.core.qk_cache import model_qk_cache_bytes, qk_cache_bytes_per_frame
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.interactive import (
@@ -137,14 +136,6 @@ def test_a_pixel_outside_the_model_image_is_refused(run, scene_images, fake_log)
     with pytest.raises(UserError, match="outside the model image"):
         _session(run, scene_images).add_pixel(0, 84.0, 1.0)
     assert fake_log == []
-
-
-def test_cache_memory_formula(run, tiny_model):
-    per_frame = qk_cache_bytes_per_frame(run.layout, embed_dim=64, num_blocks=4, num_kinds=2)
-    assert per_frame * run.layout.num_frames == run.qk_cache.nbytes()
-    assert model_qk_cache_bytes(tiny_model, run.layout, 4, 2) == run.qk_cache.nbytes()
-    vggt = qk_cache_bytes_per_frame(TokenLayout(1, 37, 37), embed_dim=1024, num_blocks=24)
-    assert vggt == 2 * 1374 * 1024 * 4 * 48 and round(vggt / 1e6) == 540
 
 
 # -- selection payload -> pixel -----------------------------------------------------------------
