@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from vggt_attn_rerun.analysis.consistency import (
+from vggt_attn_rerun.analysis.consistency import geometric_consistency
+from vggt_attn_rerun.analysis.visibility import (
     BEHIND_CAMERA,
     LOW_CONFIDENCE,
     NO_POINT,
@@ -20,7 +21,6 @@ from vggt_attn_rerun.analysis.consistency import (
     OWN_VIEW,
     STATUS_NAMES,
     VALID,
-    geometric_consistency,
 )
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras, unproject_depth

@@ -47,35 +47,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vggt_attn_rerun.analysis.visibility import (
-    BEHIND_CAMERA,
-    LOW_CONFIDENCE,
-    NO_POINT,
-    OCCLUDED,
-    OUTSIDE_IMAGE,
-    OWN_VIEW,
-    STATUS_NAMES,
-    VALID,
-    Visibility,
-    query_visibility,
-)
+from vggt_attn_rerun.analysis.visibility import STATUS_NAMES, VALID, Visibility, query_visibility
 from vggt_attn_rerun.core.images import FrameTransform
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 
-__all__ = [
-    "BEHIND_CAMERA",
-    "LOW_CONFIDENCE",
-    "NO_POINT",
-    "OCCLUDED",
-    "OUTSIDE_IMAGE",
-    "OWN_VIEW",
-    "STATUS_NAMES",
-    "VALID",
-    "Consistency",
-    "geometric_consistency",
-]
+# The status codes that read Consistency.status come with it.
+__all__ = ["STATUS_NAMES", "VALID", "Consistency", "geometric_consistency"]
 
 
 @dataclass
