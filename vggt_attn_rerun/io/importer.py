@@ -2,9 +2,14 @@
 
 The viewer calls every ``rerun-importer-*`` executable on PATH for each file it opens, with the
 file and ``--application-id``/``--recording-id`` (and more flags in newer versions, hence
-``parse_known_args``). This one re-logs a file written by ``export.save_run`` to stdout with the
-default blueprint, and exits with ``rr.EXTERNAL_IMPORTER_INCOMPATIBLE_EXIT_CODE`` for any other file
-so that the viewer tries its other importers.
+``parse_known_args``). This one re-logs a file written by ``runfile.save_run`` to stdout with the
+default blueprint, and exits with ``rr.EXTERNAL_IMPORTER_INCOMPATIBLE_EXIT_CODE`` (66) for any other
+file so that the viewer tries its other importers.
+
+Hostile files: ``load_run`` checks every member's header against the format before reading it
+and bounds what a file may make it allocate (``npzsafe.read_bound``); the recording is built in
+memory and written to stdout only once complete, so a bad file ends with one ``error:`` line on
+stderr, exit 1, and nothing on stdout.
 """
 
 from __future__ import annotations
@@ -19,7 +24,34 @@ from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.runfile import is_run_file, load_run
 
 
+def _recording_bytes(path: str, application_id: str, recording_id: str | None) -> bytes:
+    """The whole recording of a run file, built in memory (UserError for any bad file)."""
+    result, images = load_run(path)
+    from vggt_attn_rerun.viz.blueprint import default_blueprint_for
+    from vggt_attn_rerun.viz.log_run import log_run
+    from vggt_attn_rerun.viz.options import RecordingOptions
+
+    if "pose_enc" not in result.predictions:
+        raise UserError(f"run file {path} has no camera poses (member pred_pose_enc): nothing to place the views")
+    pairs = [("world_points", "world_points_conf"), ("depth", "depth_conf")]
+    points = next((a for a, b in pairs if a in result.predictions and b in result.predictions), None)
+    if points is None:
+        raise UserError(
+            f"run file {path} has no point map: expected pred_world_points and pred_world_points_conf, "
+            "or pred_depth and pred_depth_conf"
+        )
+    options = RecordingOptions(kinds=result.rows.kinds, points=points)
+    rec = rr.RecordingStream(application_id, recording_id=recording_id)
+    memory = rec.memory_recording()
+    rec.send_blueprint(default_blueprint_for(result, options), make_active=False, make_default=True)
+    log_run(rec, result, images, options)
+    rec.flush()
+    return memory.drain_as_bytes()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 with the recording on stdout; 66 for a file that is not a run file; 1 with ONE
+    ``error:`` line on stderr and nothing on stdout for a run file that cannot be shown."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("filepath")
     parser.add_argument("--application-id", default="vggt_attn_rerun")
@@ -29,19 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not is_run_file(args.filepath):
         return rr.EXTERNAL_IMPORTER_INCOMPATIBLE_EXIT_CODE
     try:
-        result, images = load_run(args.filepath)
+        data = _recording_bytes(args.filepath, args.application_id, args.recording_id)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    from vggt_attn_rerun.viz.blueprint import default_blueprint_for
-    from vggt_attn_rerun.viz.log_run import log_run
-    from vggt_attn_rerun.viz.options import RecordingOptions
-
-    options = RecordingOptions(kinds=result.rows.kinds)
-    rec = rr.RecordingStream(args.application_id, recording_id=args.recording_id)
-    rec.stdout(default_blueprint=default_blueprint_for(result, options))
-    log_run(rec, result, images, options)
-    rec.flush()
+    except Exception as err:  # a file load_run let through but the logger refused: still one line
+        print(f"error: cannot show run file {args.filepath}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
     return 0
 
 

@@ -22,8 +22,8 @@ Members (format ``FORMAT_NAME``, version ``FORMAT_VERSION``):
 - ``images_uint8``: ``[S, H, W, 3]`` uint8 input images; ``images_float32`` ``[S, 3, H, W]`` is
   added only when the input tensor is not exactly ``uint8 / 255`` (tensors passed by the user),
   so that the reloaded tensor is always equal to the original;
-- ``transforms``: float64 ``[S, 8]`` (orig_w, orig_h, scale_x, scale_y, offset_x, offset_y,
-  model_w, model_h); ``image_paths``: unicode ``[S]`` (only when the images came from files);
+- ``transforms``: float64 ``[S, F]``, one row per frame holding ``images.FrameTransform``'s F
+  fields in their declared order; ``image_paths``: unicode ``[S]`` (only when the images came from files);
 - ``extra_json``: JSON text of the JSON-serializable entries of ``extra``; ``extra_<name>`` for
   its numpy-array entries (numeric, bool or str arrays).
 
@@ -33,10 +33,10 @@ once, as above), track outputs, and the q/k cache (``CaptureResult.qk_cache`` is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -45,9 +45,11 @@ import torch
 
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import FrameTransform, LoadedImages
+from vggt_attn_rerun.core.introspect import KINDS
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.io.npzsafe import CheckedNpz, NpzDamaged, read_bound, read_identity
 
 FORMAT_NAME = "vggt-attn-rerun/run"
 FORMAT_VERSION = "1"
@@ -55,12 +57,22 @@ RUN_SUFFIX = ".npz"
 #: the predictions a run file keeps (the ones the viewer displays)
 SAVED_PREDICTIONS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
 
+#: FrameTransform's fields, in the order of a ``transforms`` row (the one place that order is written)
+_TRANSFORM_FIELDS = tuple(f.name for f in dataclasses.fields(FrameTransform))
+_TRANSFORM_INTS = frozenset(f.name for f in dataclasses.fields(FrameTransform) if f.type in (int, "int"))
+
+_MAX_LAYOUT = 1 << 20  # largest layout value, block index or head count a file may declare
+_INT, _STR = "iu", "U"
+
 _TORCH_DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
     "float64": torch.float64,
 }
+#: how each torch dtype is stored (numpy has no bf16: its exact fp32 upcast is)
+_STORED_AS = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<f4"),
+              "float64": np.dtype("<f8")}  # fmt: skip
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -80,7 +92,7 @@ def _to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str]:
 
 
 def _from_numpy(a: np.ndarray, dtype_name: str) -> torch.Tensor:
-    return torch.from_numpy(np.array(a)).to(_TORCH_DTYPES[dtype_name])
+    return torch.from_numpy(a).to(_TORCH_DTYPES[dtype_name])  # read_array's arrays are fresh: no copy
 
 
 def _images_uint8(tensor: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
@@ -115,9 +127,7 @@ def _extra_members(extra: Mapping[str, object] | None) -> dict[str, np.ndarray]:
             if key == "json":
                 raise UserError("extra key 'json' is reserved: pick another name for this array")
             if value.dtype.kind not in "biufcU":
-                raise UserError(
-                    f"extra array {key!r} has dtype {value.dtype}: valid are numeric, bool or str arrays"
-                )
+                raise UserError(f"extra array {key!r} has dtype {value.dtype}: valid are numeric, bool or str arrays")
             arrays[f"extra_{key}"] = value
         else:
             plain[key] = value
@@ -145,9 +155,7 @@ def _members(result: CaptureResult, images: LoadedImages, extra: Mapping[str, ob
     m: dict[str, np.ndarray] = {
         "__format__": np.array(FORMAT_NAME),
         "format_version": np.array(FORMAT_VERSION),
-        "layout": np.array(
-            [lay.num_frames, lay.grid_h, lay.grid_w, lay.patch_size, lay.num_registers], np.int64
-        ),
+        "layout": np.array([lay.num_frames, lay.grid_h, lay.grid_w, lay.patch_size, lay.num_registers], np.int64),
         "kinds": np.array(list(rows.probs), dtype=np.str_),
         "blocks": np.array(rows.blocks, np.int64),
         "num_heads": np.array(rows.num_heads, np.int64),
@@ -168,9 +176,8 @@ def _members(result: CaptureResult, images: LoadedImages, extra: Mapping[str, ob
     if f32 is not None:
         m["images_float32"] = f32
     m["transforms"] = np.array(
-        [(t.orig_w, t.orig_h, t.scale_x, t.scale_y, t.offset_x, t.offset_y, t.model_w, t.model_h)
-         for t in images.transforms], np.float64,
-    )  # fmt: skip
+        [[getattr(t, f) for f in _TRANSFORM_FIELDS] for t in images.transforms], np.float64
+    ).reshape(-1, len(_TRANSFORM_FIELDS))
     if images.paths is not None:
         m["image_paths"] = np.array([str(p) for p in images.paths], dtype=np.str_)
     m.update(_extra_members(extra))
@@ -235,29 +242,17 @@ def save_run(
 
 
 def _format_of(path: Path) -> tuple[str, str] | None:
-    """(format name, version) from a file's first members, or None if it is not an npz of ours."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
-            if "__format__.npy" not in names or "format_version.npy" not in names:
-                return None
-            out = []
-            for member in ("__format__.npy", "format_version.npy"):
-                with z.open(member) as f:
-                    a = np.lib.format.read_array(f, allow_pickle=False)
-                if a.dtype.kind != "U" or a.ndim != 0:
-                    return None
-                out.append(str(a))
-            return out[0], out[1]
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError, KeyError):
-        return None
+    """(format name, version) of an npz of ours, or None. Safe on any file (npzsafe.read_identity)."""
+    fmt = read_identity(path, ("__format__", "format_version"))
+    return None if fmt is None else (fmt[0], fmt[1])
 
 
 def is_run_file(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a run file written by ``save_run`` (any format version).
 
-    Cheap: reads the zip directory and two tiny members, never the arrays. A file of another
-    version returns True so that ``load_run`` can say which version it is.
+    Cheap: reads the zip directory and two tiny members, never the arrays; a member that declares
+    a huge shape is not read. A file of another version returns True so that ``load_run`` can say
+    which version it is.
     """
     p = Path(path)
     if not p.is_file():
@@ -266,7 +261,7 @@ def is_run_file(path: str | os.PathLike[str]) -> bool:
     return fmt is not None and fmt[0] == FORMAT_NAME
 
 
-def _open(path: str | os.PathLike[str]) -> tuple[Path, np.lib.npyio.NpzFile]:
+def _open(path: str | os.PathLike[str]) -> tuple[Path, CheckedNpz]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"run file {p} does not exist")
@@ -279,93 +274,158 @@ def _open(path: str | os.PathLike[str]) -> tuple[Path, np.lib.npyio.NpzFile]:
             f"{FORMAT_VERSION}: capture the run again"
         )
     try:
-        return p, np.load(p, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        return p, CheckedNpz(p, f"run file {p}")
+    except NpzDamaged as e:
         raise UserError(f"cannot read run file {p}: {e}") from None
 
 
-def _get(z: np.lib.npyio.NpzFile, path: Path, name: str) -> np.ndarray:
+def _read_layout(run: CheckedNpz) -> TokenLayout:
+    vals = run.ints(run.read("layout", _INT, (5,)), "layout", 0, _MAX_LAYOUT)
     try:
-        return z[name]
-    except KeyError:
-        raise UserError(f"run file {path} is damaged: member {name!r} is missing") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"run file {path} is damaged: cannot read {name!r} ({e})") from None
+        return TokenLayout(*vals)
+    except UserError as e:
+        raise run.damaged(e) from None
 
 
-def load_run(path: str | os.PathLike[str]) -> tuple[CaptureResult, LoadedImages]:
+def _read_kinds(run: CheckedNpz) -> list[str]:
+    kinds = [str(k) for k in run.read("kinds", _STR, (None,))]
+    if not kinds or len(set(kinds)) != len(kinds) or any(k not in KINDS for k in kinds):
+        raise run.damaged(f"kinds are {kinds}: expected one or both of {', '.join(KINDS)}, once each")
+    return kinds
+
+
+def _read_queries(run: CheckedNpz, layout: TokenLayout) -> tuple[Query, ...]:
+    pairs = run.read("queries", _INT, (None, 2))
+    if pairs.shape[0] < 1:
+        raise run.damaged("it holds no queries")
+    labels = run.read("query_labels", _STR, (pairs.shape[0],))
+    frames = run.ints(pairs[:, 0], "queries (frames)", 0, layout.num_frames - 1)
+    locals_ = run.ints(pairs[:, 1], "queries (tokens within a frame)", 0, layout.tokens_per_frame - 1)
+    return tuple(Query(f, loc, str(lab)) for f, loc, lab in zip(frames, locals_, labels, strict=True))
+
+
+def _read_dtypes(run: CheckedNpz) -> dict[str, str]:
+    try:
+        dtypes = json.loads(str(run.read("dtypes", _STR, ())))
+    except json.JSONDecodeError as e:
+        raise run.damaged(f"dtypes is not JSON ({e})") from None
+    if not isinstance(dtypes, dict) or any(v not in _TORCH_DTYPES for v in dtypes.values()):
+        raise run.damaged(f"dtypes must map members to one of {', '.join(_TORCH_DTYPES)}")
+    return dtypes
+
+
+def _tensor(run: CheckedNpz, name: str, shape: tuple[int, ...], dtypes: Mapping[str, str]) -> torch.Tensor:
+    """A float member of exactly ``shape``, as the torch dtype ``dtypes`` names for it."""
+    want = dtypes.get(name)
+    if want is None:
+        raise run.damaged(f"dtypes has no entry for {name!r}")
+    head = run.checked_header(name, "f", shape)
+    if head.dtype != _STORED_AS[want]:
+        raise run.damaged(f"{name!r} is stored as {head.dtype}, which cannot hold {want} exactly")
+    a = run.read(name, "f", shape)
+    if not np.isfinite(a).all() and name.startswith("probs_"):
+        raise run.damaged(f"{name!r} holds NaN or infinite probabilities")
+    return _from_numpy(a, want)
+
+
+def _read_transforms(run: CheckedNpz, layout: TokenLayout) -> list[FrameTransform]:
+    rows = run.read("transforms", "f", (layout.num_frames, len(_TRANSFORM_FIELDS)))
+    h, w = layout.image_size
+    out = []
+    for row in rows:
+        values = dict(zip(_TRANSFORM_FIELDS, (float(v) for v in row), strict=True))
+        ints = {k: v for k, v in values.items() if k in _TRANSFORM_INTS}
+        ok = all(np.isfinite(v) for v in values.values()) and all(v == int(v) and v >= 1 for v in ints.values())
+        ok = ok and values["scale_x"] > 0 and values["scale_y"] > 0
+        if not ok or (values["model_h"], values["model_w"]) != (h, w):
+            raise run.damaged(
+                f"transform {[round(v, 6) for v in row]} is not a FrameTransform of a {w}x{h} model image "
+                f"(fields {', '.join(_TRANSFORM_FIELDS)}: finite, sizes whole numbers >= 1, scales > 0)"
+            )
+        out.append(FrameTransform(**{k: int(v) if k in _TRANSFORM_INTS else v for k, v in values.items()}))
+    return out
+
+
+def _read_images(run: CheckedNpz, layout: TokenLayout) -> torch.Tensor:
+    s, (h, w) = layout.num_frames, layout.image_size
+    if run.has("images_float32"):
+        a = run.read("images_float32", "f", (s, 3, h, w))
+        if a.dtype != np.float32 or not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise run.damaged("images_float32 must be float32 values in [0, 1]")
+        return torch.from_numpy(a)
+    u8 = run.read("images_uint8", "u", (s, h, w, 3))
+    if u8.dtype != np.uint8:
+        raise run.damaged(f"images_uint8 is {u8.dtype}, expected uint8")
+    return torch.from_numpy(u8).permute(0, 3, 1, 2).to(torch.float32).div(255).contiguous()
+
+
+def _prediction_shape(name: str, layout: TokenLayout) -> tuple[int, ...]:
+    s, (h, w) = layout.num_frames, layout.image_size
+    return {"pose_enc": (1, s, 9), "depth": (1, s, h, w, 1), "depth_conf": (1, s, h, w),
+            "world_points": (1, s, h, w, 3), "world_points_conf": (1, s, h, w)}[name]  # fmt: skip
+
+
+def load_run(path: str | os.PathLike[str], max_bytes: int | None = None) -> tuple[CaptureResult, LoadedImages]:
     """Re-open a run written by ``save_run``: equal objects, no model needed.
 
     Rows come back in the dtype they were saved in (bit-exact), predictions hold the saved
     display keys (``SAVED_PREDICTIONS``), ``qk_cache`` is None. UserError (naming the path) for a
     file that is not a run file, of another format version, or damaged.
+
+    Hostile files: every member's ``.npy`` header is checked against the format (dtype, and
+    shape from the layout) before its data is read, and the declared sizes of all members
+    together must stay within ``npzsafe.read_bound(file size)``: ``min(4 GiB, max(64 MiB, 64 x
+    the file size))`` (``max_bytes`` replaces that bound), so no file makes loading allocate more
+    than that (images counted as the float32 tensor they become). A file that breaks any rule
+    raises UserError before its big arrays are read.
     """
     p, z = _open(path)
-    with z:
-        try:
-            lay_v = [int(v) for v in _get(z, p, "layout")]
-            layout = TokenLayout(*lay_v)
-            kinds = [str(k) for k in _get(z, p, "kinds")]
-            blocks = tuple(int(b) for b in _get(z, p, "blocks"))
-            num_heads = int(_get(z, p, "num_heads"))
-            labels = [str(s) for s in _get(z, p, "query_labels")]
-            queries = tuple(
-                Query(int(f), int(loc), labels[i]) for i, (f, loc) in enumerate(_get(z, p, "queries"))
-            )
-            for q in queries:
-                q.token(layout)
-            dtypes = json.loads(str(_get(z, p, "dtypes")))
-            probs = {k: _from_numpy(_get(z, p, f"probs_{k}"), dtypes[f"probs_{k}"]) for k in kinds}
-            want = (len(blocks), len(queries), num_heads, layout.num_frames, layout.tokens_per_frame)
-            for k, t in probs.items():
-                if tuple(t.shape) != want:
-                    raise UserError(
-                        f"run file {p} is damaged: probs of {k} have shape {list(t.shape)}, "
-                        f"expected {list(want)}"
-                    )
-            predictions = {
-                name: _from_numpy(_get(z, p, f"pred_{name}"), dtypes[f"pred_{name}"])
-                for name in SAVED_PREDICTIONS
-                if f"pred_{name}" in z.files
-            }
-            if "images_float32" in z.files:
-                tensor = torch.from_numpy(np.array(_get(z, p, "images_float32"), dtype=np.float32))
-            else:
-                u8 = _get(z, p, "images_uint8")
-                tensor = (
-                    torch.from_numpy(np.array(u8)).permute(0, 3, 1, 2).to(torch.float32).div(255).contiguous()
-                )
-            transforms = [
-                FrameTransform(
-                    int(t[0]),
-                    int(t[1]),
-                    float(t[2]),
-                    float(t[3]),
-                    float(t[4]),
-                    float(t[5]),
-                    int(t[6]),
-                    int(t[7]),
-                )
-                for t in _get(z, p, "transforms")
-            ]
-            paths = [Path(str(s)) for s in _get(z, p, "image_paths")] if "image_paths" in z.files else None
-        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
-            if isinstance(e, UserError):
-                raise
-            raise UserError(f"run file {p} is damaged: {e}") from None
+    with z as run:
+        names = sorted(n for n in run.names if not n.startswith("extra_"))
+        # images count 5x: the uint8 array and the float32 tensor made from it
+        bound = read_bound(p.stat().st_size) if max_bytes is None else int(max_bytes)
+        run.check_budget(names, bound, {"images_uint8": 5}, "pass max_bytes to load_run to raise it")
+        layout = _read_layout(run)
+        kinds = _read_kinds(run)
+        blocks = tuple(run.ints(run.read("blocks", _INT, (None,)), "blocks", 0, _MAX_LAYOUT))
+        num_heads = run.ints(run.read("num_heads", _INT, ()), "num_heads", 1, _MAX_LAYOUT)[0]
+        if not blocks or len(set(blocks)) != len(blocks):
+            raise run.damaged(f"blocks are {list(blocks)}: expected at least one block, each once")
+        queries = _read_queries(run, layout)
+        dtypes = _read_dtypes(run)
+        transforms = _read_transforms(run, layout)
+        paths = None
+        if run.has("image_paths"):
+            paths = [Path(str(s)) for s in run.read("image_paths", _STR, (layout.num_frames,))]
+        want = (len(blocks), len(queries), num_heads, layout.num_frames, layout.tokens_per_frame)
+        for k in kinds:  # all headers first: nothing big is read from a file whose shapes are wrong
+            run.checked_header(f"probs_{k}", "f", want)
+        present = [n for n in SAVED_PREDICTIONS if run.has(f"pred_{n}")]
+        for n in present:
+            run.checked_header(f"pred_{n}", "f", _prediction_shape(n, layout))
+        probs = {k: _tensor(run, f"probs_{k}", want, dtypes) for k in kinds}
+        predictions = {n: _tensor(run, f"pred_{n}", _prediction_shape(n, layout), dtypes) for n in present}
+        tensor = _read_images(run, layout)
     rows = AttentionRows(layout, queries, blocks, num_heads, probs)
     return CaptureResult(predictions, rows, layout, None), LoadedImages(tensor, paths, transforms)
 
 
 def load_extra(path: str | os.PathLike[str]) -> dict[str, object]:
-    """The ``extra`` dict given to ``save_run`` (JSON values, and numpy arrays as arrays)."""
+    """The ``extra`` dict given to ``save_run`` (JSON values, and numpy arrays as arrays).
+
+    The same bound as ``load_run`` applies to the extra members' declared sizes.
+    """
     p, z = _open(path)
-    with z:
+    with z as run:
+        names = sorted(n for n in run.names if n.startswith("extra_"))
+        run.check_budget(names, read_bound(p.stat().st_size))
         try:
-            out: dict[str, object] = json.loads(str(_get(z, p, "extra_json")))
+            out = json.loads(str(run.read("extra_json", _STR, ())))
         except json.JSONDecodeError as e:
-            raise UserError(f"run file {p} is damaged: extra_json ({e})") from None
-        for name in z.files:
-            if name.startswith("extra_") and name != "extra_json":
-                out[name.removeprefix("extra_")] = _get(z, p, name)
+            raise run.damaged(f"extra_json ({e})") from None
+        if not isinstance(out, dict):
+            raise run.damaged("extra_json is not a JSON object")
+        for name in names:
+            if name != "extra_json":
+                out[name.removeprefix("extra_")] = run.read(name)
     return out
