@@ -215,7 +215,7 @@ class CheckedNpz(SafeNpz):
         if total > bound:
             raise UserError(
                 f"{self.what} declares {total / 2**20:.1f} MiB of arrays, over the {bound / 2**20:.1f} MiB "
-                f"allowed for a file of {self.path.stat().st_size} bytes (read_bound: {MAX_EXPANSION}x the "
-                f"file size above {SMALL_BYTES >> 20} MiB, at most {MAX_TOTAL_BYTES >> 30} GiB): refusing it"
+                f"allowed for a file of {self.path.stat().st_size} bytes (the larger of {SMALL_BYTES >> 20} MiB and "
+                f"{MAX_EXPANSION}x the file size, at most {MAX_TOTAL_BYTES >> 30} GiB): refusing it"
                 + (f"; {hint}" if hint else "")
             )

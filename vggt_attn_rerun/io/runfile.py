@@ -348,6 +348,7 @@ def _read_transforms(run: CheckedNpz, layout: TokenLayout) -> list[FrameTransfor
 
 def _read_images(run: CheckedNpz, layout: TokenLayout) -> torch.Tensor:
     s, (h, w) = layout.num_frames, layout.image_size
+    run.checked_header("images_uint8", "u", (s, h, w, 3))  # always saved, even when float32 is used
     if run.has("images_float32"):
         a = run.read("images_float32", "f", (s, 3, h, w))
         if a.dtype != np.float32 or not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
