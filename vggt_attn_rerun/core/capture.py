@@ -20,11 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from vggt_attn_rerun.core.hooks import qk_hooks
-from vggt_attn_rerun.core.images import batched_images
+from vggt_attn_rerun.core.images import LoadedImages, batched_images
 from vggt_attn_rerun.core.introspect import KINDS, check_blocks, check_kinds, model_heads, model_layout
 from vggt_attn_rerun.core.qk_cache import QKCache
 from vggt_attn_rerun.core.rows import AttentionRows, RowCollector
-from vggt_attn_rerun.core.tokens import Query, TokenLayout
+from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, PixelMap, Query, TokenLayout, parse_query
 from vggt_attn_rerun.errors import UserError
 
 
@@ -42,12 +42,39 @@ class CaptureResult:
     qk_cache: QKCache | None = None
 
 
+def _queries(
+    queries: Sequence[Query | str] | Callable[[TokenLayout], Sequence[Query]],
+    layout: TokenLayout,
+    pixel_maps: Sequence[PixelMap] | None,
+) -> list[Query]:
+    """Query objects, query strings (tokens.QUERY_SYNTAX) or a function of the layout -> Queries."""
+    if callable(queries):
+        queries = queries(layout)
+    if isinstance(queries, (str, Query)):  # one query given alone
+        queries = [queries]
+    try:
+        items = list(queries)
+    except TypeError:
+        raise UserError(f"queries must be a list of Query objects or query strings, got {queries!r:.60}") from None
+    out = []
+    for q in items:
+        if isinstance(q, str):
+            q = parse_query(q, layout, pixel_maps)
+        elif not isinstance(q, Query):
+            raise UserError(f"query {q!r:.60} is a {type(q).__name__}: valid are Query objects or {QUERY_SYNTAX}")
+        q.token(layout)  # validates frame and index against this layout
+        out.append(q)
+    if not out:
+        raise UserError("no queries given: pass at least one token, patch or pixel to query")
+    return out
+
+
 def capture(
     model: nn.Module,
-    images: Tensor,
-    queries: Sequence[Query] | Callable[[TokenLayout], Sequence[Query]],
+    images: Tensor | LoadedImages,
+    queries: Sequence[Query | str] | Callable[[TokenLayout], Sequence[Query]],
     blocks: Sequence[int] | None = None,
-    kinds: Sequence[str] = KINDS,
+    kinds: str | Sequence[str] = KINDS,
     autocast_dtype: torch.dtype | None = None,
     store_dtype: torch.dtype = torch.float32,
     keep_qk: bool = False,
@@ -56,9 +83,14 @@ def capture(
 
     Args:
         model: VGGT or a model with its module tree (e.g. ``testing.tiny_vggt()``), in eval mode.
-        images: ``[S, 3, H, W]`` or ``[1, S, 3, H, W]`` in [0, 1], H and W multiples of the patch size.
-        queries: Query objects, or a function of the layout that returns them.
-        blocks: block indices (default all); kinds: "frame" and/or "global".
+        images: ``[S, 3, H, W]`` or ``[1, S, 3, H, W]`` in [0, 1], H and W multiples of the patch
+            size, or LoadedImages (``load_images``). One scene: a batch of several is a UserError.
+        queries: Query objects and/or query strings (``"0:p1,1"``, ``"1:camera"``, ``"0:120,80"``;
+            see tokens.QUERY_SYNTAX: pixels are of the original photos when ``images`` are
+            LoadedImages loaded from files, else of the model image), or a function of the layout
+            that returns Query objects.
+        blocks: block indices (default all); kinds: "frame" and/or "global" (one kind may be
+            given as a string).
         autocast_dtype: run the forward under ``torch.autocast(device, dtype)`` (e.g. bf16);
             attention rows are still computed in fp32 from the q/k the model used.
         store_dtype: dtype of the stored rows (fp32 default; fp16 halves their memory).
@@ -68,13 +100,10 @@ def capture(
     Returns:
         CaptureResult with the model's predictions (untouched) and AttentionRows.
     """
+    pixel_maps = images.transforms if isinstance(images, LoadedImages) and images.paths is not None else None
     images = batched_images(images)
     layout = model_layout(model, images.shape[1], images.shape[3], images.shape[4])
-    qs = list(queries(layout) if callable(queries) else queries)
-    if not qs:
-        raise UserError("no queries given: pass at least one token, patch or pixel to query")
-    for qq in qs:
-        qq.token(layout)  # validates frame and index against this layout
+    qs = _queries(queries, layout, pixel_maps)
     kinds, blocks = check_kinds(kinds), check_blocks(model, blocks)
     collector = RowCollector(layout, qs, blocks, kinds, model_heads(model), store_dtype=store_dtype)
     cache = QKCache() if keep_qk else None
@@ -92,5 +121,3 @@ def capture(
         else:
             predictions = model(images)
     return CaptureResult(predictions, collector.result(), layout, cache)
-
-

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from vggt_attn_rerun.core.tokens import as_index
 from vggt_attn_rerun.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -245,8 +246,25 @@ def _shift(t: FrameTransform, dx: int, dy: int, width: int, height: int) -> Fram
     )
 
 
+_PATHS_HELP = "valid are an image path (str or pathlib.Path), a list of them, or LoadedImages"
+
+
+def _as_paths(paths: object) -> list[Path]:
+    """One path or a sequence of paths -> a list of Paths; anything else is a UserError."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if isinstance(paths, (bytes, bytearray)) or not isinstance(paths, Sequence):  # a set has no frame order
+        raise UserError(f"cannot load images from {type(paths).__name__} {paths!r:.60}: {_PATHS_HELP}")
+    bad = [p for p in paths if not isinstance(p, (str, os.PathLike))]
+    if bad:
+        raise UserError(f"image path {bad[0]!r:.60} is a {type(bad[0]).__name__}: {_PATHS_HELP}")
+    if not paths:
+        raise UserError("no images given: at least one image is required")
+    return [Path(p) for p in paths]
+
+
 def load_images(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | LoadedImages,
     mode: str = "crop",
     target_size: int = 518,
     patch_size: int = 14,
@@ -258,14 +276,20 @@ def load_images(
     white-padded to a ``target_size`` square. Frames of different shapes are white-padded,
     centred, to the largest height and width.
 
+    Args:
+        paths: one image file (str or Path), a list of them (the frames, in order), or
+            LoadedImages (returned as they are). Anything else: UserError.
+
     Returns:
         LoadedImages with ``tensor [S, 3, H, W]`` float32 in [0, 1] and one transform per frame.
     """
+    if isinstance(paths, LoadedImages):
+        return paths
     if mode not in MODES:
         raise UserError(f"unknown image mode {mode!r}: valid modes are {', '.join(MODES)}")
-    if not paths:
-        raise UserError("no images given: at least one image is required")
-    files = [Path(p) for p in paths]
+    patch_size = as_index(patch_size, "patch_size", 1)
+    target_size = as_index(target_size, "target_size", patch_size)
+    files = _as_paths(paths)
     frames, transforms = [], []
     for path in files:
         pixels, transform = _preprocess(_open_rgb(path), path, mode, target_size, patch_size)
@@ -288,6 +312,8 @@ def images_from_tensor(t: torch.Tensor, patch_size: int = 14) -> LoadedImages:
     """Wrap a user tensor ``[S, 3, H, W]`` or ``[1, S, 3, H, W]`` in [0, 1] (identity transforms)."""
     if not isinstance(t, torch.Tensor):
         raise UserError(f"images must be a torch.Tensor [S, 3, H, W], got {type(t).__name__}")
+    patch_size = as_index(patch_size, "patch_size", 1)
+    _check_batch(t)
     if t.dim() == 5 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 4 or t.shape[1] != 3 or t.shape[0] < 1:
@@ -309,10 +335,22 @@ def images_from_tensor(t: torch.Tensor, patch_size: int = 14) -> LoadedImages:
     return LoadedImages(t.contiguous(), None, transforms)
 
 
-def batched_images(images: torch.Tensor) -> torch.Tensor:
-    """``[S, 3, H, W]`` or ``[1, S, 3, H, W]`` -> ``[1, S, 3, H, W]``; anything else is a UserError."""
+def _check_batch(t: torch.Tensor) -> None:
+    if t.ndim == 5 and t.shape[0] != 1:
+        raise UserError(
+            f"images {list(t.shape)} hold a batch of {t.shape[0]} scenes: one scene at a time is supported "
+            f"(images [S, 3, H, W] or [1, S, 3, H, W]); loop over the scenes, images[b] for each b"
+        )
+
+
+def batched_images(images: torch.Tensor | LoadedImages) -> torch.Tensor:
+    """``[S, 3, H, W]`` or ``[1, S, 3, H, W]`` (or LoadedImages) -> ``[1, S, 3, H, W]``; anything
+    else, a batch of several scenes included, is a UserError."""
+    if isinstance(images, LoadedImages):
+        images = images.tensor
     if not isinstance(images, torch.Tensor):
         raise UserError(f"images must be a torch.Tensor [S, 3, H, W], got {type(images).__name__}")
+    _check_batch(images)
     if images.ndim == 4:
         images = images[None]
     if images.ndim != 5 or images.shape[0] != 1 or images.shape[2] != 3:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 
 from torch import nn
 
@@ -57,7 +58,13 @@ def model_heads(model: nn.Module) -> int:
     return int(find_aggregator(model).frame_blocks[0].attn.num_heads)
 
 
-def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+def check_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
+    """One kind ("global") or several (("frame", "global")) -> unique lower-case kinds, checked."""
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    bad_type = [k for k in kinds if not isinstance(k, str)]
+    if bad_type:
+        raise UserError(f"attention kind {bad_type[0]!r} is not a str: valid kinds are frame, global")
     kinds = tuple(dict.fromkeys(k.strip().lower() for k in kinds))
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
@@ -65,14 +72,19 @@ def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
     return kinds
 
 
-def check_blocks(model: nn.Module, blocks: Sequence[int] | None) -> tuple[int, ...]:
+def check_blocks(model: nn.Module, blocks: Iterable[int] | None) -> tuple[int, ...]:
     depth = model_depth(model)
     if blocks is None:
         return tuple(range(depth))
-    blocks = tuple(sorted(dict.fromkeys(int(b) for b in blocks)))
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Iterable):
+        raise UserError(f"blocks must be a list of block indices 0..{depth - 1}, got {blocks!r:.60}")
+    ints = []
+    for b in blocks:
+        if isinstance(b, bool) or not hasattr(b, "__index__"):
+            raise UserError(f"block {b!r} is not a block index: valid blocks are the integers 0..{depth - 1}")
+        ints.append(operator.index(b))
+    blocks = tuple(sorted(dict.fromkeys(ints)))
     bad = [b for b in blocks if not 0 <= b < depth]
     if bad or not blocks:
         raise UserError(f"block {bad[0] if bad else '(none)'} does not exist: valid blocks are 0..{depth - 1}")
     return blocks
-
-

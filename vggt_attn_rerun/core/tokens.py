@@ -12,12 +12,26 @@ conversion here a plain affine map.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from vggt_attn_rerun.errors import UserError
+
+
+def as_index(value: object, what: str, low: int = 0) -> int:
+    """``value`` as a plain int >= ``low`` (Python or numpy integers; not bools, floats or strings)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise UserError(f"{what} must be an integer >= {low}, got {value!r} ({type(value).__name__})") from None
+    if n < low:
+        raise UserError(f"{what} must be an integer >= {low}, got {n}")
+    return int(n)
 
 
 class PixelMap(Protocol):
@@ -55,18 +69,22 @@ class TokenLayout:
     num_registers: int = VGGT_NUM_REGISTERS
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "grid_h", "grid_w", "patch_size"):
-            if int(getattr(self, name)) < 1:
-                raise UserError(f"TokenLayout.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_registers < 0:
-            raise UserError(f"TokenLayout.num_registers must be >= 0, got {self.num_registers}")
+        for name in ("num_frames", "grid_h", "grid_w", "patch_size", "num_registers"):
+            low = 0 if name == "num_registers" else 1
+            object.__setattr__(self, name, as_index(getattr(self, name), f"TokenLayout.{name}", low))
 
     @classmethod
     def for_image_size(
-        cls, num_frames: int, height: int, width: int, patch_size: int = VGGT_PATCH_SIZE,
+        cls,
+        num_frames: int,
+        height: int,
+        width: int,
+        patch_size: int = VGGT_PATCH_SIZE,
         num_registers: int = VGGT_NUM_REGISTERS,
     ) -> TokenLayout:
         """Layout for S frames of ``height x width`` input pixels (multiples of ``patch_size``)."""
+        patch_size = as_index(patch_size, "patch_size", 1)
+        height, width = as_index(height, "image height", 1), as_index(width, "image width", 1)
         if height % patch_size or width % patch_size:
             raise UserError(
                 f"image size {width}x{height} is not a multiple of the patch size {patch_size}; "
@@ -179,6 +197,13 @@ class Query:
     frame: int
     local: int
     label: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        # Query(0.5, 5) would otherwise pass until some array index fails far away.
+        object.__setattr__(self, "frame", as_index(self.frame, "Query frame"))
+        object.__setattr__(self, "local", as_index(self.local, "Query local (token index within the frame)"))
+        if not isinstance(self.label, str):
+            raise UserError(f"Query label must be a str, got {type(self.label).__name__}")
 
     def token(self, layout: TokenLayout) -> int:
         """Global token index."""
