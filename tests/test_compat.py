@@ -11,7 +11,7 @@ from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.introspect import find_aggregator
 from vggt_attn_rerun.core.tokens import Query
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.legacy.seed import (
+from vggt_attn_rerun.legacy.visualize_attention import (
     AttentionExtractor,
     demo_visualize_token_attention,
     extract_both_attentions,
@@ -25,6 +25,14 @@ S, GH, GW, P, HEADS, DEPTH = 3, 4, 6, 29, 4, 4
 N = S * P
 BLOCK = 2
 FRAME2_TOKEN = 2 * P + 5 + 1 * GW + 3  # frame 2, patch (1, 3): frame 0 would be the seed's answer
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +133,7 @@ def test_get_attention_values_structure(both, scene_images, kind):
     assert 0 <= values["images"].min() and values["images"].max() <= 1
     assert values["metadata"] == {
         "grid_h": GH, "grid_w": GW, "H": 56, "W": 84, "S": S, "token_idx": 7, "head_idx": 0,
-        "attention_type": kind, "patch_start_idx": 5, "frame_idx": 0,
+        "attention_type": kind, "patch_start_idx": 5, "frame_idx": 0, "local_idx": 7,
     }  # fmt: skip
     assert values["attention_maps"].sum() == pytest.approx(1.0, abs=1e-5)
     # Bilinear upsampling only interpolates: no value outside the map's range.
@@ -169,7 +177,7 @@ def test_figures_have_the_expected_axes(both, scene_images):
 
 
 def test_figures_without_matplotlib_raise_a_user_error(both, scene_images, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     values = get_attention_values(both["frame_attention"]["attn_weights"], scene_images, 7, 0, 5, "frame")
     with pytest.raises(UserError, match=r"pip install 'vggt-attn-rerun\[plot\]'"):
         visualize_attention_on_image(values)
@@ -188,7 +196,7 @@ def photo_paths(tmp_path):
 def test_demo_returns_figures_and_result(tiny_model, photo_paths):
     token = 227 + 5 + 2 * 37 + 10  # frame 1, patch (2, 10)
     figures, result = demo_visualize_token_attention(
-        photo_paths, block_idx=1, token_idx=token, head_idx=0, model=tiny_model
+        photo_paths, block_idx=1, token_idx=token, head_idx=0, model=tiny_model, show=False
     )
     assert [kind for kind, _ in figures] == ["frame", "global"]
     assert [len(fig.axes) for _, fig in figures] == [3, 2 * 2 + 1]

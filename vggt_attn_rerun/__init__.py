@@ -24,11 +24,11 @@ __version__ = "0.1.0"
 
 # Name -> the legacy module that defines it, imported on first access (PEP 562).
 _LEGACY = {
-    "AttentionExtractor": "vggt_attn_rerun.legacy.seed",
-    "demo_visualize_token_attention": "vggt_attn_rerun.legacy.seed",
-    "extract_both_attentions": "vggt_attn_rerun.legacy.seed",
-    "get_attention_values": "vggt_attn_rerun.legacy.seed",
-    "visualize_attention_on_image": "vggt_attn_rerun.legacy.seed",
+    "AttentionExtractor": "vggt_attn_rerun.legacy.visualize_attention",
+    "demo_visualize_token_attention": "vggt_attn_rerun.legacy.visualize_attention",
+    "extract_both_attentions": "vggt_attn_rerun.legacy.visualize_attention",
+    "get_attention_values": "vggt_attn_rerun.legacy.visualize_attention",
+    "visualize_attention_on_image": "vggt_attn_rerun.legacy.visualize_attention",
     "capture_full": "vggt_attn_rerun.legacy.full",
 }
 
