@@ -50,6 +50,7 @@ from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.npzsafe import CheckedNpz, NpzDamaged, read_bound, read_identity
+from vggt_attn_rerun.io.runextra import extra_members
 
 FORMAT_NAME = "vggt-attn-rerun/run"
 FORMAT_VERSION = "1"
@@ -105,39 +106,6 @@ def _images_uint8(tensor: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
     return u8.permute(0, 2, 3, 1).contiguous().numpy(), (None if exact else t.contiguous().numpy())
 
 
-def _json_default(obj: object) -> object:
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-
-
-def _extra_members(extra: Mapping[str, object] | None) -> dict[str, np.ndarray]:
-    if not extra:
-        return {"extra_json": np.array("{}")}
-    plain: dict[str, object] = {}
-    arrays: dict[str, np.ndarray] = {}
-    for key, value in extra.items():
-        if not isinstance(key, str) or not key.isidentifier():
-            raise UserError(f"extra key {key!r} must be a Python identifier (letters, digits, _)")
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu().numpy()
-        if isinstance(value, np.ndarray):
-            if key == "json":
-                raise UserError("extra key 'json' is reserved: pick another name for this array")
-            if value.dtype.kind not in "biufcU":
-                raise UserError(f"extra array {key!r} has dtype {value.dtype}: valid are numeric, bool or str arrays")
-            arrays[f"extra_{key}"] = value
-        else:
-            plain[key] = value
-    try:
-        text = json.dumps(plain, default=_json_default)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"extra must hold JSON-serializable values or numpy arrays: {e}") from None
-    return {"extra_json": np.array(text), **arrays}
-
-
 def _members(result: CaptureResult, images: LoadedImages, extra: Mapping[str, object] | None,
              probs_dtype: torch.dtype | None) -> dict[str, np.ndarray]:  # fmt: skip
     rows, lay = result.rows, result.layout
@@ -180,7 +148,7 @@ def _members(result: CaptureResult, images: LoadedImages, extra: Mapping[str, ob
     ).reshape(-1, len(_TRANSFORM_FIELDS))
     if images.paths is not None:
         m["image_paths"] = np.array([str(p) for p in images.paths], dtype=np.str_)
-    m.update(_extra_members(extra))
+    m.update(extra_members(extra))
     return m
 
 
