@@ -240,3 +240,16 @@ def test_the_read_bound_is_the_one_the_readme_states():
     assert read_bound(1 * gib) == 4 * gib  # ... at most 4 GiB
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "the larger of 64 MiB and 64x the file's size (at\nmost 4 GiB" in readme
+
+
+def test_load_extra_refuses_malformed_extras(good, tmp_path):
+    from vggt_attn_rerun.io.runfile import load_extra
+
+    for name, changes, match in [
+        ("list.npz", {"extra_json": np.array("[1, 2]")}, "extra_json is not a JSON object"),
+        ("text.npz", {"extra_json": np.array("{nope")}, "extra_json"),
+        ("pickle.npz", {"extra_x": np.array([object()], dtype=object)}, "dtype object"),
+        ("forged.npz", {"extra_x": _forged_header((10**10,))}, "declares"),
+    ]:
+        with pytest.raises(UserError, match=match):
+            load_extra(_rewrite(good, tmp_path / name, **changes))

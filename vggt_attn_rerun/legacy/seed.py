@@ -187,7 +187,7 @@ def input_images(model: nn.Module, images: Tensor | LoadedImages | str | os.Path
     return batched_images(images).to(model_device(model))
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def autocast_like_seed(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     # The seed used torch.cuda.amp.autocast, which does nothing for CPU tensors: keep that, so CPU
     # runs stay fp32, and skip dtypes CUDA autocast does not take (it would only warn).
     if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
@@ -218,7 +218,7 @@ def extract_both_attentions(
         "global_attention": {"attn_weights" [1, H, S*P, S*P], ...}, "block_idx", "patch_start_idx"}``.
     """
     x = input_images(model, images)
-    with _autocast(x.device, dtype):
+    with autocast_like_seed(x.device, dtype):
         _, maps, layout = capture_full(model, x, [block_idx], KINDS, budget_bytes=budget_bytes)
     block = int(block_idx)
     return {

@@ -19,7 +19,13 @@ from torch import Tensor, nn
 from vggt_attn_rerun.core.images import LoadedImages
 from vggt_attn_rerun.core.introspect import KINDS, check_blocks, model_heads, model_layout
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.legacy.seed import DEFAULT_BUDGET_BYTES, AttentionExtractor, extract_both_attentions, input_images
+from vggt_attn_rerun.legacy.seed import (
+    DEFAULT_BUDGET_BYTES,
+    AttentionExtractor,
+    autocast_like_seed,
+    extract_both_attentions,
+    input_images,
+)
 from vggt_attn_rerun.legacy.seed_figures import pyplot, visualize_attention_map, visualize_attention_on_image
 from vggt_attn_rerun.legacy.seed_values import as_kinds, check_head, frame_token, get_attention_values
 
@@ -143,7 +149,7 @@ def demo_single_layer_attention(
     layer_name = f"{kind}_block_{int(block_idx)}"
     with AttentionExtractor(model, budget_bytes) as extractor:
         extractor.register_hooks(block_indices=[block_idx], attention_types=[kind])
-        with torch.no_grad(), _autocast(images.device):
+        with torch.no_grad(), autocast_like_seed(images.device, _demo_dtype(images.device)):
             model(images)
         data = extractor.get_attention_maps()[layer_name]
     if mode == "data":
@@ -162,8 +168,3 @@ def demo_single_layer_attention(
     if show:
         pyplot().show()
     return fig
-
-
-def _autocast(device: torch.device) -> Any:
-    dtype = _demo_dtype(device)
-    return torch.autocast("cuda", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
