@@ -73,8 +73,8 @@ def _header(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> MemberHeader:
 class SafeNpz:
     """An npz archive opened for header-checked reading. Use as a context manager.
 
-    ``headers(names)`` parses the headers of those members (or of all ``.npy`` members);
-    ``read(name)`` reads one member whose header was parsed, and nothing else.
+    ``header(name)`` parses one member's header (and reads no data); ``read(name)`` reads that
+    member, whose declared size the caller has checked, and nothing else.
     """
 
     def __init__(self, path: str | Path) -> None:
