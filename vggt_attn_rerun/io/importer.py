@@ -49,6 +49,11 @@ def _recording_bytes(path: str, application_id: str, recording_id: str | None) -
     return memory.drain_as_bytes()
 
 
+def _error(message: str) -> int:
+    print("error: " + " ".join(message.split()), file=sys.stderr)  # one line, whatever the message holds
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 with the recording on stdout; 66 for a file that is not a run file; 1 with ONE
     ``error:`` line on stderr and nothing on stdout for a run file that cannot be shown."""
@@ -63,11 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         data = _recording_bytes(args.filepath, args.application_id, args.recording_id)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _error(str(err))
     except Exception as err:  # a file load_run let through but the logger refused: still one line
-        print(f"error: cannot show run file {args.filepath}: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+        return _error(f"cannot show run file {args.filepath}: {type(err).__name__}: {err}")
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
     return 0
