@@ -1,4 +1,4 @@
-"""The seed script's API (legacy.seed): same structures, real attention, loud errors."""
+"""The seed script's API (legacy, `import visualize_attention`): same structures, real attention, loud errors."""
 
 import sys
 
