@@ -7,14 +7,15 @@ import textwrap
 import pytest
 
 import vggt_attn_rerun
-from vggt_attn_rerun.legacy import full, seed
+from vggt_attn_rerun.legacy import full
+from vggt_attn_rerun.legacy import visualize_attention as seed_api
 
 LEGACY_NAMES = {
-    "AttentionExtractor": seed,
-    "demo_visualize_token_attention": seed,
-    "extract_both_attentions": seed,
-    "get_attention_values": seed,
-    "visualize_attention_on_image": seed,
+    "AttentionExtractor": seed_api,
+    "demo_visualize_token_attention": seed_api,
+    "extract_both_attentions": seed_api,
+    "get_attention_values": seed_api,
+    "visualize_attention_on_image": seed_api,
     "capture_full": full,
 }
 
