@@ -1,0 +1,368 @@
+"""The GPU check's settings, step context, budgets and interleaved measurements; steps 2 and 3.
+
+Steps 1 (gpu_exact.py), 4 and 5 (gpu_record.py) live beside this; gpu_check.py runs them in order.
+Every step writes what it measured into ``entry`` and calls ``ctx.save()`` after each measurement,
+so a step stopped by its time budget (or a run killed from outside) keeps what it had. Steps check
+the time left before each costly call and skip what would not fit; ``time_limit`` stops the rest.
+"""
+
+from __future__ import annotations
+
+import gc
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vggt_attn_rerun.core.introspect import KINDS, model_heads, model_layout
+
+from .baseline import baseline_bytes, first_frames_over_budget
+from .common import (
+    DTYPES,
+    GIB,
+    REPO_ROOT,
+    MemoryMeter,
+    load_bench_model,
+    make_call,
+    make_images,
+    median,
+    model_bytes,
+    model_depth,
+    rows_bytes,
+    spread_queries,
+    sync,
+)
+from .suites import _host_limit_bytes
+
+
+class StepTimeout(Exception):
+    """The step's time budget ran out while it was running."""
+
+
+class StepSkipped(Exception):
+    """The step cannot run (no time left, nothing to measure)."""
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise StepTimeout in the main thread once ``seconds`` have passed (checked between Python bytecodes)."""
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise StepTimeout(f"time budget of {seconds:.0f} s spent")
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclass
+class CheckSettings:
+    """What the check measures; the defaults are the GPU run (random-weight VGGT-1B, bf16, 518x518)."""
+
+    model: str = "random"
+    device: str = "cuda"
+    dtype: str = "bfloat16"  # autocast dtype of steps 2-5; weights stay fp32
+    size: tuple[int, int] = (518, 518)
+    exact_dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    exact_frames: int = 4
+    exact_blocks: tuple[int, ...] = (0, 12, 23)
+    exact_queries: int = 4
+    overhead_frames: int = 8
+    queries: tuple[int, ...] = (1, 16)
+    rounds: int = 10
+    scale_frames: tuple[int, ...] = (32, 100, 200)
+    scale_queries: int = 16
+    scale_rounds: int = 1
+    baseline_budget_gb: float | None = None  # None: 90% of the device memory free (CUDA), 8 GiB (CPU)
+    host_memory_gb: float | None = None  # None: half of MemAvailable on CPU, unchecked on CUDA
+    recording_frames: tuple[int, ...] = (8, 100)
+    recording_queries: int = 1
+    cli_photos: int = 8
+    cli_size: int = 518
+    photos: str = str(REPO_ROOT.parent / "shared" / "data" / "kitchen")
+    work_dir: str = ""
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        return DTYPES[self.dtype]
+
+
+@dataclass
+class Ctx:
+    """What a step needs: settings, the model (loaded once), its step's deadline, and ``save``."""
+
+    settings: CheckSettings
+    save: Callable[[], None]
+    log: Callable[[str], None] = print
+    deadline: float = float("inf")
+    measured: dict[str, Any] = field(default_factory=dict)  # forward times seen so far, by frames
+    _model: nn.Module | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.settings.device)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.load_model()
+
+    def load_model(self) -> nn.Module:
+        """The model (loaded on first use; the load time goes to ``measured['model_load_s']``)."""
+        if self._model is None:
+            self.log(f"loading model {self.settings.model!r} on {self.settings.device}")
+            t0 = time.perf_counter()
+            self._model = load_bench_model(self.settings.model, self.settings.device)
+            self.measured["model_load_s"] = time.perf_counter() - t0
+        return self._model
+
+    def release_model(self) -> None:
+        self._model = None
+        free(self.device)
+
+    def remaining(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def predict_forward_s(self, frames: int) -> float | None:
+        """A forward at ``frames`` from the largest measured one, scaled quadratically (global attention)."""
+        seen = {s: t for s, t in self.measured.items() if isinstance(s, int)}
+        if not seen:
+            return None
+        base = max(seen)
+        return seen[base] * max(frames / base, 1.0) ** 2
+
+    def note_forward(self, frames: int, seconds: float) -> None:
+        self.measured[frames] = seconds
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------
+# Timing and memory of calls, interleaved
+# --------------------------------------------------------------------------------------------
+
+
+def measure_calls(
+    ctx: Ctx, calls: dict[str, Callable[[], tuple[Any, int]]], rounds: int, input_bytes: int
+) -> dict[str, dict[str, Any]]:
+    """Run every call once per round (order rotated each round), each timed (synchronized) and with
+    its own peak memory (``MemoryMeter``: reset before the call; on CPU, weights + input + peak RSS
+    growth, as ``common.probe`` counts it). Stops early when the next round would not fit the time
+    left; ``rounds_run`` says how many ran."""
+    names = list(calls)
+    weights = model_bytes(ctx.model)
+    out = {n: {"times_s": [], "peaks": [], "extras": [], "stored_bytes": 0} for n in names}
+    round_s = None
+    for r in range(rounds):
+        if round_s is not None and round_s > ctx.remaining():
+            break
+        t_round = time.perf_counter()
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            meter = MemoryMeter(ctx.device)
+            meter.start()
+            t0 = time.perf_counter()
+            kept, stored = calls[name]()
+            sync(ctx.device)
+            seconds = time.perf_counter() - t0
+            mem = meter.stop()
+            del kept
+            peak = mem.get("device_peak_bytes", weights + input_bytes + mem["extra_bytes"])
+            out[name]["times_s"].append(seconds)
+            out[name]["peaks"].append(peak)
+            out[name]["extras"].append(mem["extra_bytes"])
+            out[name]["stored_bytes"] = stored
+            out[name]["memory_method"] = meter.method
+        round_s = time.perf_counter() - t_round
+    for name in names:
+        m = out[name]
+        m.update(
+            rounds_run=len(m["times_s"]),
+            time_s=median(m["times_s"]),
+            peak_bytes=median(m["peaks"]),
+            extra_bytes=median(m["extras"]),
+        )
+    return out
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def compare(m: dict[str, dict[str, Any]], name: str, plain: str = "plain") -> dict[str, Any]:
+    """Ratios of ``name`` to ``plain``: time (median of paired ratios per round), peak memory."""
+    a, p = m[name], m[plain]
+    paired = [x / y for x, y in zip(a["times_s"], p["times_s"], strict=False) if y > 0]
+    return {
+        "time_s": a["time_s"],
+        "times_s": a["times_s"],
+        "time_ratio": median(paired) if paired else None,
+        "time_ratio_of_medians": a["time_s"] / p["time_s"] if p["time_s"] > 0 else None,
+        "peak_bytes": a["peak_bytes"],
+        "memory_ratio": a["peak_bytes"] / p["peak_bytes"] if p["peak_bytes"] > 0 else None,
+        "extra_bytes": a["extra_bytes"],
+        "extra_over_plain_bytes": a["extra_bytes"] - p["extra_bytes"],
+        "stored_bytes": a["stored_bytes"],
+        "rounds_run": a["rounds_run"],
+    }
+
+
+def _plain_summary(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("time_s", "times_s", "peak_bytes", "extra_bytes", "rounds_run", "memory_method")
+    return {k: m[k] for k in keys}
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Overhead
+# --------------------------------------------------------------------------------------------
+
+
+def step_overhead(ctx: Ctx, entry: dict[str, Any]) -> None:
+    s, model = ctx.settings, ctx.model
+    (h, w), frames = s.size, s.overhead_frames
+    images = make_images(frames, h, w, ctx.device)
+    layout = model_layout(model, frames, h, w)
+    calls = {"plain": make_call("plain", model, images, [], s.autocast)}
+    for q in s.queries:
+        calls[f"Q={q}"] = make_call("ours", model, images, spread_queries(layout, q), s.autocast)
+    entry.update(
+        frames=frames,
+        size=[h, w],
+        tokens=layout.num_tokens,
+        blocks=model_depth(model),
+        heads=model_heads(model),
+        kinds=list(KINDS),
+        dtype=s.dtype,
+    )
+    ctx.log(f"[overhead] S={frames} {h}x{w}: warm-up of {', '.join(calls)}")
+    warm = measure_calls(ctx, calls, 1, _nbytes(images))
+    entry["warmup_s"] = {n: m["time_s"] for n, m in warm.items()}
+    ctx.note_forward(frames, warm["plain"]["time_s"])
+    ctx.save()
+    round_s = sum(entry["warmup_s"].values())
+    rounds = min(s.rounds, int(0.9 * ctx.remaining() / max(round_s, 1e-6)))
+    if rounds < 1:
+        raise StepSkipped(f"one round takes {round_s:.1f} s, {ctx.remaining():.0f} s left")
+    ctx.log(f"[overhead] {rounds} interleaved rounds")
+    m = measure_calls(ctx, calls, rounds, _nbytes(images))
+    ctx.note_forward(frames, m["plain"]["time_s"])
+    entry["plain"] = _plain_summary(m["plain"])
+    entry["rows"] = [{"queries": q, **compare(m, f"Q={q}")} for q in s.queries]
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Scale
+# --------------------------------------------------------------------------------------------
+
+
+def _host_limit(s: CheckSettings) -> int | None:
+    if s.host_memory_gb is not None:
+        return int(s.host_memory_gb * GIB)
+    return _host_limit_bytes() if not s.device.startswith("cuda") else None
+
+
+def _baseline_budget(ctx: Ctx) -> int:
+    if ctx.settings.baseline_budget_gb is not None:
+        return int(ctx.settings.baseline_budget_gb * GIB)
+    if ctx.device.type == "cuda":
+        from vggt_attn_rerun.core.resources import available_memory_bytes
+
+        return int(0.9 * (available_memory_bytes(ctx.device) or 0))
+    return 8 * GIB
+
+
+def step_scale(ctx: Ctx, entry: dict[str, Any]) -> None:
+    s, model = ctx.settings, ctx.model
+    h, w = s.size
+    heads, depth = model_heads(model), model_depth(model)
+    host_limit = _host_limit(s)
+    entry.update(size=[h, w], queries=s.scale_queries, dtype=s.dtype, rows=[])
+    for frames in s.scale_frames:
+        layout = model_layout(model, frames, h, w)
+        row: dict[str, Any] = {
+            "frames": frames,
+            "tokens": layout.num_tokens,
+            "rows_bytes": rows_bytes(layout, heads, depth, s.scale_queries),
+            "baseline_predicted_bytes": baseline_bytes(layout, heads, depth),
+        }
+        entry["rows"].append(row)
+        predicted = ctx.predict_forward_s(frames)
+        if predicted is not None and 2.2 * predicted * s.scale_rounds > ctx.remaining():
+            row["status"] = f"skipped: predicted {2.2 * predicted:.0f} s > {ctx.remaining():.0f} s left"
+            break
+        if host_limit is not None and row["rows_bytes"] > host_limit:
+            row["status"] = f"skipped: rows need {row['rows_bytes'] / GIB:.1f} GiB of host memory"
+            break
+        ctx.log(f"[scale] S={frames} ({layout.num_tokens} tokens): plain and capture, Q={s.scale_queries}")
+        images = make_images(frames, h, w, ctx.device)
+        calls = {
+            "plain": make_call("plain", model, images, [], s.autocast),
+            "capture": make_call("ours", model, images, spread_queries(layout, s.scale_queries), s.autocast),
+        }
+        try:
+            m = measure_calls(ctx, calls, s.scale_rounds, _nbytes(images))
+        except torch.OutOfMemoryError as e:
+            row["status"] = f"out of memory: {str(e).splitlines()[0]}"
+            break
+        finally:
+            del images, calls
+            free(ctx.device)
+        ctx.note_forward(frames, m["plain"]["time_s"])
+        row.update(status="ok", plain=_plain_summary(m["plain"]), capture=compare(m, "capture"))
+        ctx.save()
+    ok = [r["frames"] for r in entry["rows"] if r.get("status") == "ok"]
+    entry["largest_captured_frames"] = max(ok) if ok else None
+    ctx.save()
+    _baseline_attempt(ctx, entry, heads, depth)
+
+
+def _baseline_attempt(ctx: Ctx, entry: dict[str, Any], heads: int, depth: int) -> None:
+    """Where the full-matrix baseline stops fitting, and one real run at the largest S that fits."""
+    s, model = ctx.settings, ctx.model
+    h, w = s.size
+    budget = _baseline_budget(ctx)
+    stop = first_frames_over_budget(model_layout(model, 1, h, w), heads, depth, budget)
+    base: dict[str, Any] = {"budget_bytes": budget, "over_budget_from_frames": stop}
+    entry["baseline"] = base
+    frames = (stop - 1) if stop else None
+    if not frames:
+        base["attempt"] = {"status": "skipped: not even S = 1 fits the budget"}
+        return
+    layout = model_layout(model, frames, h, w)
+    attempt: dict[str, Any] = {"frames": frames, "predicted_bytes": baseline_bytes(layout, heads, depth)}
+    base["attempt"] = attempt
+    predicted = ctx.predict_forward_s(frames)
+    if predicted is not None and 3 * predicted > ctx.remaining():
+        attempt["status"] = f"skipped: predicted {3 * predicted:.0f} s > {ctx.remaining():.0f} s left"
+        return
+    ctx.log(f"[scale] full-matrix baseline at S={frames} (predicted {attempt['predicted_bytes'] / GIB:.1f} GiB)")
+    images = make_images(frames, h, w, ctx.device)
+    calls = {
+        "plain": make_call("plain", model, images, [], s.autocast),
+        "baseline": make_call("baseline", model, images, [], s.autocast),
+    }
+    try:
+        m = measure_calls(ctx, calls, 1, _nbytes(images))
+        attempt.update(status="ok", plain=_plain_summary(m["plain"]), baseline=compare(m, "baseline"))
+    except torch.OutOfMemoryError as e:
+        attempt["status"] = f"out of memory: {str(e).splitlines()[0]}"
+    finally:
+        del images, calls
+        free(ctx.device)
