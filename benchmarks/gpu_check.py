@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--photos", help="5: folder of photos (default: ../shared/data/kitchen beside the repository)")
     p.add_argument("--work-dir", help="where .rrd files and photo links go (default: a temporary folder, removed)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--note", help="a line for the report, e.g. 'machine shared with other jobs'")
     return p
 
 
@@ -242,6 +243,7 @@ def run_check(
     budget_s: float,
     step_budgets: dict[str, float],
     command: str = "",
+    note: str | None = None,
     dry: bool = False,
     log=print,
 ) -> dict[str, Any]:
@@ -252,6 +254,7 @@ def run_check(
         "title": f"{settings.model} on {settings.device}, {settings.dtype}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
+        "note": note,
         "dry": dry,
         "settings": asdict(settings),
         "budget_s": budget_s,
@@ -308,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     settings = replace(settings, work_dir=str(work))
     try:
-        res = run_check(settings, args.out, name, steps, args.budget_s, args.step_budget_s, command.strip(), args.dry)
+        res = run_check(
+            settings, args.out, name, steps, args.budget_s, args.step_budget_s, command.strip(), args.note, args.dry
+        )
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -104,7 +104,7 @@ def bit_identical(a: Any, b: Any) -> bool:
     if isinstance(a, Tensor) and isinstance(b, Tensor):
         if a.shape != b.shape or a.dtype != b.dtype:
             return False
-        return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+        return torch.equal(a.reshape(-1).contiguous().view(torch.uint8), b.reshape(-1).contiguous().view(torch.uint8))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(bit_identical(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):

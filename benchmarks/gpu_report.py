@@ -83,6 +83,7 @@ def _machine(res: dict[str, Any]) -> list[str]:
         "cpu",
         "cores",
         "ram_bytes",
+        "load_average",
     )
     rows = [[k, fmt_bytes(m[k]) if k.endswith("bytes") else str(m[k])] for k in keys if m.get(k) is not None]
     return ["## Machine", "", *_table(["", ""], rows)]
@@ -289,6 +290,8 @@ _SECTIONS = (
 def markdown(res: dict[str, Any]) -> str:
     steps = res.get("steps", {})
     lines = [f"# GPU check: {res.get('title', '')}", "", f"Created {res.get('created')} by `{res.get('command')}`.", ""]
+    if res.get("note"):
+        lines += [f"Note: {res['note']}", ""]
     if res.get("dry"):
         lines += ["**Dry run**: the tiny model at toy sizes; no figure here says anything about VGGT-1B.", ""]
     if res.get("model_error"):
@@ -320,4 +323,4 @@ def markdown(res: dict[str, Any]) -> str:
 if __name__ == "__main__":
     for arg in sys.argv[1:]:
         with open(arg) as f:
-            print(markdown(json.load(f)))
+            sys.stdout.write(markdown(json.load(f)))

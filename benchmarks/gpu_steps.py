@@ -12,7 +12,7 @@ import gc
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,12 +136,16 @@ class Ctx:
         return self.deadline - time.perf_counter()
 
     def predict_forward_s(self, frames: int) -> float | None:
-        """A forward at ``frames`` from the largest measured one, scaled quadratically (global attention)."""
+        """A forward at ``frames``: the time of the smallest measured S >= frames (an upper bound), else
+        the largest measured one scaled by (S / measured)^2 (global attention is quadratic in S)."""
         seen = {s: t for s, t in self.measured.items() if isinstance(s, int)}
         if not seen:
             return None
+        above = [s for s in seen if s >= frames]
+        if above:
+            return seen[min(above)]
         base = max(seen)
-        return seen[base] * max(frames / base, 1.0) ** 2
+        return seen[base] * (frames / base) ** 2
 
     def note_forward(self, frames: int, seconds: float) -> None:
         self.measured[frames] = seconds
@@ -159,15 +163,46 @@ def free(device: torch.device) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+class _CudaMeter:
+    """Peak of one call on a GPU: ``reset_peak_memory_stats`` before, ``max_memory_allocated`` after.
+
+    Unlike ``common.MemoryMeter`` it leaves torch's cache alone (no ``empty_cache``), so that timed
+    calls do not pay for fresh cudaMallocs that a user's repeated calls would not pay.
+    """
+
+    method = "torch.cuda.max_memory_allocated (peak stats reset before each call)"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.before = device, 0
+
+    def start(self) -> None:
+        sync(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.before = torch.cuda.memory_allocated(self.device)
+
+    def stop(self) -> dict[str, int]:
+        sync(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        return {"extra_bytes": max(0, peak - self.before), "device_peak_bytes": peak}
+
+
 def measure_calls(
-    ctx: Ctx, calls: dict[str, Callable[[], tuple[Any, int]]], rounds: int, input_bytes: int
+    ctx: Ctx,
+    calls: dict[str, Callable[[], tuple[Any, int]]],
+    rounds: int,
+    input_bytes: int,
+    warmup: Sequence[str] = (),
 ) -> dict[str, dict[str, Any]]:
-    """Run every call once per round (order rotated each round), each timed (synchronized) and with
-    its own peak memory (``MemoryMeter``: reset before the call; on CPU, weights + input + peak RSS
-    growth, as ``common.probe`` counts it). Stops early when the next round would not fit the time
+    """Run ``warmup`` calls once untimed (the allocator then holds blocks of this size for every call),
+    then every call once per round (order rotated each round), each timed (synchronized) and with its
+    own peak memory (CUDA: ``_CudaMeter``; CPU: ``common.MemoryMeter``, peak = weights + input + peak
+    RSS growth, as ``common.probe`` counts it). Stops early when the next round would not fit the time
     left; ``rounds_run`` says how many ran."""
     names = list(calls)
     weights = model_bytes(ctx.model)
+    for name in warmup:
+        kept = calls[name]()
+        del kept
     out = {n: {"times_s": [], "peaks": [], "extras": [], "stored_bytes": 0} for n in names}
     round_s = None
     for r in range(rounds):
@@ -176,7 +211,7 @@ def measure_calls(
         t_round = time.perf_counter()
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            meter = MemoryMeter(ctx.device)
+            meter = _CudaMeter(ctx.device) if ctx.device.type == "cuda" else MemoryMeter(ctx.device)
             meter.start()
             t0 = time.perf_counter()
             kept, stored = calls[name]()
@@ -304,8 +339,9 @@ def step_scale(ctx: Ctx, entry: dict[str, Any]) -> None:
         }
         entry["rows"].append(row)
         predicted = ctx.predict_forward_s(frames)
-        if predicted is not None and 2.2 * predicted * s.scale_rounds > ctx.remaining():
-            row["status"] = f"skipped: predicted {2.2 * predicted:.0f} s > {ctx.remaining():.0f} s left"
+        need = None if predicted is None else 1.1 * predicted * (1 + 2 * s.scale_rounds)
+        if need is not None and need > ctx.remaining():
+            row["status"] = f"skipped: predicted {need:.0f} s > {ctx.remaining():.0f} s left"
             break
         if host_limit is not None and row["rows_bytes"] > host_limit:
             row["status"] = f"skipped: rows need {row['rows_bytes'] / GIB:.1f} GiB of host memory"
@@ -317,7 +353,7 @@ def step_scale(ctx: Ctx, entry: dict[str, Any]) -> None:
             "capture": make_call("ours", model, images, spread_queries(layout, s.scale_queries), s.autocast),
         }
         try:
-            m = measure_calls(ctx, calls, s.scale_rounds, _nbytes(images))
+            m = measure_calls(ctx, calls, s.scale_rounds, _nbytes(images), warmup=["plain"])
         except torch.OutOfMemoryError as e:
             row["status"] = f"out of memory: {str(e).splitlines()[0]}"
             break
@@ -359,7 +395,7 @@ def _baseline_attempt(ctx: Ctx, entry: dict[str, Any], heads: int, depth: int) -
         "baseline": make_call("baseline", model, images, [], s.autocast),
     }
     try:
-        m = measure_calls(ctx, calls, 1, _nbytes(images))
+        m = measure_calls(ctx, calls, 1, _nbytes(images), warmup=["plain"])
         attempt.update(status="ok", plain=_plain_summary(m["plain"]), baseline=compare(m, "baseline"))
     except torch.OutOfMemoryError as e:
         attempt["status"] = f"out of memory: {str(e).splitlines()[0]}"
