@@ -202,10 +202,14 @@ def machine(device: str) -> dict[str, Any]:
 
 def write(res: dict[str, Any], out: Path, name: str) -> tuple[Path, Path]:
     """Write ``name.json`` and ``name.md`` (each replaced whole, so a kill never leaves half a file)."""
-    res["targets"] = targets(res)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        res["targets"] = targets(res)
+        md = markdown(res)
+    except Exception as e:  # a bug in the report must not lose the measurements: the JSON is written anyway
+        md = f"# GPU check\n\nThe report failed ({type(e).__name__}: {e}); {name}.json holds the results.\n"
     paths = out / f"{name}.json", out / f"{name}.md"
-    for path, text in zip(paths, (json.dumps(res, indent=2, default=str) + "\n", markdown(res)), strict=True):
+    for path, text in zip(paths, (json.dumps(res, indent=2, default=str) + "\n", md), strict=True):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -222,6 +226,7 @@ def _run_step(ctx: Any, name: str, entry: dict[str, Any], budget: float) -> None
         entry["status"] = "ok"
     except StepTimeout as e:
         entry["status"] = f"stopped: {e} (what it measured is kept)"
+        ctx.drop_hooks()
     except StepSkipped as e:
         entry["status"] = f"skipped: {e}"
     except torch.OutOfMemoryError as e:

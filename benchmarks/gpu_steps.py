@@ -128,6 +128,13 @@ class Ctx:
             self.measured["model_load_s"] = time.perf_counter() - t0
         return self._model
 
+    def drop_hooks(self) -> None:
+        """Remove every forward hook from the model. A timeout that struck while a capture removed its
+        hooks could leave some behind; the check's model has none of its own."""
+        for module in self._model.modules() if self._model is not None else ():
+            module._forward_hooks.clear()
+            module._forward_pre_hooks.clear()
+
     def release_model(self) -> None:
         self._model = None
         free(self.device)

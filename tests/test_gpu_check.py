@@ -189,3 +189,16 @@ def test_results_are_on_disk_before_the_next_step_starts(tmp_path, monkeypatch):
 
     _run(tmp_path, ["exact", "overhead"], {}, monkeypatch, {"exact": first, "overhead": second})
     assert seen["status"] == "ok" and seen["value"] == 7
+
+
+def test_a_step_stopped_by_its_budget_leaves_no_hook_on_the_model(tmp_path, monkeypatch):
+    models = []
+
+    def hooked(ctx, entry):
+        models.append(ctx.model)
+        find_aggregator(ctx.model).global_blocks[0].attn.register_forward_hook(lambda *a: None)
+        time.sleep(30)
+
+    res = _run(tmp_path, ["exact"], {"exact": 1.5}, monkeypatch, {"exact": hooked})
+    assert res["steps"]["exact"]["status"].startswith("stopped")
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in models[0].modules())
