@@ -1,7 +1,7 @@
 """Write the .rbl files of ``blueprints/`` from ``vggt_attn_rerun.viz.blueprint``.
 
-    python tools/make_blueprints.py           # regenerate
-    python tools/make_blueprints.py --check   # exit 1 if a file is missing or stale
+python tools/make_blueprints.py           # regenerate
+python tools/make_blueprints.py --check   # exit 1 if a file is missing or stale
 """
 
 from __future__ import annotations
@@ -77,17 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python tools/make_blueprints.py", description="Regenerate the .rbl files of blueprints/."
     )
-    ap.add_argument(
-        "--check", action="store_true", help="exit 1 if a file is missing or stale; write nothing"
-    )
+    ap.add_argument("--check", action="store_true", help="exit 1 if a file is missing or stale; write nothing")
     ap.add_argument("--dir", type=Path, default=BLUEPRINT_DIR, help=f"folder (default {BLUEPRINT_DIR})")
     args = ap.parse_args(argv)
     if args.check:
         stale = stale_blueprints(args.dir)
         if stale:
-            print(
-                f"stale blueprints in {args.dir}: {', '.join(stale)}; run python tools/make_blueprints.py"
-            )
+            print(f"stale blueprints in {args.dir}: {', '.join(stale)}; run python tools/make_blueprints.py")
             return 1
         print(f"blueprints in {args.dir} are up to date")
         return 0

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
-import rerun as rr
 import rerun.blueprint as rrb
 from PIL import Image
 
@@ -54,14 +56,25 @@ def _layout(num_frames: int, kind: str, view: int, eye: rrb.EyeControls3D, atten
     v3 = rrb.Spatial3DView(origin=scene.origin, name="3D", contents=rules3d, eye_controls=eye,
                            overrides=scene.visualizer_overrides or None)  # fmt: skip
     v2 = rrb.Spatial2DView(origin=flat.origin, name=f"view {view}", contents=rules2d)
-    return rrb.Blueprint(rrb.Horizontal(v3, v2, column_shares=[1, 1]), rrb.TimePanel(state="collapsed", timeline="block"),
-                         collapse_panels=True)  # fmt: skip
+    panel = rrb.TimePanel(state="collapsed", timeline="block")
+    return rrb.Blueprint(rrb.Horizontal(v3, v2, column_shares=[1, 1]), panel, collapse_panels=True)
 
 
 def _changed(a: Path, b: Path) -> float:
     x = np.asarray(Image.open(a).convert("RGB"), np.int16)
     y = np.asarray(Image.open(b).convert("RGB"), np.int16)
     return float((np.abs(x - y).max(-1) > THRESHOLD).mean())
+
+
+def _screenshot(tool: str, png: Path, rrd: Path, rbl: Path, block: int, view: str) -> None:
+    """One view's PNG. A fresh viewer state (XDG dirs) and port each time: a viewer restores the
+    last layout of the application id from disk, and other viewers may run on this machine."""
+    port = str(random.randint(20000, 40000))
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "XDG_DATA_HOME": home, "XDG_CONFIG_HOME": home, "XDG_CACHE_HOME": home}
+        cmd = [sys.executable, tool, str(png), str(rrd), str(rbl), "--time", f"block={block}", "--view", view,
+               "--port", port]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True, timeout=300, env=env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         _layout(s, args.kind, args.view, eye, attention).save(APPLICATION_ID, rbl)
         for view in ("3D", f"view {args.view}"):
             png = args.out / f"{name}_{view.replace(' ', '')}.png"
-            cmd = [sys.executable, args.screenshot_tool, str(png), str(rrd), str(rbl), "--time",
-                   f"block={args.block}", "--view", view]  # fmt: skip
-            subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+            _screenshot(args.screenshot_tool, png, rrd, rbl, args.block, view)
             shots.setdefault(view, {})[name] = png
     report = {
         "rrd_bytes": rrd.stat().st_size,

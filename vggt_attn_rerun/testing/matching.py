@@ -8,9 +8,9 @@ appearance across views:
 - each head's key projection is set equal to its query projection (``k = q`` before the norms),
   so a token's logit to a key is the similarity of the two tokens' features (each head compares
   them through its own random projection);
-- the block's q/k LayerNorm gains (shared by its heads, as in VGGT) are ``gain`` on the feature pairs that VGGT's 2D RoPE rotates slowly
-  (at most 0.1 rad per patch) and 0 on the fast ones, so position barely changes the logits:
-  what is left is appearance, sharpened by ``gain ** 2``.
+- the block's q/k LayerNorm gains (shared by its heads, as in VGGT) are ``gain`` on the feature
+  pairs that VGGT's 2D RoPE rotates slowly (at most 0.1 rad per patch) and 0 on the fast ones,
+  so position barely changes the logits: what is left is appearance, sharpened by ``gain ** 2``.
 
 The model's structure, code path and every other weight are those of ``tiny_vggt(seed)``;
 nothing here is learned. Recordings made with it say so in their notes
@@ -44,7 +44,7 @@ def _slow_rope_mask(head_dim: int, frequency: float, max_step: float) -> torch.T
     return torch.cat([half, half])
 
 
-def matching_vggt(seed: int = 0, block: int = 2, gain: float = 2.5, max_step: float = 0.1) -> TinyVGGT:
+def matching_vggt(seed: int = 0, block: int = 2, gain: float = 1.5, max_step: float = 0.1) -> TinyVGGT:
     """``tiny_vggt(seed)`` whose global block ``block`` is made of appearance matchers.
 
     ``gain``: the q/k norm gain on the slow RoPE features; the logits scale with ``gain ** 2``

@@ -53,12 +53,17 @@ def _columns(n: int) -> int:
     return max(1, math.ceil(math.sqrt(n)))
 
 
+#: opacity of the photos under the 2D overlays: dimmed so that warm patches stand out
+PHOTO_OPACITY = 0.6
+
+
 def _view_grid(num_frames: int, q: int, kind: str, columns: int | None) -> rrb.Grid:
     views = [
         rrb.Spatial2DView(
             origin=Paths.image(s),
             name=f"view {s}",
             contents=[f"+ {Paths.image(s)}", f"+ {Paths.overlay(s, q, kind)}", f"+ {Paths.marker(s, q)}/**"],
+            overrides={Paths.image(s): rr.EncodedImage.from_fields(opacity=PHOTO_OPACITY)},
         )
         for s in range(num_frames)
     ]
@@ -67,12 +72,21 @@ def _view_grid(num_frames: int, q: int, kind: str, columns: int | None) -> rrb.G
 
 def _scene(num_frames: int, q: int, kind: str) -> rrb.Spatial3DView:
     # Most specific rule wins: drop other queries' and kinds' data, keep this pair's.
-    rules = ["+ world/**", "- world/attention/**", f"+ {Paths.patch_points(q, kind)}"]
+    rules = ["+ world/**", "- world/attention/**", f"+ {Paths.patch_points(q, kind)}/**"]
     rules += ["- world/queries/**", f"+ {Paths.query_point(q)}"]
     for s in range(num_frames):
         rules += [f"- {Paths.overlay_root(s)}/**", f"+ {Paths.overlay(s, q, kind)}"]
         rules += [f"- {Paths.image(s)}/queries/**", f"+ {Paths.marker(s, q)}/**"]
-    return rrb.Spatial3DView(origin="world", name="3D", contents=rules)
+    # The photo-colored cloud would bury the heat: hidden here by default (its eye icon in the
+    # blueprint panel shows it again); the patch points carry VGGT's geometry meanwhile.
+    hidden = {Paths.cloud: rrb.EntityBehavior(visible=False)}
+    return rrb.Spatial3DView(origin="world", name="3D", contents=rules, overrides=hidden)
+
+
+def _scene_with_scale(num_frames: int, q: int, kind: str) -> rrb.Vertical:
+    """The 3D view above the note with the colour scale of the map on screen."""
+    note = rrb.TextDocumentView(origin=Paths.scale_note(q, kind), name="colour scale")
+    return rrb.Vertical(_scene(num_frames, q, kind), note, row_shares=[6, 1])
 
 
 def _head_grid(num_heads: int, q: int, kind: str) -> rrb.Grid:
@@ -140,7 +154,7 @@ def _consistency(q: int) -> rrb.Grid:
 def _dashboard(num_frames: int, num_heads: int, q: int, kind: str, compact: bool, columns: int | None):
     views = _view_grid(num_frames, q, kind, columns)
     right = views if compact else rrb.Vertical(views, _details(num_heads, q, kind), row_shares=[3, 2])
-    return rrb.Horizontal(_scene(num_frames, q, kind), right, column_shares=[2, 3], name=f"q{q} {kind}")
+    return rrb.Horizontal(_scene_with_scale(num_frames, q, kind), right, column_shares=[2, 3], name=f"q{q} {kind}")
 
 
 def _query_means(kind: str) -> rrb.Horizontal:
@@ -238,9 +252,7 @@ def compact_blueprint(
     return _blueprint(num_frames, kinds, 1, queries, True, grid_columns, shown_queries)
 
 
-def _run_sizes(
-    result: CaptureResult, options: RecordingOptions | None
-) -> tuple[int, tuple[str, ...], int, int]:
+def _run_sizes(result: CaptureResult, options: RecordingOptions | None) -> tuple[int, tuple[str, ...], int, int]:
     kinds = tuple(options.kinds) if options is not None else result.rows.kinds
     return result.layout.num_frames, kinds, result.rows.num_heads, len(result.rows.queries)
 

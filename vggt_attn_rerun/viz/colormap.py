@@ -51,9 +51,7 @@ def check_colormap(name: str) -> str:
 
 @cache
 def _lut(name: str) -> np.ndarray:
-    anchors = np.array(
-        [[int(h[i : i + 2], 16) for i in (0, 2, 4)] for h in _ANCHORS[name].split()], np.float64
-    )
+    anchors = np.array([[int(h[i : i + 2], 16) for i in (0, 2, 4)] for h in _ANCHORS[name].split()], np.float64)
     x = np.arange(256)
     table = np.stack([np.interp(x, ANCHOR_INDICES, anchors[:, c]) for c in range(3)], axis=-1)
     table = np.round(table).astype(np.uint8)
@@ -69,3 +67,28 @@ def lut(name: str) -> np.ndarray:
 def apply(values: np.ndarray, name: str) -> np.ndarray:
     """uint8 values ``[...]`` -> RGB ``[..., 3]`` uint8."""
     return lut(name)[np.asarray(values, dtype=np.uint8)]
+
+
+# --------------------------------------------------------------------------------------------
+# The attention encoding: how a u8 map value (0 = cold, 255 = the map's scale) is drawn
+# --------------------------------------------------------------------------------------------
+
+#: 2D overlay alpha = 255 * (v / 255) ** ALPHA_EXPONENT: 0 (the photo shows) at v = 0, opaque at
+#: 255; below 1 so that mid values are already clearly tinted (v = 64 -> 44% opaque).
+ALPHA_EXPONENT = 0.6
+#: Drawn colors use the colormap from this entry up: its low end (black for inferno) vanishes on
+#: the viewer's dark background and reads as a shadow on photos.
+LUT_START = 64
+
+
+def visible_colors(values: np.ndarray, name: str) -> np.ndarray:
+    """uint8 values ``[...]`` -> RGB ``[..., 3]`` from the visible upper part of the colormap."""
+    v = np.asarray(values, np.float64)
+    index = np.rint(LUT_START + v * (255 - LUT_START) / 255.0).astype(np.uint8)
+    return lut(name)[index]
+
+
+def overlay_rgba(name: str) -> np.ndarray:
+    """``[256, 4]`` uint8: value v -> visible_colors, alpha rising from 0 (cold) to 255 (hot)."""
+    alpha = np.rint(255.0 * (np.arange(256) / 255.0) ** ALPHA_EXPONENT).astype(np.uint8)
+    return np.concatenate([visible_colors(np.arange(256), name), alpha[:, None]], axis=1)

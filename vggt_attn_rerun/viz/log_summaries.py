@@ -2,7 +2,8 @@
 
 Summaries (``metric`` in summaries.METRICS: own_view_mass, other_views_mass, camera_mass,
 register_mass, entropy, top_k_mass; definitions in summaries.py) are computed from the full
-rows; the "head mean" series is the mean of the heads' values. One entity per metric with
+rows by the analysis layer (analysis.maps.analyze_run) and only logged here; the "head mean"
+series is the mean of the heads' values. One entity per metric with
 H + 1 series (not one entity per series: 17x fewer chunks, 15x faster to log for VGGT).
 Matrix images come from ``summaries.block_head_matrix``: block l is the l-th row of cells
 (top = first captured block), head h the h-th column, each cell ``options.matrix_cell``
@@ -14,7 +15,7 @@ image, occluded, low confidence) get no projected marker, and the query's notes 
 view's status and the counts.
 
 With several queries, ``log_query_means`` logs the same averaged over the run's queries under
-``queries/mean/...`` (entities.MEAN). Entity paths: entities.py.
+``queries/mean/...`` (paths.MEAN). Entity paths: paths.py.
 """
 
 from __future__ import annotations
@@ -25,12 +26,10 @@ from functools import lru_cache
 import numpy as np
 import rerun as rr
 
-from vggt_attn_rerun.analysis.consistency import STATUS_NAMES, VALID, Consistency, geometric_consistency
+from vggt_attn_rerun.analysis.consistency import STATUS_NAMES, VALID, Consistency
 from vggt_attn_rerun.analysis.summaries import METRICS, Summary, block_head_matrix
 from vggt_attn_rerun.core.capture import CaptureResult
-from vggt_attn_rerun.core.images import LoadedImages
 from vggt_attn_rerun.core.tokens import TokenLayout
-from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz import colormap
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import MEAN, Paths
@@ -200,17 +199,6 @@ def _log_query_consistency(rec: rr.RecordingStream, i: int, j: int, cons: Consis
     shown = ", ".join(f"{name} {n}" for name, n in counts.items() if n)
     lines += ["", f"Counts: {shown}.", f"Score color range: 0 .. {top:.4g} (score and control share it)."]
     return lines, top
-
-
-def compute_consistency(result: CaptureResult, images: LoadedImages, options: RecordingOptions) -> tuple[
-        Consistency | None, str]:  # fmt: skip
-    """geometric_consistency of the run's global rows, or None and why not."""
-    try:
-        cons = geometric_consistency(result.rows, result.predictions, radius=int(options.consistency_radius),
-                                     transforms=images.transforms)  # fmt: skip
-    except UserError as e:
-        return None, str(e)
-    return cons, ""
 
 
 def log_query_summaries(rec: rr.RecordingStream, result: CaptureResult, j: int, i: int, kind: str,

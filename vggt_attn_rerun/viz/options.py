@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vggt_attn_rerun.analysis.maps import check_scale
 from vggt_attn_rerun.core.introspect import check_kinds
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz import colormap
@@ -28,8 +29,17 @@ class RecordingOptions:
         conf_threshold: keep points with confidence >= this; None = use conf_percentile.
         conf_percentile: keep points at or above this percentile of confidence (0-100).
         max_points: at most this many cloud points (deterministic subsample).
-        per_view_normalize: scale each view's maps by its own vmax instead of one absolute
-            scale shared by all views (then colors are not comparable across views).
+        scale: the colour scale of the maps (analysis.maps): "map" (default: one scale per
+            (block, head) map, shared by its views), "global" (one for every block, head and
+            view) or "view" (one per map and view: colors do not compare across views).
+        per_view_normalize: the same as ``scale="view"`` (kept for older callers).
+        gamma: ``u8 = round(255 * clip(p / vmax, 0, 1) ** gamma)``; < 1 lifts diffuse maps.
+        clip_percentile: vmax = this percentile of the scale's values instead of their maximum
+            (100 = the maximum; e.g. 99 lets the top 1% saturate).
+        note: a line put first in every query's notes and scale notes (e.g. that the model is
+            a constructed demo: testing.CONSTRUCTED_NOTE).
+        rays: lines from the query's 3D point to its k most attended patches of the other views
+            (0 = none).
         jpeg_quality: 1-100, for the logged input images.
         colormap: one of colormap.COLORMAPS.
         top_k: k of the ``top_k_mass`` summary (summaries.summarize).
@@ -46,7 +56,12 @@ class RecordingOptions:
     conf_threshold: float | None = None
     conf_percentile: float = 50.0
     max_points: int = 200_000
+    scale: str = "map"
     per_view_normalize: bool = False
+    gamma: float = 1.0
+    clip_percentile: float = 100.0
+    rays: int = 8
+    note: str = ""
     jpeg_quality: int = 90
     colormap: str = "inferno"
     top_k: int = 10
@@ -70,6 +85,15 @@ class RecordingOptions:
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise UserError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality!r}")
         self.colormap = colormap.check_colormap(self.colormap)
+        if self.per_view_normalize:
+            self.scale = "view"
+        self.scale = check_scale(self.scale)
+        if not (isinstance(self.gamma, (int, float)) and 0.05 <= float(self.gamma) <= 20.0):
+            raise UserError(f"gamma must be a number in [0.05, 20], got {self.gamma!r}")
+        if not (isinstance(self.clip_percentile, (int, float)) and 50.0 <= float(self.clip_percentile) <= 100.0):
+            raise UserError(f"clip_percentile must be in [50, 100], got {self.clip_percentile!r}")
+        if isinstance(self.rays, bool) or not isinstance(self.rays, (int, np.integer)) or not 0 <= self.rays <= 64:
+            raise UserError(f"rays must be an integer in 0..64, got {self.rays!r}")
         for name, low in (("top_k", 1), ("consistency_radius", 0), ("matrix_cell", 1)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:

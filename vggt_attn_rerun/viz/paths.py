@@ -10,13 +10,15 @@ Entity paths (``s`` a frame, ``i`` a query, ``kind`` "frame" or "global", ``h`` 
     world/frames/{s}/image/queries/q{i}         Points2D marker at the query patch centre (+ /patch box)
     world/points                                Points3D point map, confidence-filtered, image colors
     world/queries/q{i}                          Points3D: the query's predicted 3D point
-    world/attention/q{i}/{kind}                 Points3D, one per patch (positions static, colors per time)
+    world/attention/q{i}/{kind}                 Points3D, one per patch (positions static, colors and radii per time)
+    world/attention/q{i}/{kind}/rays            LineStrips3D per time: query point -> top-k patches of other views
     heads/q{i}/image                            the grid view's image (head grid backdrop)
     heads/q{i}/query                            Points2D marker of the query on that image (its own view only)
     heads/q{i}/{kind}                           Transform3D scale [patch, patch, 1] + AnnotationContext
     heads/q{i}/{kind}/{h}                       SegmentationImage of head h on the grid view (block only)
     queries/q{i}/info                           TextDocument: the query, scales, quantization
-    queries/q{i}/{kind}                         AnyValues: vmax per view, captured blocks
+    queries/q{i}/{kind}                         AnyValues: vmax of every map (flat [block, head, view]), blocks
+    queries/q{i}/{kind}/scale                   TextDocument per time: the colour scale of the map on screen
     queries/q{i}/{kind}/maps                    Tensor u8 [block, head, view, y, x] (all maps, static)
     queries/q{i}/{kind}/mass/{view_s,camera,registers}  Scalars: attention mass per target
     queries/q{i}/{kind}/summary/{metric}        Scalars, block timeline: one series per head + "head mean"
@@ -31,8 +33,8 @@ Entity paths (``s`` a frame, ``i`` a query, ``kind`` "frame" or "global", ``h`` 
     queries/mean/global/consistency/{score,control_score}  (means over all valid query-view pairs)
     queries/index                               TextDocument: every query (name, token, frame, patch)
 
-log_run.py and log_summaries.py log under these names; blueprint.py lays views out on them;
-``image_frame``, ``head_grid_query`` and ``in_patch_units`` read a selected entity's path back
+log_run.py, log_maps.py and log_summaries.py log under these names; blueprint.py lays views out on
+them; ``image_frame``, ``head_grid_query`` and ``in_patch_units`` read a selected entity's path back
 (interactive/clicks.py). The parsers are built from the builders, so the two cannot drift apart.
 """
 
@@ -79,6 +81,10 @@ class Paths:
         return f"world/attention/q{q}/{kind}"
 
     @staticmethod
+    def rays(q: int, kind: str) -> str:
+        return f"world/attention/q{q}/{kind}/rays"
+
+    @staticmethod
     def heads_root(q: int) -> str:
         return f"heads/q{q}"
 
@@ -105,6 +111,10 @@ class Paths:
     @staticmethod
     def scales(q: int, kind: str) -> str:
         return f"queries/q{q}/{kind}"
+
+    @staticmethod
+    def scale_note(q: int, kind: str) -> str:
+        return f"queries/q{q}/{kind}/scale"
 
     @staticmethod
     def maps(q: int, kind: str) -> str:

@@ -1,0 +1,241 @@
+"""Log the attention of one query and kind: 2D overlays, 3D heat, rays, head grid, tensor, masses.
+
+The encoding (numbers: analysis/maps.py; colors: colormap.py):
+
+- **2D overlays** (``world/frames/{s}/image/attention/q{i}/{kind}``): a patch-grid u8
+  SegmentationImage under the image's ``[patch, patch, 1]`` scale; an AnnotationContext maps a
+  value to the colormap color with alpha rising from 0 (cold: the photo shows) to opaque (hot).
+  The (static) context labels each value with the raw probability it stands for under
+  ``scale="global"``, else with its fraction of the map's scale (overlay_context says why).
+- **3D heat** (``world/attention/q{i}/{kind}``): one point per patch at its mean 3D point, static
+  positions; per row, the color (the colormap's visible upper part) and the radius (from 0.35x to
+  3.35x half the patch's footprint) grow with the value; the label (shown on hover) is the raw
+  probability.
+- **Rays** (``world/attention/q{i}/{kind}/rays``, global attention): per row, line strips from
+  the query's 3D point to its ``options.rays`` most attended patches of the other views
+  (analysis.maps.ray_targets on the raw probabilities), colored like their patch and wider the
+  larger their share of the top target's probability.
+- **Scale** (``queries/q{i}/{kind}/scale``): per row, a note with the scale of the map on screen.
+
+Rows carry ONE timeline each: ``block`` rows (every captured block, focus head or head mean) and
+``head`` rows (every head at the focus block). The head grid (``heads/q{i}/{kind}/{h}``) is on
+``block`` only; its static context labels values as a fraction of each map's scale (the scales
+are in ``queries/q{i}/{kind}:vmax``). The tensor holds every map, each under its own scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import rerun as rr
+
+from vggt_attn_rerun.analysis.maps import QueryMaps, dequantize, masses, query_maps, ray_targets
+from vggt_attn_rerun.analysis.scene import Scene
+from vggt_attn_rerun.core.capture import CaptureResult
+from vggt_attn_rerun.core.tokens import TokenLayout
+from vggt_attn_rerun.viz import colormap
+from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.paths import MAP_DIMS, Paths, mass_series
+
+#: 3D point radius = half the patch footprint x (POINT_MIN + POINT_GAIN * v / 255)
+POINT_MIN, POINT_GAIN = 0.35, 3.0
+#: ray width in UI points = RAY_MIN + RAY_GAIN * (p / p of the top target)
+RAY_MIN, RAY_GAIN = 0.5, 2.5
+
+# The Arrow type of one AnnotationContext, read off a public batch once (no private attribute).
+_CONTEXT_TYPE = rr.components.AnnotationContextBatch([rr.AnnotationInfo(id=0, label="", color=0)]).as_arrow_array().type
+
+
+def _packed_rgba(cmap: str) -> np.ndarray:
+    rgba = colormap.overlay_rgba(cmap).astype(np.uint32)
+    return (rgba[:, 0] << 24) | (rgba[:, 1] << 16) | (rgba[:, 2] << 8) | rgba[:, 3]
+
+
+def _context_items(labels: Sequence[str], rgba: np.ndarray) -> list[dict]:
+    return [
+        {
+            "class_id": v,
+            "class_description": {
+                "info": {"id": v, "label": labels[v], "color": int(rgba[v])},
+                "keypoint_annotations": [],
+                "keypoint_connections": [],
+            },
+        }
+        for v in range(256)
+    ]
+
+
+def overlay_context(cmap: str, gamma: float, vmax: float | None = None) -> rr.AnnotationContext:
+    """Value v -> overlay color (colormap.overlay_rgba), labeled with what v stands for.
+
+    With one scale for every map (``vmax``), the label is the raw probability ``p≈...``;
+    otherwise the fraction of the map's own scale (the scale is in the scale note). Rerun 0.41
+    applies only STATIC annotation contexts (checked by rendering: a context logged on a
+    timeline is ignored), so a label cannot follow a per-map scale. Built as Arrow data (what
+    ``rr.AnnotationContext([rr.AnnotationInfo(...), ...])`` makes) in ~1 ms instead of ~15 ms.
+    """
+    x = dequantize(np.arange(256), 1.0 if vmax is None else float(vmax), gamma)
+    labels = [f"p≈{v:.3g}" if vmax is not None else f"{v:.3g} x the map's vmax" for v in x]
+    items = _context_items(labels, _packed_rgba(cmap))
+    return rr.AnnotationContext.from_fields(context=pa.array([items], type=_CONTEXT_TYPE))
+
+
+@dataclass
+class _Rows:
+    """The rows of one timeline: times, maps p and u8 ``[T, S, gh, gw]``, scales ``[T, S]``."""
+
+    timeline: str
+    times: list[int]
+    p: np.ndarray
+    u8: np.ndarray
+    vmax: np.ndarray
+
+
+def _index(timeline: str, times: Sequence[int]) -> list[rr.TimeColumn]:
+    return [rr.TimeColumn(timeline, sequence=np.asarray(times, np.int64))]
+
+
+def _seg_format(layout: TokenLayout) -> rr.components.ImageFormat:
+    return rr.components.ImageFormat(width=layout.grid_w, height=layout.grid_h, color_model="L", channel_datatype="U8")
+
+
+def _send_maps(rec: rr.RecordingStream, path: str, timeline: str, times: Sequence[int], maps: np.ndarray) -> None:
+    """maps ``[T, gh, gw]`` u8, one row per time on one timeline."""
+    buffer = np.ascontiguousarray(maps).reshape(len(times), -1)
+    rec.send_columns(path, indexes=_index(timeline, times), columns=rr.SegmentationImage.columns(buffer=buffer))
+
+
+def _log_overlays(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout, rows: Sequence[_Rows],
+                  options: RecordingOptions) -> None:  # fmt: skip
+    fmt = _seg_format(lay)
+    one_scale = float(rows[0].vmax.flat[0]) if options.scale == "global" else None
+    context = overlay_context(options.colormap, float(options.gamma), one_scale)
+    for s in range(lay.num_frames):
+        path = Paths.overlay(s, i, kind)
+        rec.log(path, rr.SegmentationImage.from_fields(format=fmt, draw_order=10.0, opacity=1.0), context, static=True)
+        for r in rows:
+            _send_maps(rec, path, r.timeline, r.times, r.u8[:, s])
+
+
+def _log_head_grid(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout, maps: QueryMaps, blocks: list[int],
+                   grid_view: int, options: RecordingOptions) -> None:  # fmt: skip
+    root = f"{Paths.heads_root(i)}/{kind}"
+    rec.log(root, rr.Transform3D(scale=[lay.patch_size, lay.patch_size, 1.0]), static=True)
+    rec.log(root, overlay_context(options.colormap, float(options.gamma)), static=True)
+    fmt = _seg_format(lay)
+    for h in range(maps.all_u8.shape[1]):
+        path = Paths.head(i, kind, h)
+        rec.log(path, rr.SegmentationImage.from_fields(format=fmt, draw_order=10.0, opacity=1.0), static=True)
+        _send_maps(rec, path, "block", blocks, maps.all_u8[:, h, grid_view])
+
+
+def _log_heat(rec: rr.RecordingStream, path: str, scene: Scene, rows: Sequence[_Rows], cmap: str) -> None:
+    """Static patch points; per row, colors and radii that grow with the value, and (shown on
+    hover only) the raw probability as the label."""
+    rec.log(path, rr.Points3D.from_fields(positions=scene.centroids[scene.kept], show_labels=False), static=True)
+    for r in rows:
+        values = r.u8.reshape(len(r.times), -1)[:, scene.kept]  # [T, n]
+        colors = colormap.visible_colors(values, cmap).reshape(-1, 3)
+        radii = (scene.radius * (POINT_MIN + POINT_GAIN * values / 255.0)).astype(np.float32).reshape(-1)
+        labels = [f"p={x:.3g}" for x in r.p.reshape(len(r.times), -1)[:, scene.kept].reshape(-1)]
+        columns = rr.Points3D.columns(colors=colors, radii=radii, labels=labels)
+        columns = columns.partition(lengths=[values.shape[1]] * len(r.times))
+        rec.send_columns(path, indexes=_index(r.timeline, r.times), columns=columns)
+
+
+def _log_rays(rec: rr.RecordingStream, path: str, origin: np.ndarray, frame: int, lay: TokenLayout, scene: Scene,
+              rows: Sequence[_Rows], options: RecordingOptions) -> None:  # fmt: skip
+    """Per row: strips from ``origin`` to the top-k patches of the other views (that have a point)."""
+    view_of = np.repeat(np.arange(lay.num_frames), lay.grid_h * lay.grid_w)
+    candidates = scene.kept & (view_of != frame)
+    for r in rows:
+        p, u8 = r.p.reshape(len(r.times), -1), r.u8.reshape(len(r.times), -1)
+        idx = ray_targets(p, candidates, int(options.rays))  # [T, k]
+        if idx.shape[1] == 0:
+            return
+        t = np.arange(len(r.times))[:, None]
+        ends = scene.centroids[idx]  # [T, k, 3]
+        strips = np.stack([np.broadcast_to(origin, ends.shape), ends], axis=2).reshape(-1, 2, 3)
+        weight = p[t, idx] / np.maximum(p[t, idx[:, :1]], 1e-30)  # [T, k], 1 for the top target
+        columns = rr.LineStrips3D.columns(
+            strips=list(strips.astype(np.float32)),
+            colors=colormap.visible_colors(u8[t, idx], options.colormap).reshape(-1, 3),
+            radii=-(RAY_MIN + RAY_GAIN * weight).astype(np.float32).reshape(-1),  # negative: UI points
+        ).partition(lengths=[idx.shape[1]] * len(r.times))
+        rec.send_columns(path, indexes=_index(r.timeline, r.times), columns=columns)
+
+
+def _scale_note(label: str, vmax: np.ndarray, options: RecordingOptions) -> str:
+    how = {
+        "map": "the maximum over all views of this map",
+        "global": "the maximum over every block, head and view",
+        "view": "each view's own maximum (views do not compare)",
+    }[options.scale]
+    clip = "" if options.clip_percentile >= 100 else f" ({options.clip_percentile:g}th percentile, not the max)"
+    top = f"{vmax[0]:.3g}" if options.scale != "view" else ", ".join(f"v{s} {v:.3g}" for s, v in enumerate(vmax))
+    gamma = "" if options.gamma == 1 else f", gamma {options.gamma:g}"
+    return (
+        f"**{label}**: colour scale 0 .. {top} = {how}{clip}, query's own key excluded{gamma}. "
+        "Dark/transparent = cold, bright/opaque/large = hot; hover a patch for its probability."
+    )
+
+
+def _log_scale_notes(rec: rr.RecordingStream, path: str, rows: Sequence[_Rows], labels: Sequence[list[str]],
+                     options: RecordingOptions) -> None:  # fmt: skip
+    rec.log(path, rr.TextDocument.from_fields(media_type=rr.MediaType.MARKDOWN), static=True)
+    first = f"{options.note}\n\n" if options.note else ""
+    for r, names in zip(rows, labels, strict=True):
+        texts = [first + _scale_note(n, v, options) for n, v in zip(names, r.vmax, strict=True)]
+        rec.send_columns(path, indexes=_index(r.timeline, r.times), columns=rr.TextDocument.columns(text=texts))
+
+
+def _log_masses(rec: rr.RecordingStream, result: CaptureResult, j: int, i: int, kind: str, head: int | None,
+                focus_block: int) -> None:  # fmt: skip
+    rows, lay = result.rows, result.layout
+    probs = rows.probs[kind][:, j].detach().double().cpu().numpy()  # [L, H, S, P]
+    per_block = masses(probs.mean(axis=1) if head is None else probs[:, head], lay.patch_start)  # [L, S + 2]
+    per_head = masses(probs[focus_block], lay.patch_start)  # [H, S + 2]
+    for k, series in enumerate(mass_series(lay.num_frames)):
+        path = Paths.mass(i, kind, series)
+        rec.log(path, rr.SeriesLines(names=[series.replace("_", " ")]), static=True)
+        for timeline, times, values in (("block", rows.blocks, per_block), ("head", range(rows.num_heads), per_head)):
+            rec.send_columns(path, indexes=_index(timeline, list(times)),
+                             columns=rr.Scalars.columns(scalars=values[:, k]))  # fmt: skip
+
+
+def log_query_kind(rec: rr.RecordingStream, result: CaptureResult, j: int, i: int, kind: str, head: int | None,
+                   focus_block: int, grid_view: int, scene: Scene, origin: np.ndarray | None,
+                   options: RecordingOptions) -> np.ndarray:  # fmt: skip
+    """All attention data of query j of the result, logged as query i, for one kind.
+
+    ``head``: the focus head (None = head mean); ``focus_block``: an index into the captured
+    blocks; ``origin``: the query's 3D point (None: no rays). Returns the maps' scales ``[L, H, S]``.
+    """
+    rows, lay = result.rows, result.layout
+    q = rows.queries[j]
+    rc = q.patch(lay)
+    patches = rows.patches(kind)[:, j].detach().double().cpu().numpy()  # [L, H, S, gh, gw]
+    maps = query_maps(patches, head, focus_block, options.scale, float(options.gamma), float(options.clip_percentile),
+                      None if rc is None else (q.frame, *rc))  # fmt: skip
+    blocks, heads = list(rows.blocks), list(range(rows.num_heads))
+    by_block = _Rows("block", blocks, maps.block_p, maps.block_u8, maps.block_vmax)
+    by_head = _Rows("head", heads, maps.head_p, maps.head_u8, maps.head_vmax)
+
+    rec.log(Paths.scales(i, kind), rr.AnyValues(vmax=maps.all_vmax.reshape(-1), vmax_shape=list(maps.all_vmax.shape),
+                                                blocks=np.asarray(blocks)), static=True)  # fmt: skip
+    rec.log(Paths.maps(i, kind), rr.Tensor(maps.all_u8, dim_names=list(MAP_DIMS), value_range=(0, 255)), static=True)
+    _log_overlays(rec, i, kind, lay, (by_block, by_head), options)
+    _log_head_grid(rec, i, kind, lay, maps, blocks, grid_view, options)
+    if scene.kept.any():
+        _log_heat(rec, Paths.patch_points(i, kind), scene, (by_block, by_head), options.colormap)
+        if kind == "global" and origin is not None and options.rays > 0:
+            _log_rays(rec, Paths.rays(i, kind), origin, q.frame, lay, scene, (by_block, by_head), options)
+    who = "head mean" if head is None else f"head {head}"
+    block_labels = [f"block {b}, {who}" for b in blocks]
+    head_labels = [f"block {blocks[focus_block]}, head {h}" for h in heads]
+    _log_scale_notes(rec, Paths.scale_note(i, kind), (by_block, by_head), (block_labels, head_labels), options)
+    _log_masses(rec, result, j, i, kind, head, focus_block)
+    return maps.all_vmax
