@@ -29,10 +29,21 @@ def _rules(view) -> list[str]:
     return [view.contents] if isinstance(view.contents, str) else list(view.contents)
 
 
+def _shipped_files() -> list:
+    files = sorted(BLUEPRINT_DIR.glob("*.rbl"))
+    assert files, f"no .rbl files in {BLUEPRINT_DIR}: run python tools/make_blueprints.py"
+    return files
+
+
 def test_shipped_rbl_files_are_fresh():
     # Regenerate with:  python tools/make_blueprints.py
+    assert shipped_blueprints(), "make_blueprints ships no layout"
     assert stale_blueprints() == []
-    assert sorted(p.name for p in BLUEPRINT_DIR.glob("*.rbl")) == sorted(shipped_blueprints())
+    assert [p.name for p in _shipped_files()] == sorted(shipped_blueprints())
+
+
+def test_check_mode_fails_on_an_empty_folder(tmp_path):
+    assert main(["--check", "--dir", str(tmp_path)]) == 1
 
 
 def test_check_mode_fails_on_a_stale_file(tmp_path):
@@ -49,7 +60,7 @@ def test_same_arguments_give_the_same_blueprint(tmp_path):
 
 
 def test_rbl_app_id_is_the_recordings(tmp_path):
-    for path in BLUEPRINT_DIR.glob("*.rbl"):
+    for path in _shipped_files():
         assert [s.application_id for s in rr.chunk.RrdReader(path).blueprints()] == [APPLICATION_ID]
 
 
@@ -71,9 +82,34 @@ def test_default_blueprint_has_views_heads_mass_and_tensor():
     assert {rrb.Spatial3DView, rrb.Spatial2DView, rrb.TimeSeriesView, rrb.TensorView} <= kinds
 
 
-def test_compact_blueprint_is_3d_and_views_only():
+def test_compact_blueprint_is_3d_its_scale_note_and_views_only():
     views = _views(compact_blueprint(3))
-    assert [type(v) for v in views] == [rrb.Spatial3DView] + [rrb.Spatial2DView] * 3
+    assert [type(v) for v in views] == [rrb.Spatial3DView, rrb.TextDocumentView] + [rrb.Spatial2DView] * 3
+
+
+def _overrides(view) -> dict[str, str]:
+    """Entity -> what overrides it (the visualizer type, or the blueprint archetype's name)."""
+    return {
+        str(path): getattr(value, "visualizer_type", type(value).__name__)
+        for path, value in view.visualizer_overrides.items()
+    }
+
+
+def test_3d_view_shows_the_attention_and_hides_the_photo_cloud_by_default():
+    scene = _views(default_blueprint(3, ("global",), num_heads=4))[0]
+    assert isinstance(scene, rrb.Spatial3DView)
+    assert f"+ {Paths.patch_points(0, 'global')}/**" in _rules(scene)  # heat points and rays
+    assert _overrides(scene) == {Paths.cloud: "EntityBehavior"}
+
+
+def test_2d_views_dim_the_photo_under_the_overlay():
+    views = [v for v in _views(default_blueprint(3, ("global",), num_heads=4)) if str(v.origin) == Paths.image(1)]
+    assert _overrides(views[0]) == {Paths.image(1): "EncodedImage"}
+
+
+def test_the_colour_scale_note_sits_with_the_3d_view():
+    origins = [str(v.origin) for v in _views(default_blueprint(3, ("global",), num_heads=4))]
+    assert origins[:2] == ["world", Paths.scale_note(0, "global")]
 
 
 def test_content_rules_use_explicit_paths():

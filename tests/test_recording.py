@@ -35,9 +35,7 @@ class Recording:
         self.reader = rr.chunk.RrdReader(path)
         self.chunks: dict[str, list] = {}
         for ch in self.reader.stream():
-            self.chunks.setdefault(ch.entity_path.lstrip("/"), []).append(
-                (ch.is_static, ch.to_record_batch())
-            )
+            self.chunks.setdefault(ch.entity_path.lstrip("/"), []).append((ch.is_static, ch.to_record_batch()))
 
     def entities(self) -> set[str]:
         return set(self.chunks)
@@ -87,17 +85,23 @@ def _patches(result, kind, q=0) -> np.ndarray:
     return result.rows.patches(kind)[:, q].double().numpy()  # [L, H, S, gh, gw]
 
 
-def _documented_vmax(result, kind, per_view=False) -> np.ndarray:
-    """The module docstring's rule, written out again: max patch probability, query's own key left out."""
-    p = _patches(result, kind).copy()
+def _without_query_key(p) -> np.ndarray:
+    """``[..., S, gh, gw]`` with the query's own key set to 0."""
+    p = np.array(p, np.float64)
     f, r, c = PATCH_QUERY
-    p[:, :, f, r, c] = 0
-    per = p.max(axis=(0, 1, 3, 4))
-    return np.maximum(per if per_view else np.full_like(per, per.max()), 1e-12)
+    p[..., f, r, c] = 0
+    return p
+
+
+def _map_scale(p) -> np.ndarray:
+    """The documented default scale, written out again: each map ``[..., S, gh, gw]`` divided by its
+    largest patch probability over all views, the query's own key left out -> ``[..., S]``."""
+    top = _without_query_key(p).max(axis=(-3, -2, -1))
+    return np.repeat(np.maximum(top, 1e-12)[..., None], p.shape[-3], axis=-1)
 
 
 def _documented_u8(p, vmax) -> np.ndarray:
-    return np.rint(255 * np.clip(p / vmax[:, None, None], 0, 1)).astype(np.uint8)
+    return np.rint(255 * np.clip(p / vmax[..., None, None], 0, 1)).astype(np.uint8)
 
 
 def _tensor(recording, kind, q=0) -> np.ndarray:
@@ -119,8 +123,9 @@ def test_expected_entities_exist(run):
     for f in range(s):
         expected |= {Paths.frame(f), Paths.image(f), Paths.overlay_root(f)}
         expected |= {Paths.overlay(f, q, k) for q in (0, 1) for k in KINDS}
+    expected |= {Paths.rays(0, "global")}
     for k in KINDS:
-        expected |= {Paths.maps(0, k), Paths.patch_points(0, k), Paths.head(0, k, 0)}
+        expected |= {Paths.maps(0, k), Paths.patch_points(0, k), Paths.head(0, k, 0), Paths.scale_note(0, k)}
         expected |= {Paths.mass(0, k, name) for name in mass_series(s)}
     assert expected <= recording.entities()
 
@@ -137,9 +142,7 @@ def test_camera_poses_equal_predicted_extrinsics(run):
     extr, _ = pose_encoding_to_cameras(result.predictions["pose_enc"][0].double(), result.layout.image_size)
     for s in range(result.layout.num_frames):
         ent = Paths.frame(s)
-        rot = (
-            np.asarray(recording.static(ent, "Transform3D:mat3x3")[0]).reshape(3, 3).T
-        )  # stored column-major
+        rot = np.asarray(recording.static(ent, "Transform3D:mat3x3")[0]).reshape(3, 3).T  # stored column-major
         t = np.asarray(recording.static(ent, "Transform3D:translation")[0])
         assert recording.static(ent, "Transform3D:relation") == [rr.TransformRelation.ChildFromParent.value]
         np.testing.assert_allclose(rot, extr[s, :, :3].numpy(), atol=1e-6)
@@ -157,10 +160,10 @@ def test_pinhole_equals_predicted_intrinsics(run):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_tensor_holds_every_map_quantized_as_documented(run, kind):
+def test_tensor_holds_every_map_under_its_own_scale(run, kind):
     result, recording, _ = run
-    vmax = _documented_vmax(result, kind)
-    np.testing.assert_array_equal(_tensor(recording, kind), _documented_u8(_patches(result, kind), vmax))
+    p = _patches(result, kind)
+    np.testing.assert_array_equal(_tensor(recording, kind), _documented_u8(p, _map_scale(p)))
 
 
 def test_tensor_has_block_head_view_y_x_dims(run):
@@ -171,18 +174,18 @@ def test_tensor_has_block_head_view_y_x_dims(run):
     assert data["shape"] == [len(rows.blocks), rows.num_heads, lay.num_frames, lay.grid_h, lay.grid_w]
 
 
-def test_vmax_is_logged_for_reading_absolute_probabilities(run):
+def test_every_maps_scale_is_logged_for_reading_absolute_probabilities(run):
     result, recording, _ = run
-    np.testing.assert_allclose(
-        recording.static(Paths.scales(0, "global"), "vmax"), _documented_vmax(result, "global")
-    )
+    p = _patches(result, "global")
+    assert recording.static(Paths.scales(0, "global"), "vmax_shape") == list(p.shape[:3])
+    np.testing.assert_allclose(recording.static(Paths.scales(0, "global"), "vmax"), _map_scale(p).reshape(-1))
 
 
-def test_block_timeline_overlay_shows_head_mean(run):
+def test_block_timeline_overlay_shows_head_mean_under_its_own_scale(run):
     result, recording, _ = run
     rows, lay = result.rows, result.layout
-    vmax = _documented_vmax(result, "global")
-    mean = _documented_u8(_patches(result, "global").mean(axis=1), vmax)  # [L, S, gh, gw]
+    p = _patches(result, "global").mean(axis=1)  # [L, S, gh, gw]
+    mean = _documented_u8(p, _map_scale(p))
     for s in range(lay.num_frames):
         got = recording.temporal(Paths.overlay(s, 0, "global"), "SegmentationImage:buffer", "block")
         assert sorted(got) == list(rows.blocks)
@@ -193,7 +196,8 @@ def test_block_timeline_overlay_shows_head_mean(run):
 def test_head_timeline_overlay_shows_each_head_at_last_block(run):
     result, recording, _ = run
     lay = result.layout
-    per_head = _documented_u8(_patches(result, "frame")[-1], _documented_vmax(result, "frame"))  # [H, S, ..]
+    p = _patches(result, "frame")[-1]  # [H, S, gh, gw]
+    per_head = _documented_u8(p, _map_scale(p))
     got = recording.temporal(Paths.overlay(1, 0, "frame"), "SegmentationImage:buffer", "head")
     assert sorted(got) == list(range(result.rows.num_heads))
     for h, value in got.items():
@@ -209,7 +213,8 @@ def test_overlay_rows_carry_one_timeline_only(run):
 def test_head_grid_shows_every_head_of_the_query_frame(run):
     result, recording, _ = run
     lay, rows = result.layout, result.rows
-    u8 = _documented_u8(_patches(result, "global"), _documented_vmax(result, "global"))  # [L, H, S, ..]
+    p = _patches(result, "global")
+    u8 = _documented_u8(p, _map_scale(p))  # [L, H, S, gh, gw]
     for h in range(rows.num_heads):
         got = recording.temporal(Paths.head(0, "global", h), "SegmentationImage:buffer", "block")
         for li, b in enumerate(rows.blocks):
@@ -277,9 +282,7 @@ def test_depth_points_are_unprojected_with_predicted_cameras(tmp_path, tiny_mode
 
 def test_recording_passes_rerun_verify(run):
     _, recording, _ = run
-    out = subprocess.run(
-        [RERUN, "rrd", "verify", str(recording.path)], capture_output=True, text=True, timeout=60
-    )
+    out = subprocess.run([RERUN, "rrd", "verify", str(recording.path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
 
 
@@ -299,16 +302,26 @@ def test_embedded_blueprint_sets_block_timeline(run):
 # -- options ----------------------------------------------------------------------------------
 
 
-def test_per_view_normalize_scales_each_view_by_its_own_max(tmp_path, tiny_model, scene_images):
+def test_per_view_normalize_scales_each_view_of_each_map_by_its_own_max(tmp_path, tiny_model, scene_images):
     options = RecordingOptions(kinds=("global",), per_view_normalize=True, max_points=100)
+    assert options.scale == "view"
     result, recording = _record(tmp_path, tiny_model, scene_images, options, queries=["1:p2,3"])
-    vmax = _documented_vmax(result, "global", per_view=True)
-    assert len(set(vmax.round(12))) == result.layout.num_frames  # views really get different scales
+    p = _patches(result, "global")
+    vmax = np.maximum(_without_query_key(p).max(axis=(-2, -1)), 1e-12)  # [L, H, S]
+    assert len(set(vmax[-1, 0].round(12))) == result.layout.num_frames  # views really get different scales
     got = _tensor(recording, "global")
-    np.testing.assert_array_equal(got, _documented_u8(_patches(result, "global"), vmax))
-    f, r, c = PATCH_QUERY
-    got[:, :, f, r, c] = 0
-    assert (got.max(axis=(0, 1, 3, 4)) == 255).all()
+    np.testing.assert_array_equal(got, _documented_u8(p, vmax))
+    assert (_without_query_key(got).max(axis=(-2, -1)) == 255).all()
+
+
+def test_global_scale_is_one_scale_for_every_block_head_and_view(tmp_path, tiny_model, scene_images):
+    options = RecordingOptions(kinds=("global",), scale="global", max_points=100)
+    result, recording = _record(tmp_path, tiny_model, scene_images, options, queries=["1:p2,3"])
+    p = _patches(result, "global")
+    vmax = _without_query_key(p).max()
+    np.testing.assert_array_equal(_tensor(recording, "global"), _documented_u8(p, np.full(p.shape[:3], vmax)))
+    (labels,) = recording.static(Paths.overlay(0, 0, "global"), "AnnotationContext:context")
+    assert labels[255]["class_description"]["info"]["label"] == f"p≈{vmax:.3g}"  # hover reads p
 
 
 @pytest.mark.parametrize(
@@ -321,6 +334,10 @@ def test_per_view_normalize_scales_each_view_by_its_own_max(tmp_path, tiny_model
         ({"max_points": 0}, ">= 1"),
         ({"jpeg_quality": 0}, "1..100"),
         ({"focus_head": -1}, ">= 0"),
+        ({"scale": "log"}, "map, global, view"),
+        ({"gamma": 0}, "[0.05, 20]"),
+        ({"clip_percentile": 10}, "[50, 100]"),
+        ({"rays": -1}, "0..64"),
         ({"conf_threshold": float("nan")}, "finite"),
     ],
 )

@@ -69,12 +69,17 @@ def _changed(a: Path, b: Path) -> float:
 def _screenshot(tool: str, png: Path, rrd: Path, rbl: Path, block: int, view: str) -> None:
     """One view's PNG. A fresh viewer state (XDG dirs) and port each time: a viewer restores the
     last layout of the application id from disk, and other viewers may run on this machine."""
-    port = str(random.randint(20000, 40000))
-    with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "XDG_DATA_HOME": home, "XDG_CONFIG_HOME": home, "XDG_CACHE_HOME": home}
-        cmd = [sys.executable, tool, str(png), str(rrd), str(rbl), "--time", f"block={block}", "--view", view,
-               "--port", port]  # fmt: skip
-        subprocess.run(cmd, check=True, capture_output=True, timeout=300, env=env)
+    for attempt in range(3):  # a busy machine sometimes misses the viewer's start-up window
+        port = str(random.randint(20000, 40000))
+        with tempfile.TemporaryDirectory() as home:
+            env = {**os.environ, "XDG_DATA_HOME": home, "XDG_CONFIG_HOME": home, "XDG_CACHE_HOME": home}
+            cmd = [sys.executable, tool, str(png), str(rrd), str(rbl), "--time", f"block={block}", "--view", view,
+                   "--port", port]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        if out.returncode == 0:
+            return
+        print(f"screenshot of {view} failed (attempt {attempt + 1}): {out.stderr.strip()[-300:]}", file=sys.stderr)
+    raise SystemExit(f"could not render {view}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     images = as_loaded_images(expand_image_paths([args.images])[: args.frames])
     options = RecordingOptions(kinds=(args.kind,))
-    result, rec = record_attention(matching_vggt(), images, [args.query], options=options)
+    # No embedded layout: the merged .rbl is then the only one (no race between two layouts).
+    result, rec = record_attention(matching_vggt(), images, [args.query], options=options, send_blueprint=False)
     rrd = args.out / "recording.rrd"
     rec.save(rrd)
     rec.flush()

@@ -181,6 +181,13 @@ def _query_picker(num_frames: int, queries: int, columns: int | None) -> rrb.Hor
 def _with_stable_ids(node: rrb.Container | rrb.View, path: str) -> None:
     """Replace the random uuid4 ids with ids derived from the node's place in the layout."""
     node.id = uuid.uuid5(_ID_NAMESPACE, path)
+    if isinstance(node, rrb.View):
+        # Archetype overrides become visualizers with random ids unless given one.
+        for entity, override in node.visualizer_overrides.items():
+            if isinstance(override, rr.EncodedImage):
+                override = override.visualizer()
+                override.id = uuid.uuid5(_ID_NAMESPACE, f"{path}/overrides/{entity}")
+                node.visualizer_overrides[entity] = override
     for j, child in enumerate(getattr(node, "contents", None) if isinstance(node, rrb.Container) else ()):
         _with_stable_ids(child, f"{path}/{j}")
 
