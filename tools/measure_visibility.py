@@ -66,7 +66,7 @@ def _changed(a: Path, b: Path) -> float:
     return float((np.abs(x - y).max(-1) > THRESHOLD).mean())
 
 
-def _screenshot(tool: str, png: Path, rrd: Path, rbl: Path, block: int, view: str) -> None:
+def _screenshot(tool: str, png: Path, rrd: Path, rbl: Path, block: int, view: str, size: str) -> None:
     """One view's PNG. A fresh viewer state (XDG dirs) and port each time: a viewer restores the
     last layout of the application id from disk, and other viewers may run on this machine."""
     for attempt in range(3):  # a busy machine sometimes misses the viewer's start-up window
@@ -74,7 +74,7 @@ def _screenshot(tool: str, png: Path, rrd: Path, rbl: Path, block: int, view: st
         with tempfile.TemporaryDirectory() as home:
             env = {**os.environ, "XDG_DATA_HOME": home, "XDG_CONFIG_HOME": home, "XDG_CACHE_HOME": home}
             cmd = [sys.executable, tool, str(png), str(rrd), str(rbl), "--time", f"block={block}", "--view", view,
-                   "--port", port]  # fmt: skip
+                   "--port", port, "--size", size]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         if out.returncode == 0:
             return
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--view", type=int, default=1, help="the 2D view measured (default 1)")
     ap.add_argument("--kind", default="global")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--size", default="1200x750", help="viewer window, WxH (default 1200x750)")
     ap.add_argument("--screenshot-tool", default="/work/shared/tools/rrd_screenshot.py")
     args = ap.parse_args(argv)
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         _layout(s, args.kind, args.view, eye, attention).save(APPLICATION_ID, rbl)
         for view in ("3D", f"view {args.view}"):
             png = args.out / f"{name}_{view.replace(' ', '')}.png"
-            _screenshot(args.screenshot_tool, png, rrd, rbl, args.block, view)
+            _screenshot(args.screenshot_tool, png, rrd, rbl, args.block, view, args.size)
             shots.setdefault(view, {})[name] = png
     report = {
         "rrd_bytes": rrd.stat().st_size,

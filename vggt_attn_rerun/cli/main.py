@@ -354,6 +354,14 @@ def _progress(desc: str, total: int | None = None, unit: str = "it") -> Any:
     help="Subsample the point cloud to at most this many points.",
 )
 @click.option("--per-view-normalize", is_flag=True, help="Scale each view's heatmap to its own maximum.")
+@click.option("--scale", type=click.Choice(["map", "global", "view"]), default="map", show_default=True,
+              help="Colour scale: per (block, head) map shared by its views, one for all, or per view.")  # fmt: skip
+@click.option("--gamma", type=click.FloatRange(0.05, 20), default=1.0, show_default=True,
+              help="u8 = 255 * (p / vmax) ** gamma; below 1 lifts diffuse maps.")  # fmt: skip
+@click.option("--clip-percentile", type=click.FloatRange(50, 100), default=100.0, show_default=True,
+              help="vmax = this percentile of the scale's values (100 = max; 99: the top 1% saturate).")  # fmt: skip
+@click.option("--rays", type=click.IntRange(0, 64), default=8, show_default=True,
+              help="3D lines from the query point to its K most attended patches of other views.")  # fmt: skip
 @click.option(
     "--grid-view",
     type=click.IntRange(min=0),
@@ -679,6 +687,10 @@ def _record(model: Any, plan: _Plan, o: dict[str, Any]) -> None:
         conf_percentile=o["conf_percentile"],
         max_points=o["max_points"],
         per_view_normalize=o["per_view_normalize"],
+        scale=o["scale"],
+        gamma=o["gamma"],
+        clip_percentile=o["clip_percentile"],
+        rays=o["rays"],
         grid_view=o["grid_view"],
         colormap=o["colormap"],
     )
