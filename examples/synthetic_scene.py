@@ -37,7 +37,9 @@ def main() -> None:
     images = images_from_tensor(torch.from_numpy(photos).permute(0, 3, 1, 2).float() / 255)
     constructed = args.model == "constructed"
     model = matching_vggt() if constructed else tiny_vggt()
-    options = RecordingOptions(kinds=("global", "frame"), note=CONSTRUCTED_NOTE if constructed else "")
+    # The `head` timeline walks the heads of the focus block: the constructed one, when there is one.
+    options = RecordingOptions(kinds=("global", "frame"), focus_block=2 if constructed else None,
+                               note=CONSTRUCTED_NOTE if constructed else "")  # fmt: skip
     # The standard Rerun sink flags (--save/--connect/--serve/--headless); spawning is the default.
     rec = rr.script_setup(args, "vggt_attn_rerun")
     record_attention(model, images, [args.query], recording=rec, options=options)

@@ -4,9 +4,9 @@
 
 Records the photos with the CONSTRUCTED demo model (``testing.matching_vggt``, whose global
 block 2 matches appearance across views: a peaked block), then renders two layouts of that one
-recording that differ only in their content rules: "with" is the default layout's 3D view (its
-overrides included) with a fixed eye, and the default layout's 2D view of another frame than the
-query's; "without" drops every attention entity from both (``- world/attention/**`` and
+recording that differ only in their content rules: "with" is the default layout's 3D view with
+a fixed eye and its 2D view of another frame than the query's (their overrides included: hidden
+photo cloud, dimmed photo); "without" drops every attention entity from both (``- world/attention/**`` and
 ``- world/frames/{s}/image/attention/**``, and the ``+`` rules naming attention paths, which would
 otherwise win as more specific). Reports, per view, the share of pixels whose color changes by
 more than 40 of 255 in any channel. Screenshots: ``rrd_screenshot.py`` (``--screenshot-tool``),
@@ -55,7 +55,8 @@ def _layout(num_frames: int, kind: str, view: int, eye: rrb.EyeControls3D, atten
         rules3d, rules2d = _without_attention(rules3d, num_frames), _without_attention(rules2d, num_frames)
     v3 = rrb.Spatial3DView(origin=scene.origin, name="3D", contents=rules3d, eye_controls=eye,
                            overrides=scene.visualizer_overrides or None)  # fmt: skip
-    v2 = rrb.Spatial2DView(origin=flat.origin, name=f"view {view}", contents=rules2d)
+    v2 = rrb.Spatial2DView(origin=flat.origin, name=f"view {view}", contents=rules2d,
+                           overrides=flat.visualizer_overrides or None)  # fmt: skip
     panel = rrb.TimePanel(state="collapsed", timeline="block")
     return rrb.Blueprint(rrb.Horizontal(v3, v2, column_shares=[1, 1]), panel, collapse_panels=True)
 

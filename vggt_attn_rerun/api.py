@@ -14,6 +14,7 @@ import rerun as rr
 import torch
 from torch import nn
 
+from vggt_attn_rerun.analysis.maps import analyze_run
 from vggt_attn_rerun.core.capture import CaptureResult, capture
 from vggt_attn_rerun.core.images import LoadedImages, expand_image_paths, images_from_tensor, load_images
 from vggt_attn_rerun.core.models import model_device
@@ -127,5 +128,6 @@ def record_attention(
     rec = recording if recording is not None else rr.RecordingStream(application_id)
     if send_blueprint:
         rec.send_blueprint(default_blueprint_for(result, options), make_active=True, make_default=True)
-    log_run(rec, result, loaded, options)
+    analysis = analyze_run(result, options.kinds, options.top_k, options.consistency_radius, loaded.transforms)
+    log_run(rec, result, loaded, options, analysis=analysis)
     return result, rec

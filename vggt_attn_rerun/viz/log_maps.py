@@ -9,7 +9,7 @@ The encoding (numbers: analysis/maps.py; colors: colormap.py):
   ``scale="global"``, else with its fraction of the map's scale (overlay_context says why).
 - **3D heat** (``world/attention/q{i}/{kind}``): one point per patch at its mean 3D point, static
   positions; per row, the color (the colormap's visible upper part) and the radius (from 0.35x to
-  3.35x half the patch's footprint) grow with the value; the label (shown on hover) is the raw
+  3.35x half the patch's footprint, with the value squared) grow with the value; the label (shown on hover) is the raw
   probability.
 - **Rays** (``world/attention/q{i}/{kind}/rays``, global attention): per row, line strips from
   the query's 3D point to its ``options.rays`` most attended patches of the other views
@@ -40,7 +40,8 @@ from vggt_attn_rerun.viz import colormap
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import MAP_DIMS, Paths, mass_series
 
-#: 3D point radius = half the patch footprint x (POINT_MIN + POINT_GAIN * v / 255)
+#: 3D point radius = half the patch footprint x (POINT_MIN + POINT_GAIN * (v / 255) ** 2): squared so
+#: that only the hottest patches grow large (a diffuse map does not become a wall of spheres)
 POINT_MIN, POINT_GAIN = 0.35, 3.0
 #: ray width in UI points = RAY_MIN + RAY_GAIN * (p / p of the top target)
 RAY_MIN, RAY_GAIN = 0.5, 2.5
@@ -139,7 +140,7 @@ def _log_heat(rec: rr.RecordingStream, path: str, scene: Scene, rows: Sequence[_
     for r in rows:
         values = r.u8.reshape(len(r.times), -1)[:, scene.kept]  # [T, n]
         colors = colormap.visible_colors(values, cmap).reshape(-1, 3)
-        radii = (scene.radius * (POINT_MIN + POINT_GAIN * values / 255.0)).astype(np.float32).reshape(-1)
+        radii = (scene.radius * (POINT_MIN + POINT_GAIN * (values / 255.0) ** 2)).astype(np.float32).reshape(-1)
         labels = [f"p={x:.3g}" for x in r.p.reshape(len(r.times), -1)[:, scene.kept].reshape(-1)]
         columns = rr.Points3D.columns(colors=colors, radii=radii, labels=labels)
         columns = columns.partition(lengths=[values.shape[1]] * len(r.times))
@@ -179,16 +180,16 @@ def _scale_note(label: str, vmax: np.ndarray, options: RecordingOptions) -> str:
     gamma = "" if options.gamma == 1 else f", gamma {options.gamma:g}"
     return (
         f"**{label}**: colour scale 0 .. {top} = {how}{clip}, query's own key excluded{gamma}. "
-        "Dark/transparent = cold, bright/opaque/large = hot; hover a patch for its probability."
+        "Transparent/small/purple = cold, opaque/large/yellow = hot; hover a 3D point for its probability."
     )
 
 
 def _log_scale_notes(rec: rr.RecordingStream, path: str, rows: Sequence[_Rows], labels: Sequence[list[str]],
                      options: RecordingOptions) -> None:  # fmt: skip
     rec.log(path, rr.TextDocument.from_fields(media_type=rr.MediaType.MARKDOWN), static=True)
-    first = f"{options.note}\n\n" if options.note else ""
+    last = f"\n\n{options.note}" if options.note else ""
     for r, names in zip(rows, labels, strict=True):
-        texts = [first + _scale_note(n, v, options) for n, v in zip(names, r.vmax, strict=True)]
+        texts = [_scale_note(n, v, options) + last for n, v in zip(names, r.vmax, strict=True)]
         rec.send_columns(path, indexes=_index(r.timeline, r.times), columns=rr.TextDocument.columns(text=texts))
 
 
