@@ -207,36 +207,53 @@ def _log_masses(rec: rr.RecordingStream, result: CaptureResult, j: int, i: int, 
                              columns=rr.Scalars.columns(scalars=values[:, k]))  # fmt: skip
 
 
-def log_query_kind(rec: rr.RecordingStream, result: CaptureResult, j: int, i: int, kind: str, head: int | None,
-                   focus_block: int, grid_view: int, scene: Scene, origin: np.ndarray | None,
-                   options: RecordingOptions) -> np.ndarray:  # fmt: skip
-    """All attention data of query j of the result, logged as query i, for one kind.
+@dataclass(frozen=True)
+class KindTarget:
+    """What to log: query ``j`` of the result as query ``i``, one kind, with the run's focus.
 
     ``head``: the focus head (None = head mean); ``focus_block``: an index into the captured
-    blocks; ``origin``: the query's 3D point (None: no rays). Returns the maps' scales ``[L, H, S]``.
+    blocks; ``grid_view``: the head grid's view; ``origin``: the query's 3D point (None: no rays).
     """
-    rows, lay = result.rows, result.layout
-    q = rows.queries[j]
+
+    j: int
+    i: int
+    kind: str
+    head: int | None
+    focus_block: int
+    grid_view: int
+    origin: np.ndarray | None
+
+
+def _query_maps(result: CaptureResult, t: KindTarget, options: RecordingOptions) -> QueryMaps:
+    lay, q = result.layout, result.rows.queries[t.j]
     rc = q.patch(lay)
-    patches = rows.patches(kind)[:, j].detach().double().cpu().numpy()  # [L, H, S, gh, gw]
-    maps = query_maps(patches, head, focus_block, options.scale, float(options.gamma), float(options.clip_percentile),
-                      None if rc is None else (q.frame, *rc))  # fmt: skip
+    patches = result.rows.patches(t.kind)[:, t.j].detach().double().cpu().numpy()  # [L, H, S, gh, gw]
+    return query_maps(patches, t.head, t.focus_block, options.scale, float(options.gamma),
+                      float(options.clip_percentile), None if rc is None else (q.frame, *rc))  # fmt: skip
+
+
+def log_query_kind(rec: rr.RecordingStream, result: CaptureResult, t: KindTarget, scene: Scene,
+                   options: RecordingOptions) -> np.ndarray:  # fmt: skip
+    """All attention data of one query and kind (see KindTarget). Returns the maps' scales ``[L, H, S]``."""
+    rows, lay, i, kind = result.rows, result.layout, t.i, t.kind
+    maps = _query_maps(result, t, options)
     blocks, heads = list(rows.blocks), list(range(rows.num_heads))
     by_block = _Rows("block", blocks, maps.block_p, maps.block_u8, maps.block_vmax)
     by_head = _Rows("head", heads, maps.head_p, maps.head_u8, maps.head_vmax)
 
-    rec.log(Paths.scales(i, kind), rr.AnyValues(vmax=maps.all_vmax.reshape(-1), vmax_shape=list(maps.all_vmax.shape),
-                                                blocks=np.asarray(blocks)), static=True)  # fmt: skip
+    scales = rr.AnyValues(vmax=maps.all_vmax.reshape(-1), vmax_shape=list(maps.all_vmax.shape), blocks=blocks)
+    rec.log(Paths.scales(i, kind), scales, static=True)
     rec.log(Paths.maps(i, kind), rr.Tensor(maps.all_u8, dim_names=list(MAP_DIMS), value_range=(0, 255)), static=True)
     _log_overlays(rec, i, kind, lay, (by_block, by_head), options)
-    _log_head_grid(rec, i, kind, lay, maps, blocks, grid_view, options)
+    _log_head_grid(rec, i, kind, lay, maps, blocks, t.grid_view, options)
     if scene.kept.any():
         _log_heat(rec, Paths.patch_points(i, kind), scene, (by_block, by_head), options.colormap)
-        if kind == "global" and origin is not None and options.rays > 0:
-            _log_rays(rec, Paths.rays(i, kind), origin, q.frame, lay, scene, (by_block, by_head), options)
-    who = "head mean" if head is None else f"head {head}"
+        if kind == "global" and t.origin is not None and options.rays > 0:
+            frame = rows.queries[t.j].frame
+            _log_rays(rec, Paths.rays(i, kind), t.origin, frame, lay, scene, (by_block, by_head), options)
+    who = "head mean" if t.head is None else f"head {t.head}"
     block_labels = [f"block {b}, {who}" for b in blocks]
-    head_labels = [f"block {blocks[focus_block]}, head {h}" for h in heads]
+    head_labels = [f"block {blocks[t.focus_block]}, head {h}" for h in heads]
     _log_scale_notes(rec, Paths.scale_note(i, kind), (by_block, by_head), (block_labels, head_labels), options)
-    _log_masses(rec, result, j, i, kind, head, focus_block)
+    _log_masses(rec, result, t.j, i, kind, t.head, t.focus_block)
     return maps.all_vmax

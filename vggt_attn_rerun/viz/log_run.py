@@ -49,7 +49,7 @@ from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import LoadedImages
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.viz.log_maps import log_query_kind
+from vggt_attn_rerun.viz.log_maps import KindTarget, log_query_kind
 from vggt_attn_rerun.viz.log_summaries import log_query_means, log_query_summaries
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import Paths
@@ -206,8 +206,8 @@ def _log_queries(rec: rr.RecordingStream, result: CaptureResult, options: Record
         origin = query_point(scene.pm, lay, q)
         vmax, notes = {}, []
         for kind in focus.kinds:
-            vmax[kind] = log_query_kind(rec, result, j, i, kind, focus.head, focus.block_index, focus.grid_views[j],
-                                        scene, origin, options)  # fmt: skip
+            target = KindTarget(j, i, kind, focus.head, focus.block_index, focus.grid_views[j], origin)
+            vmax[kind] = log_query_kind(rec, result, target, scene, options)
             kind_notes = log_query_summaries(rec, result, j, i, kind, analysis.summaries[kind], analysis.consistency,
                                              analysis.why_not, options)  # fmt: skip
             if kind == "global":
