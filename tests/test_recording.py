@@ -229,11 +229,11 @@ def test_mass_series_sum_to_one(run):
         assert sum(s[b][0] for s in series) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_patch_points_are_static_with_colors_per_block(run):
+def test_patch_points_are_static_with_values_per_block(run):
     result, recording, _ = run
     ent = Paths.patch_points(0, "global")
     positions = np.asarray(recording.static(ent, "Points3D:positions"))
-    colors = recording.temporal(ent, "Points3D:colors", "block")
+    colors = recording.temporal(ent, "Points3D:class_ids", "block")  # the u8 value: context -> color
     assert np.isfinite(positions).all() and 0 < len(positions) <= result.layout.num_patches * 3
     assert sorted(colors) == list(result.rows.blocks)
     assert all(len(c) == len(positions) for c in colors.values())

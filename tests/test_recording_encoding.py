@@ -83,10 +83,14 @@ def test_hottest_3d_point_is_the_largest_and_brightest(run):
     p = _head_mean(result, BLOCK)
     ent = Paths.patch_points(0, "global")
     radii = np.asarray(recording.temporal(ent, "Points3D:radii", "block")[BLOCK])
-    luma = np.array([_luma(_rgba(c)) for c in recording.temporal(ent, "Points3D:colors", "block")[BLOCK]])
+    (context,) = recording.static(ent, "AnnotationContext:context")
+    colors = {e["class_id"]: _rgba(e["class_description"]["info"]["color"]) for e in context}
+    rgba = np.array([colors[c] for c in recording.temporal(ent, "Points3D:class_ids", "block")[BLOCK]])
+    luma = np.array([_luma(c) for c in rgba])
     hot, cold = int(np.argmax(_without_query_key(p))), int(np.argmin(_without_query_key(p, np.inf)))
     assert radii[hot] == radii.max() and luma[hot] == luma.max()
     assert radii[cold] < radii[hot] / 4 and luma[cold] > 20  # small but not black on a dark background
+    assert (rgba[:, 3] == 255).all()  # points are opaque: size, not alpha, fades them
 
 
 def test_3d_points_sit_at_the_patch_centroids(run):

@@ -8,9 +8,9 @@ The encoding (numbers: analysis/maps.py; colors: colormap.py):
   The (static) context labels each value with the raw probability it stands for under
   ``scale="global"``, else with its fraction of the map's scale (overlay_context says why).
 - **3D heat** (``world/attention/q{i}/{kind}``): one point per patch at its mean 3D point, static
-  positions; per row, the color (the colormap's visible upper part) and the radius (from 0.35x to
-  3.35x half the patch's footprint, with the value squared) grow with the value; the label (shown on hover) is the raw
-  probability.
+  positions; per row, the value as the point's class id (a static context gives the colormap's
+  visible upper part and the same labels as the overlays, on hover) and a radius from 0.35x to
+  3.35x the median half-footprint of a patch, growing with the value squared.
 - **Rays** (``world/attention/q{i}/{kind}/rays``, global attention): per row, line strips from
   the query's 3D point to its ``options.rays`` most attended patches of the other views
   (analysis.maps.ray_targets on the raw probabilities), colored like their patch and wider the
@@ -50,8 +50,8 @@ RAY_MIN, RAY_GAIN = 0.5, 2.5
 _CONTEXT_TYPE = rr.components.AnnotationContextBatch([rr.AnnotationInfo(id=0, label="", color=0)]).as_arrow_array().type
 
 
-def _packed_rgba(cmap: str) -> np.ndarray:
-    rgba = colormap.overlay_rgba(cmap).astype(np.uint32)
+def _packed(rgba: np.ndarray) -> np.ndarray:
+    rgba = rgba.astype(np.uint32)
     return (rgba[:, 0] << 24) | (rgba[:, 1] << 16) | (rgba[:, 2] << 8) | rgba[:, 3]
 
 
@@ -69,8 +69,10 @@ def _context_items(labels: Sequence[str], rgba: np.ndarray) -> list[dict]:
     ]
 
 
-def overlay_context(cmap: str, gamma: float, vmax: float | None = None) -> rr.AnnotationContext:
-    """Value v -> overlay color (colormap.overlay_rgba), labeled with what v stands for.
+def overlay_context(cmap: str, gamma: float, vmax: float | None = None, rgba: np.ndarray | None = None
+                    ) -> rr.AnnotationContext:  # fmt: skip
+    """Value v -> overlay color (``rgba [256, 4]``, default colormap.overlay_rgba), labeled with
+    what v stands for.
 
     With one scale for every map (``vmax``), the label is the raw probability ``p≈...``;
     otherwise the fraction of the map's own scale (the scale is in the scale note). Rerun 0.41
@@ -80,7 +82,7 @@ def overlay_context(cmap: str, gamma: float, vmax: float | None = None) -> rr.An
     """
     x = dequantize(np.arange(256), 1.0 if vmax is None else float(vmax), gamma)
     labels = [f"p≈{v:.3g}" if vmax is not None else f"{v:.3g} x the map's vmax" for v in x]
-    items = _context_items(labels, _packed_rgba(cmap))
+    items = _context_items(labels, _packed(colormap.overlay_rgba(cmap) if rgba is None else rgba))
     return rr.AnnotationContext.from_fields(context=pa.array([items], type=_CONTEXT_TYPE))
 
 
@@ -109,11 +111,15 @@ def _send_maps(rec: rr.RecordingStream, path: str, timeline: str, times: Sequenc
     rec.send_columns(path, indexes=_index(timeline, times), columns=rr.SegmentationImage.columns(buffer=buffer))
 
 
+def _one_scale(rows: Sequence[_Rows], options: RecordingOptions) -> float | None:
+    """The scale of every map under ``scale="global"`` (labels can then give p), else None."""
+    return float(rows[0].vmax.flat[0]) if options.scale == "global" else None
+
+
 def _log_overlays(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout, rows: Sequence[_Rows],
                   options: RecordingOptions) -> None:  # fmt: skip
     fmt = _seg_format(lay)
-    one_scale = float(rows[0].vmax.flat[0]) if options.scale == "global" else None
-    context = overlay_context(options.colormap, float(options.gamma), one_scale)
+    context = overlay_context(options.colormap, float(options.gamma), _one_scale(rows, options))
     for s in range(lay.num_frames):
         path = Paths.overlay(s, i, kind)
         rec.log(path, rr.SegmentationImage.from_fields(format=fmt, draw_order=10.0, opacity=1.0), context, static=True)
@@ -133,16 +139,22 @@ def _log_head_grid(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout,
         _send_maps(rec, path, "block", blocks, maps.all_u8[:, h, grid_view])
 
 
-def _log_heat(rec: rr.RecordingStream, path: str, scene: Scene, rows: Sequence[_Rows], cmap: str) -> None:
-    """Static patch points; per row, colors and radii that grow with the value, and (shown on
-    hover only) the raw probability as the label."""
-    rec.log(path, rr.Points3D.from_fields(positions=scene.centroids[scene.kept], show_labels=False), static=True)
+def _log_heat(rec: rr.RecordingStream, path: str, scene: Scene, rows: Sequence[_Rows], options: RecordingOptions,
+              one_scale: float | None) -> None:  # fmt: skip
+    """Static patch points and a static context (value -> opaque visible color, label as for the
+    overlays, shown on hover); per row, each point's value as its class id and a radius that
+    grows with it. One u16 and one radius per point and row: colors and label strings per point
+    would double the .rrd at VGGT-1B's size."""
+    positions = scene.centroids[scene.kept]
+    rgba = colormap.overlay_rgba(options.colormap)
+    rgba[:, 3] = 255
+    context = overlay_context(options.colormap, float(options.gamma), one_scale, rgba)
+    rec.log(path, rr.Points3D.from_fields(positions=positions, show_labels=False), context, static=True)
+    size = float(np.median(scene.radius)) * (POINT_MIN + POINT_GAIN * (np.arange(256) / 255.0) ** 2)
     for r in rows:
         values = r.u8.reshape(len(r.times), -1)[:, scene.kept]  # [T, n]
-        colors = colormap.visible_colors(values, cmap).reshape(-1, 3)
-        radii = (scene.radius * (POINT_MIN + POINT_GAIN * (values / 255.0) ** 2)).astype(np.float32).reshape(-1)
-        labels = [f"p={x:.3g}" for x in r.p.reshape(len(r.times), -1)[:, scene.kept].reshape(-1)]
-        columns = rr.Points3D.columns(colors=colors, radii=radii, labels=labels)
+        columns = rr.Points3D.columns(class_ids=values.reshape(-1).astype(np.uint16),
+                                      radii=size[values].astype(np.float32).reshape(-1))  # fmt: skip
         columns = columns.partition(lengths=[values.shape[1]] * len(r.times))
         rec.send_columns(path, indexes=_index(r.timeline, r.times), columns=columns)
 
@@ -180,7 +192,7 @@ def _scale_note(label: str, vmax: np.ndarray, options: RecordingOptions) -> str:
     gamma = "" if options.gamma == 1 else f", gamma {options.gamma:g}"
     return (
         f"**{label}**: colour scale 0 .. {top} = {how}{clip}, query's own key excluded{gamma}. "
-        "Transparent/small/purple = cold, opaque/large/yellow = hot; hover a 3D point for its probability."
+        "Transparent/small/purple = cold, opaque/large/yellow = hot; hover a patch for its share of the scale."
     )
 
 
@@ -247,7 +259,8 @@ def log_query_kind(rec: rr.RecordingStream, result: CaptureResult, t: KindTarget
     _log_overlays(rec, i, kind, lay, (by_block, by_head), options)
     _log_head_grid(rec, i, kind, lay, maps, blocks, t.grid_view, options)
     if scene.kept.any():
-        _log_heat(rec, Paths.patch_points(i, kind), scene, (by_block, by_head), options.colormap)
+        _log_heat(rec, Paths.patch_points(i, kind), scene, (by_block, by_head), options,
+                  _one_scale((by_block,), options))  # fmt: skip
         if kind == "global" and t.origin is not None and options.rays > 0:
             frame = rows.queries[t.j].frame
             _log_rays(rec, Paths.rays(i, kind), t.origin, frame, lay, scene, (by_block, by_head), options)
