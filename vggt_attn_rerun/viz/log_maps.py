@@ -19,8 +19,8 @@ The encoding (numbers: analysis/maps.py; colors: colormap.py):
 
 Rows carry ONE timeline each: ``block`` rows (every captured block, focus head or head mean) and
 ``head`` rows (every head at the focus block). The head grid (``heads/q{i}/{kind}/{h}``) is on
-``block`` only; its static context labels values as a fraction of each map's scale (the scales
-are in ``queries/q{i}/{kind}:vmax``). The tensor holds every map, each under its own scale.
+``block`` only; its static context labels values as a fraction of each map's scale (every
+map's scale is in ``queries/q{i}/{kind}:vmax``, flat ``[block, head, view]``). The tensor holds every map, each under its own scale.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from vggt_attn_rerun.viz import colormap
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import MAP_DIMS, Paths, mass_series
 
-#: 3D point radius = half the patch footprint x (POINT_MIN + POINT_GAIN * (v / 255) ** 2): squared so
-#: that only the hottest patches grow large (a diffuse map does not become a wall of spheres)
+#: 3D point radius = the median half-footprint of a patch x (POINT_MIN + POINT_GAIN * (v / 255) ** 2):
+#: squared so that only the hottest patches grow large (a diffuse map is no wall of spheres)
 POINT_MIN, POINT_GAIN = 0.35, 3.0
 #: ray width in UI points = RAY_MIN + RAY_GAIN * (p / p of the top target)
 RAY_MIN, RAY_GAIN = 0.5, 2.5
@@ -167,7 +167,7 @@ def _log_rays(rec: rr.RecordingStream, path: str, origin: np.ndarray, frame: int
     for r in rows:
         p, u8 = r.p.reshape(len(r.times), -1), r.u8.reshape(len(r.times), -1)
         idx = ray_targets(p, candidates, int(options.rays))  # [T, k]
-        if idx.shape[1] == 0:
+        if idx.shape[1] == 0:  # no other view has a kept patch
             return
         t = np.arange(len(r.times))[:, None]
         ends = scene.centroids[idx]  # [T, k, 3]
