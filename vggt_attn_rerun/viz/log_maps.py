@@ -20,7 +20,8 @@ The encoding (numbers: analysis/maps.py; colors: colormap.py):
 Rows carry ONE timeline each: ``block`` rows (every captured block, focus head or head mean) and
 ``head`` rows (every head at the focus block). The head grid (``heads/q{i}/{kind}/{h}``) is on
 ``block`` only; its static context labels values as a fraction of each map's scale (every
-map's scale is in ``queries/q{i}/{kind}:vmax``, flat ``[block, head, view]``). The tensor holds every map, each under its own scale.
+map's scale is in ``queries/q{i}/{kind}:vmax``, flat ``[block, head, view]``). The tensor holds
+every map, each under its own scale.
 """
 
 from __future__ import annotations
