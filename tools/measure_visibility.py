@@ -57,8 +57,11 @@ def _layout(num_frames: int, kind: str, view: int, eye: rrb.EyeControls3D, atten
                            overrides=scene.visualizer_overrides or None)  # fmt: skip
     v2 = rrb.Spatial2DView(origin=flat.origin, name=f"view {view}", contents=rules2d,
                            overrides=flat.visualizer_overrides or None)  # fmt: skip
+    # The viewer's notifications (software renderer warnings) pop up at the window's top right for
+    # a few seconds: an empty column there keeps them off the measured views.
+    spacer = rrb.TextDocumentView(origin="spacer", name="spacer")
     panel = rrb.TimePanel(state="collapsed", timeline="block")
-    return rrb.Blueprint(rrb.Horizontal(v3, v2, column_shares=[1, 1]), panel, collapse_panels=True)
+    return rrb.Blueprint(rrb.Horizontal(v3, v2, spacer, column_shares=[1, 1, 1]), panel, collapse_panels=True)
 
 
 def _changed(a: Path, b: Path) -> float:
@@ -75,7 +78,7 @@ def _screenshot(tool: str, png: Path, rrd: Path, rbl: Path, block: int, view: st
         with tempfile.TemporaryDirectory() as home:
             env = {**os.environ, "XDG_DATA_HOME": home, "XDG_CONFIG_HOME": home, "XDG_CACHE_HOME": home}
             cmd = [sys.executable, tool, str(png), str(rrd), str(rbl), "--time", f"block={block}", "--view", view,
-                   "--port", port, "--size", size]  # fmt: skip
+                   "--port", port, "--size", size, "--wait", "10"]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         if out.returncode == 0:
             return
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--view", type=int, default=1, help="the 2D view measured (default 1)")
     ap.add_argument("--kind", default="global")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--size", default="1200x750", help="viewer window, WxH (default 1200x750)")
+    ap.add_argument("--size", default="1500x750", help="viewer window, WxH (default 1500x750)")
     ap.add_argument("--screenshot-tool", default="/work/shared/tools/rrd_screenshot.py")
     args = ap.parse_args(argv)
 
