@@ -21,6 +21,7 @@ RANKS = {
     "viz": 3,
     "api": 4,
     "interactive": 5,
+    "batch": 5,
     "legacy": 5,
     "io.importer": 5,
     "cli": 6,

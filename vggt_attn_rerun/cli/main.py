@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from vggt_attn_rerun.cli.batch import batch
 from vggt_attn_rerun.core.images import MODES
 from vggt_attn_rerun.core.introspect import model_embed_dim, model_patch_size
 from vggt_attn_rerun.core.models import DEFAULT_MODEL, SPEC_SYNTAX, VGGT_SOURCE
@@ -70,6 +71,8 @@ queries there are, the model runs once; with more than 4 the layout shows q0 (se
 Other commands:
   {PROG} install-vggt [--source URL_OR_PATH] [--dry-run]
       install the vggt package with pip --no-deps (its numpy<2 pin clashes with rerun-sdk)
+  {PROG} batch SCENES --out DIR [--engine local|ray] ...
+      dataset mode: summaries and correspondence scores over many scenes (batch --help)
 
 \b
 Exit codes: 0 done, 1 error while running, 2 bad command line or input, 130 interrupted.
@@ -96,9 +99,9 @@ def run(argv: Sequence[str] | None = None, command: click.Command | None = None)
     if command is None or command is cli:
         # A group would put its own options and usage line before `IMAGES...`; a first word
         # that is a subcommand name is unambiguous enough (a folder can be passed as ./install-vggt).
-        command = install_vggt if args[:1] == ["install-vggt"] else cli
-        args = args[1:] if command is install_vggt else args
-    prog = f"{PROG} install-vggt" if command is install_vggt else PROG
+        sub = {"install-vggt": install_vggt, "batch": batch}.get(args[0] if args else "")
+        command, args = (sub, args[1:]) if sub is not None else (cli, args)
+    prog = PROG if command is cli else f"{PROG} {command.name}"
     debug = _wants_debug(args)
     try:
         with warnings.catch_warnings():

@@ -1,0 +1,226 @@
+"""One scene of a study: one forward pass, then its rows of the study table.
+
+Per scene: the photos of its folder (``core.images``), a query grid over the reference view
+(``api.query_grid``), ONE forward pass for all queries (``api.capture_run``), then per (kind,
+block, head) the summaries averaged over the queries (``analysis.summaries``) and, for global
+attention, the correspondence score of ``analysis.consistency`` and the epipolar score of
+``analysis.epipolar``, each with its positional control. The table has one row per (kind,
+block, head); its columns:
+
+- ``scene``, ``kind``, ``block``, ``head``; ``frames`` (S) and ``queries`` (Q) of the scene;
+- ``own_view_mass`` .. ``top_k_mass`` (summaries.METRICS): means over the queries;
+- ``correspondence_score`` / ``correspondence_control``: ``Consistency.score`` /
+  ``control_score``, the share of a head's patch mass near the projected query point / near the
+  query's own (row, col), mean over the valid (query, view) pairs; ``correspondence_gain`` their
+  difference (> 0: the head follows geometry more than position);
+- ``epipolar_dist`` / ``epipolar_control``: ``Epipolar.score`` / ``control_score``, the mean
+  Sampson distance (model pixels) of the peak / of the query's own position to the epipolar line;
+  ``epipolar_gain`` = control - distance (> 0: closer to the line than a positional head);
+- ``correspondence_pairs`` / ``epipolar_pairs``: the valid (query, view) pairs behind them.
+
+Frame-attention rows have NaN geometry metrics and 0 pairs (frame attention stays in its view).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from vggt_attn_rerun.analysis.consistency import geometric_consistency
+from vggt_attn_rerun.analysis.epipolar import epipolar_consistency
+from vggt_attn_rerun.analysis.summaries import METRICS, summarize
+from vggt_attn_rerun.api import capture_run, query_grid
+from vggt_attn_rerun.batch.inputs import Scene
+from vggt_attn_rerun.core.capture import CaptureResult
+from vggt_attn_rerun.core.images import LoadedImages, expand_image_paths, load_images
+from vggt_attn_rerun.core.introspect import check_kinds, model_depth, model_patch_size
+from vggt_attn_rerun.core.models import DEFAULT_MODEL, load_model
+from vggt_attn_rerun.core.tokens import parse_index_list
+from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.viz.log_dataset import scene_recording_bytes
+from vggt_attn_rerun.viz.options import RecordingOptions
+
+GEOMETRY_METRICS = (
+    "correspondence_score",
+    "correspondence_control",
+    "correspondence_gain",
+    "epipolar_dist",
+    "epipolar_control",
+    "epipolar_gain",
+)
+#: every metric column of the study table, in order
+METRIC_COLUMNS = (*METRICS, *GEOMETRY_METRICS)
+KEY_COLUMNS = ("scene", "kind", "block", "head")
+COUNT_COLUMNS = ("frames", "queries", "correspondence_pairs", "epipolar_pairs")
+SCHEMA = pa.schema(
+    [("scene", pa.string()), ("kind", pa.string()), ("block", pa.int32()), ("head", pa.int32())]
+    + [(c, pa.int32()) for c in COUNT_COLUMNS]
+    + [(m, pa.float64()) for m in METRIC_COLUMNS]
+)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """The same for every scene of a study. ``identity()`` is what resuming must match."""
+
+    model: str = DEFAULT_MODEL
+    grid: tuple[int, int] = (8, 8)
+    frame: int = 0
+    kinds: tuple[str, ...] = ("frame", "global")
+    blocks: str = "all"
+    mode: str = "crop"
+    image_size: int = 518
+    frames: int | None = None  # the first N photos of each scene (by name); None: all
+    top_k: int = 10
+    radius: int = 1
+    dtype: str = "auto"
+    device: str = "auto"
+    rrd: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kinds", check_kinds(tuple(self.kinds)))
+        object.__setattr__(self, "grid", tuple(int(v) for v in self.grid))
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}: valid are {', '.join(DTYPES)}")
+        if self.frames is not None and self.frames < 1:
+            raise UserError(f"frames must be >= 1 or None, got {self.frames}")
+        RecordingOptions(kinds=self.kinds, top_k=self.top_k, consistency_radius=self.radius)  # checks them
+
+    def identity(self) -> dict[str, Any]:
+        """The options that change results (not where the model runs, nor the optional .rrd)."""
+        return {k: v for k, v in self.to_json().items() if k not in ("device", "rrd")}
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["grid"], d["kinds"] = list(self.grid), list(self.kinds)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StudyOptions:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+
+    def recording_options(self) -> RecordingOptions:
+        return RecordingOptions(kinds=self.kinds, top_k=self.top_k, consistency_radius=self.radius)
+
+
+def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype | None]:
+    """(torch device, autocast dtype or None). ``auto``: CUDA when present; bf16 on Ampere or newer."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dtype == "auto":
+        if dev.type != "cuda":
+            return str(dev), None
+        return str(dev), torch.bfloat16 if torch.cuda.get_device_capability(dev)[0] >= 8 else torch.float16
+    return str(dev), None if dtype == "float32" else getattr(torch, dtype)
+
+
+def scene_images(scene: Scene, options: StudyOptions, patch_size: int) -> LoadedImages:
+    """The scene's photos as model input (the first ``options.frames`` by name when set)."""
+    paths = expand_image_paths([scene.path])
+    if options.frames is not None:
+        if len(paths) < options.frames:
+            raise UserError(f"scene {scene.name} has {len(paths)} photos, --frames {options.frames} needs that many")
+        paths = paths[: options.frames]
+    return load_images(paths, mode=options.mode, target_size=options.image_size, patch_size=patch_size)
+
+
+def capture_scene(model: torch.nn.Module, images: LoadedImages, options: StudyOptions,
+                  autocast: torch.dtype | None = None) -> CaptureResult:  # fmt: skip
+    """ONE forward pass: the rows of the query grid over ``options.frame`` in every chosen block."""
+    rows, cols = options.grid
+    blocks = parse_index_list(options.blocks, model_depth(model))
+    return capture_run(model, images, lambda lay: query_grid(lay, options.frame, rows, cols), blocks=blocks,
+                       options=options.recording_options(), autocast_dtype=autocast)  # fmt: skip
+
+
+def scene_table(name: str, result: CaptureResult, images: LoadedImages, options: StudyOptions) -> pa.Table:
+    """The scene's rows (see the module docstring): one per (kind, block, head), SCHEMA columns."""
+    rows = result.rows
+    l_, h_ = len(rows.blocks), rows.num_heads
+    parts = []
+    for kind in options.kinds:
+        summary = summarize(rows, kind, top_k=options.top_k).mean_over_queries()
+        cols: dict[str, Any] = {m: getattr(summary, m)[:, 0, :] for m in METRICS}  # [L, H] each
+        nan = np.full((l_, h_), np.nan)
+        geo = {m: nan for m in GEOMETRY_METRICS}
+        pairs = (0, 0)
+        if kind == "global":
+            cons = geometric_consistency(rows, result.predictions, radius=options.radius, transforms=images.transforms)
+            epi = epipolar_consistency(rows, result.predictions, peak_patch=cons.peak_patch)
+            geo = {
+                "correspondence_score": cons.score,
+                "correspondence_control": cons.control_score,
+                "correspondence_gain": cons.score - cons.control_score,
+                "epipolar_dist": epi.score,
+                "epipolar_control": epi.control_score,
+                "epipolar_gain": epi.control_score - epi.score,
+            }
+            pairs = (int(cons.valid.sum()), int(epi.valid.sum()))
+        cols.update(geo)
+        block, head = np.meshgrid(np.asarray(rows.blocks), np.arange(h_), indexing="ij")
+        n = l_ * h_
+        data = {
+            "scene": [name] * n,
+            "kind": [kind] * n,
+            "block": block.ravel(),
+            "head": head.ravel(),
+            "frames": np.full(n, rows.layout.num_frames),
+            "queries": np.full(n, len(rows.queries)),
+            "correspondence_pairs": np.full(n, pairs[0]),
+            "epipolar_pairs": np.full(n, pairs[1]),
+        }
+        data.update({m: np.asarray(cols[m], np.float64).ravel() for m in METRIC_COLUMNS})
+        parts.append(pa.Table.from_pydict(data, schema=SCHEMA))
+    return pa.concat_tables(parts)
+
+
+@dataclass
+class SceneOutcome:
+    """What one scene gave: its table (and .rrd bytes with ``--rrd``), or why it failed."""
+
+    scene: Scene
+    table: pa.Table | None = None
+    rrd: bytes | None = None
+    error: str | None = None
+    details: str = field(default="", repr=False)
+    seconds: float = 0.0
+
+
+def _reason(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    first = " ".join(lines[0].split()) if lines else ""
+    return first if isinstance(e, UserError) else f"{type(e).__name__}: {first}"
+
+
+class SceneRunner:
+    """Loads the model once, then runs scenes one by one; a failing scene becomes an outcome, never a raise."""
+
+    def __init__(self, options: StudyOptions, model: torch.nn.Module | None = None) -> None:
+        self.options = options
+        self.device, self.autocast = resolve_device(options.device, options.dtype)
+        self.model = model if model is not None else load_model(options.model, device=self.device)
+
+    def __call__(self, scene: Scene) -> SceneOutcome:
+        start = time.perf_counter()
+        try:
+            images = scene_images(scene, self.options, model_patch_size(self.model))
+            result = capture_scene(self.model, images, self.options, self.autocast)
+            table = scene_table(scene.name, result, images, self.options)
+            rrd = None
+            if self.options.rrd:
+                rrd = scene_recording_bytes(result, images, self.options.recording_options(), scene.name)
+            return SceneOutcome(scene, table, rrd, seconds=time.perf_counter() - start)
+        except Exception as e:  # one bad scene must not stop the study: it is reported instead
+            details = "" if isinstance(e, UserError) else traceback.format_exc()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # after an out-of-memory error the next scene may still fit
+            return SceneOutcome(scene, error=_reason(e), details=details, seconds=time.perf_counter() - start)

@@ -1,0 +1,170 @@
+"""Recordings of dataset mode: one scene's recording as bytes, and the dataset recording.
+
+The dataset recording shows a whole study (means over scenes) in the viewer::
+
+    dataset/summary                       TextDocument: the study's summary.md
+    dataset/legend                        TextDocument: how to read the matrices, color ranges
+    dataset/{kind}/matrix/{metric}        Image [L*cell, H*cell, 3]: block x head matrix of the mean
+                                          over scenes (rows = blocks, columns = heads), static, with
+                                          AnyValues ``values`` (the [L, H] means, row-major),
+                                          ``blocks``, ``vmin``, ``vmax``
+    dataset/{kind}/curve/{metric}         Scalars on the ``block`` timeline: the per-block curve (mean
+                                          over heads and scenes) and its 95% interval over scenes
+
+The caller (``batch.aggregate``) computes every number; this module only draws and lays out.
+Both recordings come back as ``.rrd`` bytes with the blueprint embedded; the caller writes them
+(atomically) where they belong.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import rerun as rr
+import rerun.blueprint as rrb
+
+from vggt_attn_rerun.analysis.summaries import block_head_matrix
+from vggt_attn_rerun.core.capture import CaptureResult
+from vggt_attn_rerun.core.images import LoadedImages
+from vggt_attn_rerun.viz import colormap
+from vggt_attn_rerun.viz.blueprint import default_blueprint_for
+from vggt_attn_rerun.viz.log_run import log_run
+from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.paths import APPLICATION_ID
+
+_ID_NAMESPACE = uuid.UUID("0d6c2a8e-41c4-4b7e-9d0e-3f5a9b1c7e21")
+SUMMARY_PATH = "dataset/summary"
+LEGEND_PATH = "dataset/legend"
+CURVE_SERIES = ("mean", "95% low", "95% high")
+
+
+def matrix_path(kind: str, metric: str) -> str:
+    return f"dataset/{kind}/matrix/{metric}"
+
+
+def curve_path(kind: str, metric: str) -> str:
+    return f"dataset/{kind}/curve/{metric}"
+
+
+@dataclass
+class DatasetMatrix:
+    """A block x head matrix of one metric: ``values [L, H]`` drawn on ``vmin..vmax``."""
+
+    kind: str
+    metric: str
+    values: np.ndarray
+    vmin: float
+    vmax: float
+
+
+@dataclass
+class DatasetCurve:
+    """A per-block curve of one metric: ``mean``, ``low``, ``high`` are ``[L]``."""
+
+    kind: str
+    metric: str
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+def _recording_bytes(rec: rr.RecordingStream, stream: rr.BinaryStream) -> bytes:
+    rec.flush()
+    data = stream.read(flush=True)
+    return data or b""
+
+
+def scene_recording_bytes(result: CaptureResult, images: LoadedImages, options: RecordingOptions, name: str) -> bytes:
+    """One scene's full recording (as the main command makes it, default blueprint embedded) as .rrd bytes."""
+    rec = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid5(_ID_NAMESPACE, f"scene/{name}"))
+    stream = rec.binary_stream()
+    rec.send_blueprint(default_blueprint_for(result, options), make_active=True, make_default=True)
+    log_run(rec, result, images, options)
+    return _recording_bytes(rec, stream)
+
+
+def dataset_blueprint(kinds: Sequence[str], matrices: Sequence[DatasetMatrix], curves: Sequence[DatasetCurve]):
+    """One tab per kind (matrices above, curves below), then the summary text; ``block`` timeline active."""
+    tabs = []
+    for kind in kinds:
+        mats = [
+            rrb.Spatial2DView(origin=matrix_path(kind, m.metric), name=m.metric) for m in matrices if m.kind == kind
+        ]
+        lines = [rrb.TimeSeriesView(origin=curve_path(kind, c.metric), name=c.metric) for c in curves if c.kind == kind]
+        legend = rrb.TextDocumentView(origin=LEGEND_PATH, name="legend")
+        tabs.append(
+            rrb.Vertical(
+                rrb.Grid(*mats, legend, grid_columns=5, name="block x head (mean over scenes)"),
+                rrb.Grid(*lines, grid_columns=6, name="per-block curves"),
+                row_shares=[3, 2],
+                name=f"{kind} attention",
+            )
+        )
+    tabs.append(rrb.TextDocumentView(origin=SUMMARY_PATH, name="summary"))
+    root = rrb.Tabs(*tabs)
+    _stable_ids(root, "dataset")
+    return rrb.Blueprint(root, rrb.TimePanel(state="collapsed", timeline="block"), collapse_panels=True)
+
+
+def _stable_ids(node: rrb.Container | rrb.View, path: str) -> None:
+    """Ids from the node's place in the layout: the same study gives the same blueprint."""
+    node.id = uuid.uuid5(_ID_NAMESPACE, path)
+    for j, child in enumerate(node.contents if isinstance(node, rrb.Container) else ()):
+        _stable_ids(child, f"{path}/{j}")
+
+
+def _legend(blocks: Sequence[int], num_heads: int, matrices: Sequence[DatasetMatrix], cmap: str) -> str:
+    lines = [
+        "# Block x head matrices (mean over scenes)",
+        "",
+        f"**Rows = blocks** (top to bottom: {', '.join(map(str, blocks))}), **columns = heads** "
+        f"(left to right: 0..{num_heads - 1}). Colormap {cmap}: dark = low end, bright = high end; gray = no value.",
+        "Exact values: the matrix entity's `values` (hover it in the selection panel).",
+        "",
+        "| matrix | range |",
+        "|---|---|",
+    ]
+    lines += [f"| `{m.kind}/{m.metric}` | {m.vmin:.4g} .. {m.vmax:.4g} |" for m in matrices]
+    return "\n".join(lines)
+
+
+def dataset_recording_bytes(
+    blocks: Sequence[int],
+    num_heads: int,
+    matrices: Sequence[DatasetMatrix],
+    curves: Sequence[DatasetCurve],
+    summary_markdown: str,
+    *,
+    cmap: str = "inferno",
+    cell: int = 12,
+) -> bytes:
+    """The dataset recording (module docstring) with its blueprint embedded, as .rrd bytes."""
+    kinds = list(dict.fromkeys([m.kind for m in matrices] + [c.kind for c in curves]))
+    rec = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid5(_ID_NAMESPACE, "dataset"))
+    stream = rec.binary_stream()
+    rec.send_blueprint(dataset_blueprint(kinds, matrices, curves), make_active=True, make_default=True)
+    md = rr.MediaType.MARKDOWN
+    rec.log(SUMMARY_PATH, rr.TextDocument(summary_markdown, media_type=md), static=True)
+    rec.log(LEGEND_PATH, rr.TextDocument(_legend(blocks, num_heads, matrices, cmap), media_type=md), static=True)
+    lut = colormap.lut(cmap)
+    block_index = np.asarray(blocks, np.int64)
+    for m in matrices:
+        rgb = block_head_matrix(m.values, lut, cell, m.vmin, m.vmax)
+        extra = rr.AnyValues(values=np.asarray(m.values, np.float64).ravel(), blocks=block_index,
+                             vmin=float(m.vmin), vmax=float(m.vmax))  # fmt: skip
+        rec.log(matrix_path(m.kind, m.metric), rr.Image(rgb), extra, static=True)
+    for c in curves:
+        path = curve_path(c.kind, c.metric)
+        rec.log(path, rr.SeriesLines(names=list(CURVE_SERIES), colors=[(255, 255, 255), (120, 160, 255),
+                                                                        (120, 160, 255)],
+                                     widths=[2.5, 1.0, 1.0]), static=True)  # fmt: skip
+        values = np.stack([c.mean, c.low, c.high], axis=1).astype(np.float64)
+        rec.send_columns(
+            path,
+            indexes=[rr.TimeColumn("block", sequence=block_index)],
+            columns=rr.Scalars.columns(scalars=values.reshape(-1)).partition(lengths=[3] * len(values)),
+        )
+    return _recording_bytes(rec, stream)
