@@ -35,6 +35,7 @@ class StudyReport:
     done: int
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    first_seconds: float = 0.0  # until the first scene came back (model loading, Ray workers starting)
     table_seconds: float = 0.0  # writing the per-scene files
 
     @property
@@ -112,6 +113,8 @@ def run_study(
         with contextlib.closing(outcomes), _progress(len(pending), progress) as bar:
             for outcome in outcomes:
                 t0 = time.perf_counter()
+                if not report.first_seconds:
+                    report.first_seconds = t0 - start
                 folder.save(outcome)
                 report.table_seconds += time.perf_counter() - t0
                 if outcome.error is None:

@@ -1,0 +1,56 @@
+"""The Ray Data engine gives the same tables as the local engine (runs when Ray Data is installed).
+
+Ray starts here with 2 CPUs and 2 workers (one tiny model each); scenes: 4 synthetic ones, one of
+them corrupt, so failures travel back from the workers too.
+"""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.test_batch import OPTIONS, make_scenes
+from vggt_attn_rerun.batch.engines import RaySettings
+from vggt_attn_rerun.batch.study import run_study
+
+ray = pytest.importorskip("ray", reason="the ray engine needs the [ray] extra")
+pytest.importorskip("ray.data", reason="the ray engine needs Ray Data (the [ray] extra)")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _assert_same_table(a, b):
+    assert a.schema == b.schema and a.num_rows == b.num_rows
+    for name in a.column_names:
+        x, y = a[name].to_numpy(zero_copy_only=False), b[name].to_numpy(zero_copy_only=False)
+        if x.dtype.kind == "f":
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=name)
+        else:
+            assert (x == y).all(), name
+
+
+def test_local_and_ray_engines_give_equal_tables(tmp_path, local_ray):
+    scenes = make_scenes(tmp_path / "scenes", ["a", "b", "d"])
+    (scenes / "c").mkdir()
+    (scenes / "c" / "00.png").write_bytes(b"corrupt")
+    local = run_study(scenes, tmp_path / "local", OPTIONS, progress=False)
+    remote = run_study(scenes, tmp_path / "ray", OPTIONS, engine="ray", ray=RaySettings(workers=2), progress=False)
+    assert (remote.done, remote.failed) == (local.done, local.failed) == (3, ["c"])
+    for name in ("scenes.parquet", "summary.parquet"):
+        _assert_same_table(pq.read_table(tmp_path / "local" / name), pq.read_table(tmp_path / "ray" / name))
+    failure = json.loads((tmp_path / "ray" / "failures.jsonl").read_text())
+    assert failure["scene"] == "c" and "cannot read image" in failure["reason"]
+
+
+def test_more_gpus_per_worker_than_the_cluster_has_is_refused(tmp_path, local_ray):
+    from vggt_attn_rerun.errors import UserError
+
+    scenes = make_scenes(tmp_path / "scenes", ["a"])
+    with pytest.raises(UserError, match="has 0 GPUs"):
+        run_study(scenes, tmp_path / "out", OPTIONS, engine="ray", ray=RaySettings(gpus_per_worker=1), progress=False)
