@@ -59,8 +59,9 @@ def _engine_row(name: str, report: Any, workers: int, threads: int, startup: flo
     }
 
 
-def table_write_ms(rows: int, repeats: int = 20) -> float:
-    """Median ms to write one scene's table of ``rows`` rows (atomic Parquet), random values."""
+def table_costs(rows: int, repeats: int = 20) -> tuple[float, int]:
+    """One scene's table of ``rows`` rows (random values): median ms to write it (atomic Parquet),
+    and its size in bytes as it travels from a Ray worker (Arrow IPC)."""
     import numpy as np
     import pyarrow as pa
 
@@ -78,7 +79,9 @@ def table_write_ms(rows: int, repeats: int = 20) -> float:
             t0 = time.perf_counter()
             write_table_atomic(Path(d) / f"{i}.parquet", table)
             times.append(time.perf_counter() - t0)
-    return 1000 * sorted(times)[len(times) // 2]
+    from vggt_attn_rerun.batch.engines import table_to_bytes
+
+    return 1000 * sorted(times)[len(times) // 2], len(table_to_bytes(table))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "machine": machine_info("cpu"),
             "engines": rows,
             "aggregate_s": aggregate_s,
-            "table_write_ms_vggt": table_write_ms(2 * 24 * 16),
+            "table_vggt": dict(zip(("write_ms", "ipc_bytes"), table_costs(2 * 24 * 16), strict=True)),
             "rows_per_scene": 2 * 4 * 4,
         }
     finally:
@@ -149,7 +152,8 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"Aggregate (scenes.parquet, summary.parquet, summary.md, summary.rrd): {data['aggregate_s']:.2f} s.",
         f"Writing one scene's table at VGGT-1B's size (2 kinds x 24 blocks x 16 heads = 768 rows, atomic Parquet):"
-        f" {data['table_write_ms_vggt']:.1f} ms (median of 20).",
+        f" {data['table_vggt']['write_ms']:.1f} ms (median of 20); {data['table_vggt']['ipc_bytes'] / 1024:.0f} KiB"
+        " as Arrow IPC (what a Ray worker sends back).",
     ]
     return "\n".join(lines) + "\n"
 

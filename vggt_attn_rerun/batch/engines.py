@@ -112,8 +112,11 @@ def run_ray(scenes: Sequence[Scene], options: StudyOptions, settings: RaySetting
         return
     started = not ray.is_initialized()
     if started:
-        ray.init(address=settings.address, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=True)  # fmt: skip
+        try:
+            ray.init(address=settings.address, include_dashboard=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"the Ray cluster at {settings.address}" if settings.address else "a local Ray instance"
+            raise UserError(f"cannot start or reach {where} ({' '.join(str(e).split())[:300]})") from None
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the study has its own progress bar

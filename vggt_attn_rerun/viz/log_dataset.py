@@ -93,7 +93,14 @@ def dataset_blueprint(kinds: Sequence[str], matrices: Sequence[DatasetMatrix], c
         mats = [
             rrb.Spatial2DView(origin=matrix_path(kind, m.metric), name=m.metric) for m in matrices if m.kind == kind
         ]
-        lines = [rrb.TimeSeriesView(origin=curve_path(kind, c.metric), name=c.metric) for c in curves if c.kind == kind]
+        # No plot legend: it would hide most of these small plots; the legend document names the series.
+        lines = [
+            rrb.TimeSeriesView(
+                origin=curve_path(kind, c.metric), name=c.metric, plot_legend=rrb.PlotLegend(visible=False)
+            )
+            for c in curves
+            if c.kind == kind
+        ]
         legend = rrb.TextDocumentView(origin=LEGEND_PATH, name="legend")
         tabs.append(
             rrb.Vertical(
@@ -123,6 +130,8 @@ def _legend(blocks: Sequence[int], num_heads: int, matrices: Sequence[DatasetMat
         f"**Rows = blocks** (top to bottom: {', '.join(map(str, blocks))}), **columns = heads** "
         f"(left to right: 0..{num_heads - 1}). Colormap {cmap}: dark = low end, bright = high end; gray = no value.",
         "Exact values: the matrix entity's `values` (hover it in the selection panel).",
+        "Curves (below the matrices, on the `block` timeline): the white line is the mean over heads and",
+        "scenes, the blue lines the 95% interval over scenes.",
         "",
         "| matrix | range |",
         "|---|---|",
