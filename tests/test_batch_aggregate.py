@@ -23,8 +23,10 @@ def test_t_quantile_matches_printed_tables(df, want):
     assert t_quantile(0.975, df) == pytest.approx(want, abs=6e-4)
 
 
-def test_t_quantile_approaches_the_normal_quantile():
+def test_t_quantile_approaches_the_normal_quantile_smoothly_across_its_large_df_formula():
     assert t_quantile(0.975, 100_000) == pytest.approx(1.95996, abs=1e-4)
+    a, b, c = (t_quantile(0.975, df) for df in (1000, 1001, 1002))  # series, then expansion
+    assert a > b > c and a - b == pytest.approx(b - c, rel=1e-2)
 
 
 def test_mean_interval_is_students_t_interval_of_the_finite_values():
