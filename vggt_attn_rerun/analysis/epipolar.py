@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vggt_attn_rerun.analysis.consistency import _prediction
+from vggt_attn_rerun.analysis.visibility import _prediction, _query_patches
 from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query
@@ -208,7 +208,7 @@ def epipolar_consistency(
     fund, baseline = fundamental_matrices(extr, intr)
 
     frames = np.array([q.frame for q in queries], np.int64)
-    qpatch = np.array([q.patch(lay) or (-1, -1) for q in queries], np.int64).reshape(-1, 2)
+    qpatch = _query_patches(queries, lay)
     has_patch = qpatch[:, 0] >= 0
     query_xy = np.where(has_patch[:, None], (qpatch[:, ::-1] + 0.5) * ps, np.nan)  # (x, y)
     status = np.full((len(queries), s_), VALID, np.int8)
