@@ -4,6 +4,7 @@ Scenes are made here: 2 synthetic photos of 56x84 pixels each (VGGT's crop at --
 a 2x2 query grid, the tiny model (4 blocks x 4 heads, both kinds): 32 rows per scene.
 """
 
+import io
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image
 from vggt_attn_rerun.batch import store
 from vggt_attn_rerun.batch.inputs import Scene, discover_scenes
 from vggt_attn_rerun.batch.job import METRIC_COLUMNS, SCHEMA, SceneRunner, StudyOptions
+from vggt_attn_rerun.batch.progress import LogProgress
 from vggt_attn_rerun.batch.study import run_study
 from vggt_attn_rerun.cli.main import run
 from vggt_attn_rerun.errors import UserError
@@ -220,7 +222,8 @@ def test_the_cli_runs_a_study_and_refuses_bad_input_before_the_model(tmp_path, c
     args = ["batch", str(scenes), "--out", str(tmp_path / "out"), "--model", "tiny", "--query-grid", "2x2",
             "--image-size", "84"]  # fmt: skip
     assert run(args) == 0
-    assert "1 scenes done, 0 skipped" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "1 scenes done, 0 skipped" in err and "scenes 1/1 (100%)" in err  # progress, as a log line
     assert run(args) == 0 and "0 scenes done, 1 skipped" in capsys.readouterr().err
     assert run([*args[:3], str(tmp_path / "out2"), "--workers", "2"]) == 2
     assert "only with --engine ray" in capsys.readouterr().err
@@ -228,6 +231,19 @@ def test_the_cli_runs_a_study_and_refuses_bad_input_before_the_model(tmp_path, c
     assert run([*args[:3], str(scenes / "inside"), "--model", "tiny"]) == 2
     assert "inside SCENES" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_progress_in_a_log_is_a_line_per_interval_with_scenes_per_second_and_an_eta():
+    now, out = [0.0], io.StringIO()
+    bar = LogProgress(4, interval=10, stream=out, clock=lambda: now[0])
+    for t, failed in ((5, 0), (10, 0), (12, 1), (16, 1)):  # the last scene always reports
+        now[0] = t
+        bar.set_postfix(failed=failed)
+        bar.update()
+    assert out.getvalue().splitlines() == [
+        "scenes 2/4 (50%), 0.2 scenes/s, ETA 00:10, 0 failed",
+        "scenes 4/4 (100%), 0.25 scenes/s, ETA 00:00, 1 failed",
+    ]
 
 
 def test_every_metric_column_is_in_the_schema():

@@ -3,5 +3,6 @@
 ``inputs`` finds the scenes (a folder of scene folders, or a manifest), ``job`` runs one scene
 (one forward pass, then the analysis into table rows), ``store`` owns the output folder (atomic
 per-scene files, resume, failures.jsonl), ``engines`` runs the jobs in-process or on Ray Data,
-``aggregate`` makes the dataset table and its markdown, and ``study`` ties them together.
+``aggregate`` makes the dataset table and its markdown, ``progress`` reports scenes/s and the
+ETA, and ``study`` ties them together.
 """

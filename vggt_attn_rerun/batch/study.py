@@ -20,6 +20,7 @@ from vggt_attn_rerun.batch.aggregate import aggregate, dataset_views, summary_ma
 from vggt_attn_rerun.batch.engines import ENGINES, RaySettings, run_local, run_ray
 from vggt_attn_rerun.batch.inputs import Scene, discover_scenes
 from vggt_attn_rerun.batch.job import StudyOptions
+from vggt_attn_rerun.batch.progress import progress as progress_bar
 from vggt_attn_rerun.batch.store import StudyFolder, write_bytes_atomic, write_table_atomic
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.log_dataset import dataset_recording_bytes
@@ -42,13 +43,6 @@ class StudyReport:
     def scenes_per_second(self) -> float:
         ran = self.done + len(self.failed)
         return ran / self.seconds if self.seconds > 0 else float("nan")
-
-
-def _progress(total: int, show: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    # disable=None: a bar on a terminal only; tqdm's rate is scenes/s and it shows the ETA.
-    return tqdm(total=total, desc="scenes", unit="scene", file=sys.stderr, disable=None if show else True)
 
 
 def write_aggregate(folder: StudyFolder, scenes: list[Scene]) -> int:
@@ -95,7 +89,7 @@ def run_study(
         options: the same for every scene; must equal the options of a study being resumed.
         engine: "local" or "ray"; ray: its settings (RaySettings()).
         model: an already loaded model for the local engine (default: load ``options.model``).
-        progress: a progress bar on stderr (shown on terminals only).
+        progress: show progress on stderr (batch.progress: a bar on a terminal, else log lines).
     """
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r}: valid are {', '.join(ENGINES)}")
@@ -110,7 +104,7 @@ def run_study(
         else:
             outcomes = run_ray(pending, options, ray or RaySettings())
         start = time.perf_counter()
-        with contextlib.closing(outcomes), _progress(len(pending), progress) as bar:
+        with contextlib.closing(outcomes), progress_bar(len(pending), progress) as bar:
             for outcome in outcomes:
                 t0 = time.perf_counter()
                 if not report.first_seconds:
