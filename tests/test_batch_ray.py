@@ -12,6 +12,7 @@ import pytest
 
 from tests.test_batch import OPTIONS, make_scenes
 from vggt_attn_rerun.batch.engines import RaySettings
+from vggt_attn_rerun.batch.job import StudyOptions
 from vggt_attn_rerun.batch.study import run_study
 
 ray = pytest.importorskip("ray", reason="the ray engine needs the [ray] extra")
@@ -54,3 +55,12 @@ def test_more_gpus_per_worker_than_the_cluster_has_is_refused(tmp_path, local_ra
     scenes = make_scenes(tmp_path / "scenes", ["a"])
     with pytest.raises(UserError, match="has 0 GPUs"):
         run_study(scenes, tmp_path / "out", OPTIONS, engine="ray", ray=RaySettings(gpus_per_worker=1), progress=False)
+
+
+def test_a_model_that_does_not_load_on_the_workers_ends_the_study_in_one_line(tmp_path, local_ray):
+    from vggt_attn_rerun.errors import UserError
+
+    scenes = make_scenes(tmp_path / "scenes", ["a"])
+    broken = StudyOptions(model="json:loads", grid=(2, 2), image_size=84)  # a callable that raises TypeError
+    with pytest.raises(UserError, match=r"a Ray worker failed \(TypeError: .*run the same command again"):
+        run_study(scenes, tmp_path / "out", broken, engine="ray", ray=RaySettings(workers=1), progress=False)

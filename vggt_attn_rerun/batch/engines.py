@@ -135,7 +135,17 @@ def run_ray(scenes: Sequence[Scene], options: StudyOptions, settings: RaySetting
             num_cpus=1,
         )
         by_name = {s.name: s for s in scenes}
-        for row in ds.iter_rows():
+        rows = iter(ds.iter_rows())
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except ray.exceptions.RayError as e:  # a worker died: its model did not load, it was killed, ...
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                cause = lines[-1][:300] if lines else type(e).__name__  # Ray puts the worker's own error last
+                raise UserError(f"a Ray worker failed ({cause}); the scenes done so far are saved: "
+                                "run the same command again to go on") from e  # fmt: skip
             table = table_from_bytes(row["table"]) if row["table"] is not None else None
             yield SceneOutcome(by_name[row["name"]], table, row["rrd"], row["error"], row["details"] or "",
                                float(row["seconds"]))  # fmt: skip
