@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from vggt_attn_rerun.core.introspect import KINDS
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.io.atomic import write_file
 from vggt_attn_rerun.io.npzsafe import CheckedNpz, NpzDamaged, read_bound, read_identity
 from vggt_attn_rerun.io.runextra import extra_members
 
@@ -184,23 +184,7 @@ def save_run(
     members = _members(result, images, extra, probs_dtype)
     if path.is_dir():
         raise UserError(f"cannot save run to {path}: it is a folder, give a file name such as run.npz")
-    # O_EXCL with mode 0o666 gives the file the usual permissions (the umask applies).
-    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as e:
-        raise UserError(f"cannot save run to {path}: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **members)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise UserError(f"cannot save run to {path}: {e.strerror or e}") from e
-        raise
+    write_file(path, lambda f: np.savez_compressed(f, **members), overwrite=True, action=f"save run to {path}")
     return path
 
 
