@@ -1,15 +1,20 @@
-"""Where a recording goes: a spawned viewer, a running viewer, a web viewer, an .rrd file, or several.
+"""Where a recording goes, by Rerun's script conventions: a viewer, a file, a pipe, or several.
 
-The CLI plans the sinks first (``plan_sinks``: cheap checks, before the model loads), then wraps
-the logging in ``open_sinks``. A saved file is written under a temporary name in the target
-folder and renamed onto the final name only when the recording is complete, so an error or
-Ctrl-C never leaves a partial file under the name the user asked for.
+Rerun's own scripts (``rr.script_add_args`` / ``rr.script_setup``) pick ONE sink in this order:
+``--stdout`` > ``--serve`` > ``--connect`` > ``--save`` > spawn a viewer unless ``--headless``.
+``plan_sinks`` follows that order for the default (a viewer is spawned only when no other
+output was asked for), and lets ``--save`` go along with a viewer (``--spawn``, ``--connect``,
+``--serve``): the file is written as well. ``--stdout`` pipes the recording and nothing else.
+
+A saved recording is never written piecemeal under its final name: the data is buffered
+(a Rerun ``BinaryStream``), written under a temporary name when the run is complete and moved
+in place with the other files of the run by ``io.atomic.commit`` (all or nothing). So an error,
+a full disk or Ctrl-C leaves no partial file, and a full disk is reported in one line.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import sys
@@ -19,12 +24,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.io.atomic import PARTIAL_MARK, PendingFile, write_pending
+from vggt_attn_rerun.viz.paths import APPLICATION_ID
 
 if TYPE_CHECKING:  # rerun is imported where it is used: the checks above need none of it
+    import argparse
+
     import rerun as rr
     import rerun.blueprint as rrb
 
@@ -32,7 +41,6 @@ DEFAULT_URL = "rerun+http://127.0.0.1:9876/proxy"
 URL_SCHEMES = ("rerun://", "rerun+http://", "rerun+https://")
 VIEWER_PORT = 9876
 WEB_PORT = 9090
-PARTIAL_MARK = ".partial-"
 # A viewer that went away must not hang the CLI forever in flush.
 FLUSH_TIMEOUT_S = 60.0
 # Long enough for a viewer on another machine, short enough not to look like a hang.
@@ -41,24 +49,31 @@ PROBE_TIMEOUT_S = 3.0
 
 @dataclass(frozen=True)
 class SinkPlan:
-    """The sinks of one run.
+    """The sinks of one run (see ``plan_sinks``).
 
     Attributes:
-        save: final path of the .rrd file, or None.
-        spawn: start a native viewer and stream to it.
+        save: final path of the .rrd file, or None; ``overwrite``: it may replace a file.
+        spawn: start a native viewer and stream to it; ``viewer``: the ``rerun`` executable.
+        stdout: stream the recording to standard output (exclusive: nothing else goes there).
         connect: URL of a running viewer to stream to, or None.
         serve: host a gRPC server and a web viewer, and keep serving until Ctrl-C.
-        viewer: path of the ``rerun`` executable (only when spawning).
     """
 
     save: Path | None = None
     spawn: bool = False
+    stdout: bool = False
     connect: str | None = None
     serve: bool = False
+    overwrite: bool = False
     viewer: str | None = None
     grpc_port: int = VIEWER_PORT
     web_port: int = WEB_PORT
     open_browser: bool = True
+
+    @property
+    def empty(self) -> bool:
+        """Nothing receives the recording (``--export --headless``: capture and export only)."""
+        return not (self.save or self.spawn or self.stdout or self.connect or self.serve)
 
     def describe(self) -> str:
         parts = []
@@ -66,6 +81,8 @@ class SinkPlan:
             parts.append(f"saved {self.save}")
         if self.spawn:
             parts.append("sent to the spawned viewer")
+        if self.stdout:
+            parts.append("written to stdout")
         if self.connect:
             parts.append(f"sent to {self.connect}")
         if self.serve:
@@ -121,8 +138,10 @@ def check_output_path(
     """Refuse an output path that cannot work, before any expensive work is done.
 
     The folder must exist and take a new file (probed by creating and removing one, since
-    permission bits say nothing for root or ACLs); the name must end in ``suffix`` and the file
-    must not exist unless ``overwrite``. Errors name the ``option`` (``--save``, ``--export``).
+    permission bits say nothing for root or ACLs); the name must end in ``suffix`` and nothing
+    may be there unless ``overwrite``. A symbolic link counts as taken: with ``overwrite`` the
+    link itself is replaced by the new file, the file it points to is left as it is (see
+    ``io.atomic``). Errors name the ``option`` (``--save``, ``--export``).
     """
     target = Path(path).expanduser()
     if target.suffix.lower() != suffix:
@@ -134,8 +153,9 @@ def check_output_path(
         raise UserError(f"{option} {path}: {folder} is not a folder")
     if target.is_dir():
         raise UserError(f"{option} {path}: is a folder; give a file name ending in {suffix}")
-    if target.exists() and not overwrite:
-        raise UserError(f"{option} {path}: file exists; pass --overwrite to replace it")
+    if os.path.lexists(target) and not overwrite:
+        what = "is a symbolic link" if target.is_symlink() else "file exists"
+        raise UserError(f"{option} {path}: {what}; pass --overwrite to replace it")
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{target.name}{PARTIAL_MARK}", suffix=suffix, dir=folder)
     except OSError as e:
@@ -156,57 +176,87 @@ def find_viewer() -> str:
         # The viewer would die at once and the run would fail only when flushing, after all the work.
         raise UserError(
             "no display to open the Rerun viewer on (DISPLAY and WAYLAND_DISPLAY are not set): use "
-            "--save out.rrd --headless, --serve (web viewer), or --connect URL"
+            "--save out.rrd, --stdout | rerun -, --serve (web viewer) or --connect"
         )
     found = shutil.which("rerun") or shutil.which("rerun", path=str(Path(sys.executable).parent))
     if not found:
         raise UserError(
             "the Rerun viewer (the `rerun` executable of rerun-sdk) was not found on PATH: activate the "
-            "environment that has rerun-sdk, or use --save out.rrd --headless, --connect or --serve"
+            "environment that has rerun-sdk, or use --save out.rrd, --connect or --serve"
         )
     return found
 
 
+def check_stdout_is_a_pipe() -> None:
+    """Refuse --stdout on a terminal: Rerun would buffer the recording and show nothing."""
+    if sys.stdout.isatty():
+        raise UserError("--stdout: standard output is a terminal; pipe it into the viewer: ... --stdout | rerun -")
+
+
 def plan_sinks(
-    save: str | None = None,
+    save: str | os.PathLike[str] | None = None,
     connect: str | None = None,
     serve: bool = False,
     headless: bool = False,
     overwrite: bool = False,
+    *,
+    spawn: bool = False,
+    stdout: bool = False,
+    allow_none: bool = False,
     open_browser: bool = True,
 ) -> SinkPlan:
-    """Check the sink options and decide the sinks. Spawning a viewer is the default, as in
-    Rerun's own scripts; --headless, --connect and --serve replace it."""
+    """Check the sink options and decide the sinks (cheap: before the model loads).
+
+    A viewer is spawned when asked (``spawn``) or when no other output is (Rerun's default:
+    ``--save`` alone only writes the file). ``stdout`` excludes every other sink. ``allow_none``:
+    the caller has another output (``--export``): no viewer by default, and an empty plan is fine.
+    """
+    others = [flag for flag, on in (("--save", save), ("--connect", connect), ("--serve", serve), ("--spawn", spawn))
+              if on]  # fmt: skip
+    if stdout and others:
+        raise UserError(
+            f"--stdout sends the recording down the pipe only: drop {', '.join(others)} "
+            f"(to keep a file too: ... --stdout | rerun - --save out.rrd)"
+        )
+    if spawn and headless:
+        raise UserError("--spawn and --headless contradict each other: give one")
     save_path = check_save_path(save, overwrite) if save else None
     url = check_url(connect) if connect else None
     if url:
         check_viewer_listening(url)
-    spawn = not (headless or url or serve)
+    if stdout:
+        check_stdout_is_a_pipe()
+    spawn = spawn or not (headless or stdout or serve or url or save_path or allow_none)
     if serve:
         check_port_free(VIEWER_PORT, "gRPC server")
         check_port_free(WEB_PORT, "web viewer")
-    if not (spawn or save_path or url or serve):
-        raise UserError("--headless alone would discard the recording: add --save out.rrd (or --connect/--serve)")
-    return SinkPlan(
-        save=save_path,
-        spawn=spawn,
-        connect=url,
-        serve=serve,
-        viewer=find_viewer() if spawn else None,
-        open_browser=open_browser,
-    )
+    plan = SinkPlan(save=save_path, spawn=spawn, stdout=stdout, connect=url, serve=serve, overwrite=overwrite,
+                    viewer=find_viewer() if spawn else None, open_browser=open_browser)  # fmt: skip
+    if plan.empty and not allow_none:
+        raise UserError(
+            "--headless alone would discard the recording: add --save out.rrd (or --stdout/--connect/--serve)"
+        )
+    return plan
 
 
-def _umask() -> int:
-    # os.umask can only be read by setting it, which races with threads that create files
-    # (Rerun's sink threads do); Linux reports it in /proc instead.
-    try:
-        m = re.search(r"^Umask:\s*([0-7]+)", Path("/proc/self/status").read_text(), re.MULTILINE)
-        if m:
-            return int(m.group(1), 8)
-    except OSError:
-        pass
-    return 0o022
+def script_setup(args: argparse.Namespace, application_id: str = APPLICATION_ID, **kwargs: Any) -> rr.RecordingStream:
+    """``rr.script_setup`` for scripts using ``rr.script_add_args``, but a viewer that cannot be
+    spawned (no display, no ``rerun`` executable) ends the script with one ``error:`` line and
+    exit code 1, instead of Rerun's log lines and exit code 0."""
+    import rerun as rr  # noqa: F811 - the real module, not the TYPE_CHECKING name
+
+    spawns = not (args.stdout or args.serve or args.connect or args.save is not None or args.headless)
+    if spawns:
+        try:
+            find_viewer()
+        except UserError as e:
+            raise SystemExit(f"error: {e}") from None
+    return rr.script_setup(args, application_id, **kwargs)
+
+
+def write_recording(f: BinaryIO, data: bytes) -> None:
+    """Write a buffered recording to an open file (the one place a saved .rrd is written)."""
+    f.write(data)
 
 
 class OpenSinks:
@@ -216,21 +266,22 @@ class OpenSinks:
         self.recording = recording
         self.plan = plan
         self.blueprint = blueprint
-        self.partial: Path | None = None
+        self.buffer: Any = None  # rr.BinaryStream holding the recording for --save
         self.server_uri: str | None = None
-        self.committed = False
 
     def start(self) -> None:
         import rerun as rr  # noqa: F811 - the real module, not the TYPE_CHECKING name
 
-        sinks: list[Any] = []
         plan = self.plan
+        if plan.stdout:
+            self.recording.stdout(default_blueprint=self.blueprint)
+            return
+        sinks: list[Any] = []
         if plan.save is not None:
-            # mkstemp reserves a unique name, so two runs saving to the same folder cannot collide.
-            fd, name = tempfile.mkstemp(prefix=f".{plan.save.name}{PARTIAL_MARK}", suffix=".rrd", dir=plan.save.parent)
-            os.close(fd)
-            self.partial = Path(name)
-            sinks.append(rr.FileSink(self.partial))
+            # In memory until the run is complete (a few MB at VGGT-1B size): the file is then
+            # written whole, by us, so a full disk is one clear error and never a partial file.
+            self.buffer = self.recording.binary_stream()
+            sinks.append(self.buffer)
         if plan.spawn:
             self._spawn(rr)
             sinks.append(rr.GrpcSink(f"rerun+http://127.0.0.1:{plan.grpc_port}/proxy"))
@@ -264,37 +315,31 @@ class OpenSinks:
             rr.spawn(port=plan.grpc_port, connect=False, executable_path=plan.viewer, recording=self.recording)
         except RuntimeError as e:  # Rerun reports a viewer that cannot start as a RuntimeError
             raise UserError(
-                f"the Rerun viewer could not be started ({e}); use --save out.rrd --headless, --serve or --connect"
+                f"the Rerun viewer could not be started ({e}); use --save out.rrd, --stdout, --serve or --connect"
             ) from e
 
-    def commit(self) -> None:
-        """Flush everything, then move the finished file onto its final name (atomically)."""
-        if self.committed:
-            return
+    def finish(self) -> list[PendingFile]:
+        """Deliver everything to the viewers, and write the .rrd under a temporary name.
+
+        Returns the pending file (``io.atomic.commit`` moves it onto ``--save`` together with the
+        run's other files), or [] without --save.
+        """
         try:
             self.recording.flush(timeout_sec=FLUSH_TIMEOUT_S)
         except RuntimeError as e:  # Rerun reports a timeout as a plain RuntimeError
-            raise UserError(
-                f"the recording could not be delivered within {FLUSH_TIMEOUT_S:g} s ({e}); "
-                f"did the viewer close? Use --save out.rrd to keep a copy"
-            ) from e
-        if self.partial is not None:
-            _finalize_files(self.recording)
-            with open(self.partial, "rb") as f:
-                os.fsync(f.fileno())  # the rename must not become visible before the data
-            os.chmod(self.partial, 0o666 & ~_umask())  # mkstemp made it private (0600)
-            os.replace(self.partial, self.plan.save)
-            self.partial = None
-        self.committed = True
+            where = "to the viewer (did it close?)" if not self.plan.stdout else "down the pipe"
+            raise UserError(f"the recording could not be delivered {where} within {FLUSH_TIMEOUT_S:g} s ({e})") from e
+        if self.buffer is None:
+            return []
+        data = self.buffer.read(flush=True, flush_timeout_sec=FLUSH_TIMEOUT_S) or b""
+        save = self.plan.save
+        assert save is not None
+        return [write_pending(save, lambda f: write_recording(f, data), overwrite=self.plan.overwrite,
+                              action=f"save the recording to {save}")]  # fmt: skip
 
     def abort(self) -> None:
-        """Close every sink and delete the partial file (on any error or Ctrl-C)."""
-        try:
-            self.recording.disconnect()  # closes the file, so that it can be removed everywhere
-        finally:
-            if self.partial is not None:
-                self.partial.unlink(missing_ok=True)
-                self.partial = None
+        """Close every sink (on any error or Ctrl-C); nothing was written under --save."""
+        self.recording.disconnect()
 
     def close(self) -> None:
         self.recording.disconnect()
@@ -305,30 +350,19 @@ class OpenSinks:
         return f"http://localhost:{self.plan.web_port}/?url={quote(self.server_uri, safe='')}"
 
 
-def _finalize_files(recording: rr.RecordingStream) -> None:
-    """Write the .rrd footer and close the file, leaving viewer connections (--serve) open."""
-    try:
-        from rerun_bindings import finalize_deferred_sinks
-    except ImportError:  # older bindings: closing everything also finalizes the file
-        recording.disconnect()
-        return
-    finalize_deferred_sinks(recording=recording.to_native())
-
-
 @contextmanager
 def open_sinks(
     recording: rr.RecordingStream, plan: SinkPlan, blueprint: rrb.Blueprint | None = None
 ) -> Iterator[OpenSinks]:
     """Attach the planned sinks to ``recording`` (a ``rr.RecordingStream`` with nothing logged yet).
 
-    On a clean exit the data is flushed and the file moved onto its final name; on any exception
-    (KeyboardInterrupt included) the sinks are closed and the partial file is removed.
+    The caller ends a successful run with ``finish()`` and commits the files it returns; on any
+    exception (KeyboardInterrupt included) the sinks are closed.
     """
     sinks = OpenSinks(recording, plan, blueprint)
     try:
         sinks.start()
         yield sinks
-        sinks.commit()
     except BaseException:
         sinks.abort()
         raise
