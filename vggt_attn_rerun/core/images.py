@@ -21,12 +21,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from vggt_attn_rerun.core.tokens import as_index
+from vggt_attn_rerun.core.tokens import VGGT_IMAGE_SIZE, as_index
 from vggt_attn_rerun.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MODES = ("crop", "pad")
 _WHITE = 255
+# Limits checked before any pixel is resized: a 1x1000 photo would otherwise be upscaled to
+# 518x518000 (3 GB in the resize) only to be cropped back to 518x518.
+MAX_IMAGE_SIZE = 4 * VGGT_IMAGE_SIZE  # model input width / long side: 2072 px, 148 patches
+MAX_ASPECT_RATIO = 50  # long side / short side of a photo
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,24 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L")
 
 
+def _float_to_8bit(img: Image.Image, path: Path) -> Image.Image:
+    """A float image (mode "F", e.g. a 32-bit TIFF) with values in [0, 1] -> "L" (x 255, rounded).
+
+    PIL's ``convert("RGB")`` would clip such values to 0 or 1 out of 255: a black picture. Other
+    ranges have no agreed meaning (0..255? HDR?) and are refused rather than guessed.
+    """
+    a = np.asarray(img, dtype=np.float64)
+    if a.size == 0 or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        finite = a[np.isfinite(a)]
+        span = f"[{finite.min():g}, {finite.max():g}]" if finite.size else "NaN/inf only"
+        odd = "" if finite.size == a.size else " and NaN/inf"
+        raise UserError(
+            f"image {path} holds floating-point pixels in {span}{odd}: valid float images hold values "
+            "in [0, 1]; convert it to 8 or 16 bits"
+        )
+    return Image.fromarray(np.rint(a * 255).astype(np.uint8), mode="L")
+
+
 def _open_rgb(path: Path) -> Image.Image:
     """Open a photo as RGB, upright, with transparent pixels white.
 
@@ -181,6 +203,8 @@ def _open_rgb(path: Path) -> Image.Image:
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 img = _to_8bit(img)
+            elif img.mode == "F":
+                img = _float_to_8bit(img, path)
             if img.mode == "RGBA":
                 white = Image.new("RGBA", img.size, (255, 255, 255, 255))
                 return Image.alpha_composite(white, img).convert("RGB")
@@ -192,6 +216,25 @@ def _open_rgb(path: Path) -> Image.Image:
             f"cannot read image {path} ({e.__class__.__name__}: {e}): expected a readable "
             f"{', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} file"
         ) from e
+
+
+def check_image_size(size: int, patch: int) -> int:
+    """The model input size (``--image-size``): a multiple of ``patch`` up to ``MAX_IMAGE_SIZE``."""
+    if not (isinstance(size, int) and patch <= size <= MAX_IMAGE_SIZE and size % patch == 0):
+        raise UserError(
+            f"--image-size {size}: must be a multiple of {patch} from {patch} to {MAX_IMAGE_SIZE} "
+            f"(VGGT was trained at {VGGT_IMAGE_SIZE})"
+        )
+    return size
+
+
+def _check_aspect_ratio(width: int, height: int, path: Path) -> None:
+    long_side, short_side = max(width, height), max(min(width, height), 1)
+    if long_side > MAX_ASPECT_RATIO * short_side:
+        raise UserError(
+            f"image {path} is {width}x{height}: its aspect ratio ({long_side / short_side:.0f}:1) is too extreme; "
+            f"valid images are at most {MAX_ASPECT_RATIO}:1"
+        )
 
 
 def _resized_size(width: int, height: int, mode: str, target: int, patch: int) -> tuple[int, int]:
@@ -207,6 +250,8 @@ def _preprocess(
 ) -> tuple[np.ndarray, FrameTransform]:
     """One photo -> ``[h, w, 3]`` uint8 model image and its transform (before mixed-size padding)."""
     width, height = img.size
+    check_image_size(target, patch)
+    _check_aspect_ratio(width, height, path)  # before resizing: the resize is what would allocate
     new_w, new_h = _resized_size(width, height, mode, target, patch)
     if new_w < patch or new_h < patch:
         raise UserError(

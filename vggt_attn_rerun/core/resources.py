@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from vggt_attn_rerun.core.tokens import VGGT_NUM_REGISTERS, VGGT_PATCH_SIZE
 from vggt_attn_rerun.errors import UserError
 
 WARN_FRACTION = 0.8
@@ -66,6 +67,7 @@ def _element_size(dtype: torch.dtype | None) -> int:
 
 
 def estimate_memory(
+    *,
     num_frames: int,
     height: int,
     width: int,
@@ -76,14 +78,14 @@ def estimate_memory(
     kinds: Sequence[str],
     heads: int,
     embed_dim: int,
-    *,
-    patch_size: int = 14,
-    num_registers: int = 4,
+    patch_size: int = VGGT_PATCH_SIZE,
+    num_registers: int = VGGT_NUM_REGISTERS,
     fused_attention: bool = True,
 ) -> MemoryEstimate:
     """Estimate the peak memory of ``capture`` on S frames of ``height x width`` model pixels.
 
-    Args:
+    Args (keyword-only):
+        num_frames, height, width: S frames of ``height x width`` model input pixels.
         dtype: the autocast dtype (None or float32: no autocast). Weights are fp32 either way.
         num_params: parameters of the model (weights are counted as fp32).
         queries, blocks: Q query tokens and L captured blocks (counts or the lists themselves);
@@ -151,6 +153,43 @@ def available_memory_bytes(device: str | torch.device) -> int | None:
     if device.type == "cpu":
         return _meminfo_available()
     return None
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def resolve_device(device: str, dtype: str = "auto") -> tuple[str, torch.dtype | None]:
+    """``--device`` and ``--dtype`` -> (a device the model can run on, the autocast dtype or None).
+
+    ``device``: auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps; anything else
+    (``meta``, which holds no data, or an unknown name) is a UserError. ``dtype``: auto
+    (bfloat16 on Ampere+ CUDA, float16 on older CUDA, none on CPU), float32 (no autocast),
+    bfloat16 or float16.
+    """
+    valid = "auto, cpu, cuda, cuda:N, mps"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--device {device}: unknown device; valid are {valid}") from e
+    if dev.type not in DEVICE_TYPES:
+        raise UserError(f"--device {device}: cannot run the model on {dev.type} devices; valid are {valid}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available to this torch; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: valid CUDA devices are 0..{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available; use --device cpu")
+    if dtype == "auto":
+        if dev.type != "cuda":
+            return str(dev), None
+        major, _ = torch.cuda.get_device_capability(dev)
+        return str(dev), torch.bfloat16 if major >= 8 else torch.float16
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype {dtype}: valid are auto, float32, bfloat16, float16")
+    return str(dev), None if dtype == "float32" else getattr(torch, dtype)
 
 
 def format_bytes(n: float) -> str:
