@@ -13,16 +13,47 @@ import pytest
 import rerun as rr
 from click.testing import CliRunner
 
+from vggt_attn_rerun import api
 from vggt_attn_rerun.cli import main as cli
+from vggt_attn_rerun.core import models
 from vggt_attn_rerun.core.models import VGGT_COMMIT
 from vggt_attn_rerun.io.runfile import load_run
+from vggt_attn_rerun.viz import sinks
 
 RERUN = Path(sys.executable).with_name("rerun")
 FAST = ["--model", "tiny", "--image-size", "84"]  # 84x56 input: a 6x4 patch grid
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(cli.cli, [str(a) for a in args])
+def invoke(*args: str, **kwargs):
+    return CliRunner().invoke(cli.cli, [str(a) for a in args], **kwargs)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
+
+
+@pytest.fixture
+def forward_calls(monkeypatch) -> list:
+    """Counts the forward passes of the model the CLI loads."""
+    calls: list = []
+    real = models.load_model
+
+    def counting(*args, **kwargs):
+        model = real(*args, **kwargs)
+        model.register_forward_hook(lambda *_: calls.append(1))
+        return model
+
+    monkeypatch.setattr(models, "load_model", counting)
+    return calls
+
+
+@pytest.fixture
+def no_viewer(monkeypatch):
+    """No display, and spawning a viewer fails the test."""
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sinks.OpenSinks, "_spawn", lambda *a: pytest.fail("no viewer may be spawned"))
 
 
 def entities(path: Path) -> set[str]:
@@ -106,9 +137,10 @@ def test_export_writes_a_run_that_load_run_reads_back(scene, tmp_path):
     assert "/queries/q0/info" in entities(out)
 
 
-def test_export_alone_runs_no_recording(scene, tmp_path):
+@pytest.mark.parametrize("headless", [[], ["--headless"]])
+def test_export_alone_runs_no_recording_and_no_viewer(scene, tmp_path, no_viewer, headless):
     run_file = tmp_path / "run.npz"
-    result = invoke(scene, *FAST, "--headless", "--export", run_file)
+    result = invoke(scene, *FAST, *headless, "--export", run_file)
     assert result.exit_code == 0, result.output
     assert result.stderr.strip().endswith(f"exported {run_file}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.npz", "scene"]
@@ -123,8 +155,7 @@ def test_export_alone_runs_no_recording(scene, tmp_path):
         ("missing/run.npz", "does not exist"),
     ],
 )
-def test_export_path_is_checked_before_the_model(scene, tmp_path, monkeypatch, name, message):
-    monkeypatch.setattr(cli, "_load_model", lambda *a: pytest.fail("the model must not load"))
+def test_export_path_is_checked_before_the_model(scene, tmp_path, no_model, name, message):
     (tmp_path / "exists.npz").write_bytes(b"old")
     target = tmp_path / name
     result = invoke(scene, *FAST, "--headless", "--export", target)
@@ -136,7 +167,7 @@ def test_export_path_is_checked_before_the_model(scene, tmp_path, monkeypatch, n
 def test_help_shows_examples():
     result = invoke("--help")
     assert result.exit_code == 0
-    for text in ("Usage: vggt-attn-rerun [OPTIONS] IMAGES...", "Examples:", "--save attn.rrd --headless",
+    for text in ("Usage: vggt-attn-rerun [OPTIONS] IMAGES...", "Examples:", "--save attn.rrd --spawn", "--stdout | rerun -",
                  "-q 0:320,240", "install-vggt", "--connect", "--serve", "Exit codes", "--query-grid 8x8",
                  "--queries-file", "--export run.npz"):  # fmt: skip
         assert text in result.stdout, text
@@ -149,6 +180,16 @@ def test_install_vggt_dry_run_prints_the_pinned_no_deps_command(monkeypatch):
     command = shlex.split(result.stdout.strip())
     assert command[1:5] == ["-m", "pip", "install", "--no-deps"]
     assert command[-1].endswith(f"vggt@{VGGT_COMMIT}") and VGGT_COMMIT in command[-1]
+
+
+def test_install_vggt_failing_offline_points_to_source(monkeypatch):
+    monkeypatch.setattr(subprocess, "call", lambda cmd: 1)  # what pip returns when GitHub is unreachable
+    result = invoke("install-vggt")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: pip failed with exit code 1 (command above); without network access to GitHub, "
+        "--source PATH_OR_URL takes a mirror (git URL) or a local clone of vggt"
+    )
 
 
 def test_install_vggt_source_and_failure(monkeypatch):
@@ -167,7 +208,7 @@ def test_connect_swallowing_an_image_is_undone(scene, tmp_path, monkeypatch):
         seen["connect"] = connect
         raise cli.UserError("stop here")
 
-    monkeypatch.setattr("vggt_attn_rerun.viz.sinks.plan_sinks", fake_plan)
+    monkeypatch.setattr(api, "plan_sinks", fake_plan)
     images = sorted(scene.iterdir())
     result = invoke("--connect", images[0], images[1], *FAST)
     assert result.exit_code == 2 and seen["connect"] == "rerun+http://127.0.0.1:9876/proxy"
@@ -212,23 +253,11 @@ def test_end_to_end_connect_and_save_at_once(scene, tmp_path):
         server.wait(timeout=10)
 
 
-def test_ask_adds_typed_queries_without_a_second_forward_pass(scene, tmp_path, monkeypatch):
-    forwards = []
-    real_load = cli._load_model
-
-    def load_and_count(*args, **kwargs):
-        model = real_load(*args, **kwargs)
-        model.register_forward_hook(lambda *a: forwards.append(1))
-        return model
-
-    monkeypatch.setattr(cli, "_load_model", load_and_count)
+def test_ask_adds_typed_queries_without_a_second_forward_pass(scene, tmp_path, forward_calls):
     out = tmp_path / "ask.rrd"
-    result = CliRunner().invoke(
-        cli.cli, [str(scene), *FAST, "-q", "0:p0,0", "--ask", "--headless", "--save", str(out)],
-        input="1:p2,3\nnot a query\nq\n",
-    )  # fmt: skip
+    result = invoke(scene, *FAST, "-q", "0:p0,0", "--ask", "--save", out, input="1:p2,3\nnot a query\nq\n")
     assert result.exit_code == 0, result.output
-    assert forwards == [1]
+    assert forward_calls == [1]
     assert "not added: cannot parse query 'not a query'" in result.stderr
     entities = {ch.entity_path.lstrip("/") for ch in rr.chunk.RrdReader(out).stream()}
     assert "world/frames/1/image/attention/q1/global" in entities  # the typed query, logged as q1

@@ -10,19 +10,28 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from vggt_attn_rerun.api import record_attention
-from vggt_attn_rerun.core.capture import CaptureResult, capture
-from vggt_attn_rerun.core.images import FrameTransform, LoadedImages, load_images
-from vggt_attn_rerun.core.models import load_model
-from vggt_attn_rerun.core.rows import AttentionRows
-from vggt_attn_rerun.core.tokens import Query, TokenLayout, parse_query
-from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.viz.log_run import log_queries, log_run
-from vggt_attn_rerun.viz.options import RecordingOptions
-
 __version__ = "0.1.0"
 
-# Name -> the legacy module that defines it, imported on first access (PEP 562).
+# Name -> the module that defines it, imported on first access (PEP 562): importing the package
+# (and so the console script, vggt_attn_rerun.cli) loads neither torch nor rerun before the
+# command line's error policy is in place (Ctrl-C while they load), and no legacy code at all.
+_EXPORTS = {
+    "record_attention": "vggt_attn_rerun.api",
+    "CaptureResult": "vggt_attn_rerun.core.capture",
+    "capture": "vggt_attn_rerun.core.capture",
+    "FrameTransform": "vggt_attn_rerun.core.images",
+    "LoadedImages": "vggt_attn_rerun.core.images",
+    "load_images": "vggt_attn_rerun.core.images",
+    "load_model": "vggt_attn_rerun.core.models",
+    "AttentionRows": "vggt_attn_rerun.core.rows",
+    "Query": "vggt_attn_rerun.core.tokens",
+    "TokenLayout": "vggt_attn_rerun.core.tokens",
+    "parse_query": "vggt_attn_rerun.core.tokens",
+    "UserError": "vggt_attn_rerun.errors",
+    "log_queries": "vggt_attn_rerun.viz.log_run",
+    "log_run": "vggt_attn_rerun.viz.log_run",
+    "RecordingOptions": "vggt_attn_rerun.viz.options",
+}
 _LEGACY = {
     "AttentionExtractor": "vggt_attn_rerun.legacy.visualize_attention",
     "demo_visualize_token_attention": "vggt_attn_rerun.legacy.visualize_attention",
@@ -34,15 +43,16 @@ _LEGACY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LEGACY:
+    module = _EXPORTS.get(name) or _LEGACY.get(name)
+    if module is None:
         raise AttributeError(f"module 'vggt_attn_rerun' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LEGACY[name]), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LEGACY))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_LEGACY))
 
 
 __all__ = [

@@ -8,22 +8,54 @@ may be Query objects, query strings (tokens.QUERY_SYNTAX) or a function of the T
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import rerun as rr
 import torch
 from torch import nn
 
 from vggt_attn_rerun.analysis.maps import analyze_run
+from vggt_attn_rerun.core import models, resources
 from vggt_attn_rerun.core.capture import CaptureResult, capture
-from vggt_attn_rerun.core.images import LoadedImages, expand_image_paths, images_from_tensor, load_images
-from vggt_attn_rerun.core.models import model_device
-from vggt_attn_rerun.core.tokens import Query, TokenLayout, parse_query
+from vggt_attn_rerun.core.images import (
+    LoadedImages,
+    check_image_size,
+    expand_image_paths,
+    images_from_tensor,
+    load_images,
+)
+from vggt_attn_rerun.core.introspect import (
+    model_depth,
+    model_heads,
+    model_layout,
+    model_num_registers,
+    model_patch_size,
+)
+from vggt_attn_rerun.core.models import DEFAULT_MODEL, model_device
+from vggt_attn_rerun.core.resources import resolve_device, translate_oom
+from vggt_attn_rerun.core.tokens import (
+    VGGT_IMAGE_SIZE,
+    VGGT_NUM_REGISTERS,
+    VGGT_PATCH_SIZE,
+    Query,
+    TokenLayout,
+    parse_index_list,
+    parse_query,
+)
 from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.io.atomic import PendingFile, commit, discard, produce_pending
+from vggt_attn_rerun.io.runfile import RUN_SUFFIX, save_run
 from vggt_attn_rerun.viz.blueprint import default_blueprint_for
 from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
+from vggt_attn_rerun.viz.sinks import SinkPlan, check_output_path, open_sinks, plan_sinks, serve_forever
 
 ImagesLike = LoadedImages | torch.Tensor | str | os.PathLike | Sequence[str | os.PathLike]
 QueriesLike = Sequence[Query | str] | Callable[[TokenLayout], Sequence[Query]]
@@ -76,17 +108,19 @@ def capture_run(
     options: RecordingOptions | None = None,
     autocast_dtype: torch.dtype | None = None,
     keep_qk: bool = False,
+    on_block: Callable[[str, int], None] | None = None,
 ) -> CaptureResult:
     """The capture part of record_attention: ONE forward pass for all queries, nothing logged.
 
     ``keep_qk``: keep every block's q/k (``capture.QKCache``: VGGT-1B at 518x518 costs 540 MB per
     frame in fp32) so that ``interactive.QuerySession`` can add queries without a forward pass.
+    ``on_block(kind, block)``: called as each captured attention module has run (progress).
     """
     options = options if options is not None else RecordingOptions()
     loaded = as_loaded_images(images)
     tensor = loaded.tensor.to(model_device(model))
     return capture(model, tensor, _query_factory(queries, loaded), blocks=blocks, kinds=options.kinds,
-                   autocast_dtype=autocast_dtype, keep_qk=keep_qk)  # fmt: skip
+                   autocast_dtype=autocast_dtype, keep_qk=keep_qk, on_block=on_block)  # fmt: skip
 
 
 def record_attention(
@@ -101,6 +135,7 @@ def record_attention(
     application_id: str = APPLICATION_ID,
     send_blueprint: bool = True,
     keep_qk: bool = False,
+    on_block: Callable[[str, int], None] | None = None,
 ) -> tuple[CaptureResult, rr.RecordingStream]:
     """Run the model once, capture the queries' attention, and log it all into a recording.
 
@@ -117,6 +152,7 @@ def record_attention(
             (active and default), so that every sink and saved .rrd carries the layout. With
             False, pass it yourself: ``rec.save(path, default_blueprint=default_blueprint_for(...))``.
         keep_qk: keep the q/k cache in the result (see capture_run) for later queries.
+        on_block: progress callback, see capture_run.
 
     Returns:
         (CaptureResult, the RecordingStream).
@@ -124,10 +160,345 @@ def record_attention(
     options = options if options is not None else RecordingOptions()
     loaded = as_loaded_images(images)
     result = capture_run(model, loaded, queries, blocks=blocks, options=options, autocast_dtype=autocast_dtype,
-                         keep_qk=keep_qk)  # fmt: skip
+                         keep_qk=keep_qk, on_block=on_block)  # fmt: skip
     rec = recording if recording is not None else rr.RecordingStream(application_id)
     if send_blueprint:
         rec.send_blueprint(default_blueprint_for(result, options), make_active=True, make_default=True)
     analysis = analyze_run(result, options.kinds, options.top_k, options.consistency_radius, loaded.transforms)
     log_run(rec, result, loaded, options, analysis=analysis)
     return result, rec
+
+
+# ------------------------------------------------------------------------------------------------
+# One whole run, as the command line asks for it: RunOptions in, files and viewers out
+# ------------------------------------------------------------------------------------------------
+
+
+# Any depth a real model could have: checks the syntax of a block list before the model loads.
+_ANY_DEPTH = 1 << 20
+
+
+class BadInput(UserError):
+    """A UserError caused by what the user asked for (paths, options, queries; also a block or
+    head the model turns out not to have): the command line's exit code 2."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything one run needs, typed; ``run`` checks it all (cheap checks before the model).
+
+    Attributes:
+        images: image files, folders or glob patterns (frame 0 first).
+        queries: ``(query text, where it came from)`` pairs (tokens.QUERY_SYNTAX); ``where``
+            prefixes error messages (``--query 0:1,2``, ``--queries-file q.txt line 3``).
+        query_grid: ``(frame, rows, cols)``: a grid of patch queries over one frame, or None.
+        blocks: block list text (``all``, ``0-23``, ``0,12,-1``: tokens.parse_index_list).
+        recording: what to log (kinds, focus head and block, points, colors...).
+        model, device, dtype: models.SPEC_SYNTAX, resources.resolve_device's names.
+        mode, image_size: how photos become model input (images.load_images).
+        save, spawn, stdout, connect, serve, headless, overwrite: sinks.plan_sinks.
+        export: also write the run file (io.runfile), committed with ``save``: both or neither.
+        ask: keep the q/k cache for ``RunHooks.ask``; force: run past the memory estimate.
+    """
+
+    images: tuple[str | os.PathLike[str], ...]
+    queries: tuple[tuple[str, str], ...] = ()
+    query_grid: tuple[int, int, int] | None = None
+    blocks: str = "all"
+    recording: RecordingOptions = field(default_factory=RecordingOptions)
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    mode: str = "crop"
+    image_size: int = VGGT_IMAGE_SIZE
+    save: str | os.PathLike[str] | None = None
+    spawn: bool = False
+    stdout: bool = False
+    connect: str | None = None
+    serve: bool = False
+    headless: bool = False
+    overwrite: bool = False
+    export: str | os.PathLike[str] | None = None
+    ask: bool = False
+    force: bool = False
+
+
+class ProgressBar(Protocol):
+    def update(self, n: int = 1) -> object: ...
+
+    def close(self) -> object: ...
+
+
+class _Silent:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class RunHooks:
+    """How a run talks to its user; the defaults are silent.
+
+    Attributes:
+        echo: one line of text (warnings, the final summary).
+        progress: ``progress(description, total)`` opens a bar (``total`` None: a status line).
+        ask: after the run is logged, add more queries: ``ask(recording, result, images, options)``
+            returns how many it added (the command line's --ask prompt).
+    """
+
+    echo: Callable[[str], object] = lambda line: None
+    progress: Callable[[str, int | None], ProgressBar] = lambda desc, total: _Silent()
+    ask: Callable[[rr.RecordingStream, CaptureResult, LoadedImages, RecordingOptions], int] | None = None
+
+
+@dataclass
+class RunSummary:
+    """What a run did: the capture, and one line that says it (``describe``)."""
+
+    result: CaptureResult
+    queries: int
+    outputs: str
+
+
+@contextmanager
+def _bad_input() -> Iterator[None]:
+    try:
+        yield
+    except BadInput:
+        raise
+    except UserError as e:
+        raise BadInput(str(e)) from e
+
+
+@dataclass
+class _Prepared:
+    """What ``run`` checked and loaded before the model."""
+
+    images: LoadedImages
+    queries: list[Query]
+    device: str
+    autocast: torch.dtype | None
+    sinks: SinkPlan
+    export: Path | None
+
+
+def run(options: RunOptions, hooks: RunHooks | None = None) -> RunSummary:
+    """Do one whole run: check, load the images and the model, capture, log, write the files.
+
+    In order: every check that needs no model (images, queries, options, output paths, viewer),
+    the model, the checks against it (blocks, heads), the memory estimate, ONE forward pass
+    with the recording streamed to its sinks, then the files (--save, --export) moved in place
+    together: both or neither (``io.atomic.commit``). Errors: ``BadInput`` for what the user
+    asked, UserError for the rest (out of memory, a viewer that went away, a full disk).
+    """
+    hooks = hooks if hooks is not None else RunHooks()
+    with _bad_input():
+        prep = _prepare(options, hooks)
+    model = _load_model(options.model, prep.device, hooks)
+    with _bad_input():
+        blocks, queries, recording = _check_against_model(model, prep, options, hooks)
+    h, w = prep.images.layout_hw
+    line = resources.check_forward_memory(
+        model, model_layout(model, prep.images.tensor.shape[0], h, w), autocast=prep.autocast, queries=len(queries),
+        blocks=len(blocks), kinds=recording.kinds, device=prep.device, keep_qk=options.ask, force=options.force,
+    )  # fmt: skip
+    if line:
+        hooks.echo(line)
+    what = (
+        f"{prep.images.tensor.shape[0]} view(s), {{queries}} quer{{ies}}, {len(blocks)} block(s) of "
+        f"{'+'.join(recording.kinds)} attention"
+    )
+    with translate_oom(prep.device):
+        result, added = _capture_and_log(model, prep, options, blocks, queries, recording, hooks)
+    count = len(queries) + added
+    outputs = ", ".join(p for p in (prep.sinks.describe(), f"exported {prep.export}" if prep.export else "") if p)
+    line = what.format(queries=count, ies="y" if count == 1 else "ies")
+    hooks.echo(f"{line}: {outputs}")
+    return RunSummary(result, count, outputs)
+
+
+def _prepare(options: RunOptions, hooks: RunHooks) -> _Prepared:
+    """Every check that needs no model: inputs first, then where the output goes."""
+    paths = expand_image_paths(list(options.images))
+    check_image_size(options.image_size, VGGT_PATCH_SIZE)
+    parse_index_list(options.blocks, _ANY_DEPTH)  # syntax only; the range once the model is known
+    device, autocast = resolve_device(options.device, options.dtype)
+    if options.query_grid is not None:
+        frame = options.query_grid[0]
+        if not 0 <= frame < len(paths):
+            raise UserError(f"--frame {frame}: valid frames are 0..{len(paths) - 1}")
+    grid_view = options.recording.grid_view
+    if grid_view is not None and grid_view >= len(paths):
+        raise UserError(f"--grid-view {grid_view}: valid frames are 0..{len(paths) - 1}")
+    images = _load_photos(paths, options, VGGT_PATCH_SIZE, hooks)
+    # Provisional VGGT layout: catches bad and out-of-range queries now; resolved again for the model.
+    queries = _resolve_queries(options, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, hooks)
+    export = check_output_path(options.export, "--export", RUN_SUFFIX, "the run file format",
+                               options.overwrite) if options.export else None  # fmt: skip
+    sinks = plan_sinks(options.save, options.connect, options.serve, options.headless, options.overwrite,
+                       spawn=options.spawn, stdout=options.stdout, allow_none=export is not None)  # fmt: skip
+    if options.ask and sinks.empty:
+        raise UserError("--ask with --export alone has nowhere to show new queries: add --save, --connect or --serve")
+    return _Prepared(images, queries, device, autocast, sinks, export)
+
+
+def _load_photos(paths: Sequence[Path], options: RunOptions, patch: int, hooks: RunHooks) -> LoadedImages:
+    loaded = load_images(paths, mode=options.mode, target_size=options.image_size, patch_size=patch)
+    for path, t in zip(paths, loaded.transforms, strict=True):
+        if min(t.orig_w, t.orig_h) < patch:  # handled, not refused: vggt's preprocessing upscales too
+            hooks.echo(
+                f"warning: image {path} is only {t.orig_w}x{t.orig_h} pixels: upscaled to "
+                f"{round(t.orig_w * t.scale_x)}x{round(t.orig_h * t.scale_y)}"
+            )
+    return loaded
+
+
+def _resolve_queries(options: RunOptions, images: LoadedImages, patch: int, registers: int,
+                     hooks: RunHooks | None) -> list[Query]:  # fmt: skip
+    """The queries in order: the texts, then the grid (default: the centre pixel of frame 0).
+    A token named twice is used once; ``hooks`` gets one warning line for all repeats."""
+    h, w = images.layout_hw
+    layout = TokenLayout.for_image_size(len(images.transforms), h, w, patch, registers)
+    texts = list(options.queries)
+    if not texts and options.query_grid is None:
+        cw, ch = images.transforms[0].original_size
+        texts = [(f"0:{cw / 2:g},{ch / 2:g}", "the default query")]
+    found: list[tuple[Query, str]] = []
+    for text, where in texts:
+        try:
+            found.append((parse_query(text, layout, images.transforms), text))
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from e
+    if options.query_grid is not None:
+        frame, rows, cols = options.query_grid
+        try:
+            cells = query_grid(layout, frame, rows, cols)
+        except UserError as e:
+            raise UserError(f"--query-grid {rows}x{cols}: {e}") from e
+        found += [(q, "{}:p{},{}".format(q.frame, *q.patch(layout))) for q in cells]
+    out: list[Query] = []
+    seen: dict[tuple[int, int], str] = {}
+    repeats: list[tuple[str, str]] = []
+    for q, text in found:
+        key = (q.frame, q.local)
+        if key in seen:
+            repeats.append((text, seen[key]))
+            continue
+        seen[key] = text
+        out.append(q)
+    if repeats and hooks is not None:
+        text, first = repeats[0]
+        more = f" (and {len(repeats) - 1} more repeated queries)" if len(repeats) > 1 else ""
+        hooks.echo(f"warning: query {text!r} is the same token as {first!r}{more}: each token is used once")
+    return out
+
+
+def _load_model(spec: str, device: str, hooks: RunHooks) -> nn.Module:
+    bar = hooks.progress(f"loading model {spec}", None)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = models.load_model(spec, device=device)
+    finally:
+        bar.close()
+    for w in caught:
+        hooks.echo(f"warning: {' '.join(str(w.message).split())}")
+    return model
+
+
+def _check_against_model(
+    model: nn.Module, prep: _Prepared, options: RunOptions, hooks: RunHooks
+) -> tuple[tuple[int, ...], list[Query], RecordingOptions]:
+    """Blocks, heads and queries against the loaded model (a custom model may differ from VGGT)."""
+    patch = model_patch_size(model)
+    if patch != VGGT_PATCH_SIZE:  # a custom model with another patch size needs its own resize
+        prep.images = _load_photos(prep.images.paths or [], options, patch, RunHooks())
+    queries = _resolve_queries(options, prep.images, patch, model_num_registers(model), hooks)
+    depth, heads = model_depth(model), model_heads(model)
+    try:
+        blocks = parse_index_list(options.blocks, depth)
+    except UserError as e:
+        raise UserError(f"--blocks {options.blocks}: {e}") from e
+    rec = options.recording
+    if rec.focus_head is not None and not 0 <= rec.focus_head < heads:
+        valid = f"the model has {heads} heads, valid are 0..{heads - 1}"
+        raise UserError(f"--head {rec.focus_head} does not exist: {valid}")
+    if rec.focus_block is not None:
+        if not 0 <= rec.focus_block < depth:
+            raise UserError(f"--block {rec.focus_block} does not exist: valid blocks are 0..{depth - 1}")
+        if rec.focus_block not in blocks:
+            shown = ",".join(map(str, blocks))
+            raise UserError(f"--block {rec.focus_block} was not captured: captured blocks are {shown} (see --blocks)")
+    return blocks, queries, rec
+
+
+def _capture_and_log(model: nn.Module, prep: _Prepared, options: RunOptions, blocks: Sequence[int],
+                     queries: list[Query], recording: RecordingOptions,
+                     hooks: RunHooks) -> tuple[CaptureResult, int]:  # fmt: skip
+    """ONE forward pass, logged to the sinks; then the files, committed together. Returns the
+    capture and the number of queries ``hooks.ask`` added."""
+    progress = _BlockProgress(hooks, len(blocks) * len(recording.kinds))
+    pending: list[PendingFile] = []
+    added = 0
+    try:
+        if prep.sinks.empty:  # --export alone: capture, no recording
+            result = capture_run(model, prep.images, queries, blocks=blocks, options=recording,
+                                 autocast_dtype=prep.autocast, on_block=progress)  # fmt: skip
+        else:
+            rec = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid4())
+            # No default blueprint on the sinks: record_attention sends its layout into the stream as
+            # the active one, which lands in the file too and replaces a running viewer's stale layout.
+            with open_sinks(rec, prep.sinks) as sinks:
+                result, _ = record_attention(
+                    model, prep.images, queries, blocks=blocks, options=recording, recording=rec,
+                    autocast_dtype=prep.autocast, keep_qk=options.ask, on_block=progress,
+                )  # fmt: skip
+                progress.close()
+                if options.ask and hooks.ask is not None:
+                    added = hooks.ask(rec, result, prep.images, recording)
+                pending += sinks.finish()
+        progress.close()
+        if prep.export is not None:
+            bar = hooks.progress(f"exporting {prep.export}", None)
+            try:
+                pending += _pending_export(prep.export, result, prep.images, options.overwrite)
+            finally:
+                bar.close()
+        commit(pending)  # both files or neither
+    except BaseException:
+        progress.close()
+        discard(pending)
+        raise
+    if prep.sinks.serve:
+        serve_forever(sinks, echo=hooks.echo)
+    return result, added
+
+
+def _pending_export(path: Path, result: CaptureResult, images: LoadedImages, overwrite: bool) -> list[PendingFile]:
+    """The run file under a temporary name beside ``path`` (``save_run`` writes it whole)."""
+    produce = lambda temp: save_run(temp, result, images)  # noqa: E731
+    return [produce_pending(path, produce, overwrite=overwrite, action=f"export the run to {path}")]
+
+
+class _BlockProgress:
+    """A bar that advances as each captured attention module runs (capture's ``on_block``),
+    then a status line while the run is logged."""
+
+    def __init__(self, hooks: RunHooks, total: int) -> None:
+        self.hooks, self.total, self.done = hooks, total, 0
+        self.bar: ProgressBar | None = hooks.progress("forward pass", total)
+
+    def __call__(self, kind: str, block: int) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.done == self.total and self.bar is not None:
+            self.bar.close()
+            self.bar = self.hooks.progress("logging to Rerun", None)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,5 +1,5 @@
 """``python -m vggt_attn_rerun.cli`` runs the command line."""
 
-from vggt_attn_rerun.cli.main import main
+from vggt_attn_rerun.cli import entry
 
-main()
+entry()

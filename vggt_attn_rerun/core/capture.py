@@ -78,6 +78,7 @@ def capture(
     autocast_dtype: torch.dtype | None = None,
     store_dtype: torch.dtype = torch.float32,
     keep_qk: bool = False,
+    on_block: Callable[[str, int], None] | None = None,
 ) -> CaptureResult:
     """Run ``model(images)`` once and capture the attention rows of ``queries``.
 
@@ -96,6 +97,8 @@ def capture(
         store_dtype: dtype of the stored rows (fp32 default; fp16 halves their memory).
         keep_qk: also keep every block's q/k (see QKCache for its memory) so that other
             queries can be answered later without a forward pass.
+        on_block: called as ``on_block(kind, block)`` when a captured attention module has run
+            (progress reporting: ``len(blocks) * len(kinds)`` calls per forward pass).
 
     Returns:
         CaptureResult with the model's predictions (untouched) and AttentionRows.
@@ -112,6 +115,8 @@ def capture(
         collector(kind, block, q, k, attn)
         if cache is not None:
             cache(kind, block, q, k, attn)
+        if on_block is not None:
+            on_block(kind, block)
 
     device = images.device
     with torch.no_grad(), qk_hooks(model, blocks, kinds, on_qk):

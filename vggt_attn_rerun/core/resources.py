@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from vggt_attn_rerun.core.tokens import VGGT_NUM_REGISTERS, VGGT_PATCH_SIZE
+from vggt_attn_rerun.core.introspect import find_aggregator, model_embed_dim, model_heads
+from vggt_attn_rerun.core.tokens import VGGT_NUM_REGISTERS, VGGT_PATCH_SIZE, TokenLayout
 from vggt_attn_rerun.errors import UserError
 
 WARN_FRACTION = 0.8
@@ -50,11 +51,12 @@ class MemoryEstimate:
     attention_matrix: int
     capture: int
     heads: int
+    qk_cache: int = 0
 
     @property
     def total(self) -> int:
         return sum((self.weights, self.weight_casts, self.activations, self.attention_matrix,
-                    self.capture, self.heads))  # fmt: skip
+                    self.capture, self.heads, self.qk_cache))  # fmt: skip
 
     @property
     def transient(self) -> int:
@@ -81,6 +83,7 @@ def estimate_memory(
     patch_size: int = VGGT_PATCH_SIZE,
     num_registers: int = VGGT_NUM_REGISTERS,
     fused_attention: bool = True,
+    keep_qk: bool = False,
 ) -> MemoryEstimate:
     """Estimate the peak memory of ``capture`` on S frames of ``height x width`` model pixels.
 
@@ -97,6 +100,9 @@ def estimate_memory(
             torch 2.13, for fp32/bf16/fp16 on CPU; if torch falls back to its math kernel, the
             real peak is higher by up to ``2 * H * (S*P)^2`` elements. When False (the explicit
             softmax path), that matrix is counted.
+        keep_qk: ``capture(..., keep_qk=True)`` keeps q and k of every token, captured block and
+            kind in fp32: ``2 * S * P * C * 4`` bytes per (block, kind) (VGGT-1B, 518x518, all 48
+            modules: 540 MB per frame).
 
     Returns:
         The estimate, by cause; ``.total`` and ``.transient`` (total minus resident weights).
@@ -130,7 +136,8 @@ def estimate_memory(
     pixels = height * width
     head_channels = min(s, _HEAD_FRAMES_PER_CHUNK) * _HEAD_CHANNELS + s * _PREDICTION_CHANNELS
     heads_bytes = head_channels * pixels * _FP32
-    return MemoryEstimate(weights, weight_casts, activations, attention_matrix, capture, heads_bytes)
+    qk_cache = 2 * n_global * embed_dim * _FP32 * blocks * len(kinds) if keep_qk else 0
+    return MemoryEstimate(weights, weight_casts, activations, attention_matrix, capture, heads_bytes, qk_cache)
 
 
 def _meminfo_available(path: Path = Path("/proc/meminfo")) -> int | None:
@@ -222,6 +229,25 @@ def check_memory(needed: int, available: int | None, device: str | torch.device,
             f"{format_bytes(available)} available on {device}: it may run out of memory"
         )
     return None
+
+
+def check_forward_memory(model: torch.nn.Module, layout: TokenLayout, *, autocast: torch.dtype | None, queries: int,
+                         blocks: int, kinds: Sequence[str], device: str, keep_qk: bool = False,
+                         force: bool = False) -> str | None:  # fmt: skip
+    """``check_memory`` of one capture with ``model`` (already loaded) on ``layout``'s frames.
+
+    The weights are already resident, so only what the forward pass adds is compared with the
+    memory available on ``device``. Returns the warning line, if any; UserError when it will not fit.
+    """
+    h, w = layout.image_size
+    attn = find_aggregator(model).frame_blocks[0].attn
+    estimate = estimate_memory(
+        num_frames=layout.num_frames, height=h, width=w, dtype=autocast,
+        num_params=sum(p.numel() for p in model.parameters()), queries=queries, blocks=blocks, kinds=kinds,
+        heads=model_heads(model), embed_dim=model_embed_dim(model), patch_size=layout.patch_size,
+        num_registers=layout.num_registers, fused_attention=bool(getattr(attn, "fused_attn", True)), keep_qk=keep_qk,
+    )  # fmt: skip
+    return check_memory(estimate.transient, available_memory_bytes(device), device, force)
 
 
 def _is_cpu_oom(e: BaseException) -> bool:

@@ -275,8 +275,9 @@ class Query:
         return None if p is None else pixel_map.model_to_original(*p)
 
 
-_INT = r"\s*(-?\d+)\s*"
-_NUM = r"\s*(-?\d+(?:\.\d*)?)\s*"
+# At most 18 digits: no index can be larger, and int() of thousands of digits raises ValueError.
+_INT = r"\s*(-?\d{1,18})\s*"
+_NUM = r"\s*(-?\d{1,18}(?:\.\d*)?)\s*"
 QUERY_SYNTAX = (
     "FRAME:X,Y (pixel of the original photo), FRAME:pROW,COL or FRAME:patch=ROW,COL (patch), "
     "FRAME:camera / FRAME:register_R (special token), or a global token index N"
@@ -319,7 +320,7 @@ def parse_index_list(text: str, count: int, what: str = "block") -> tuple[int, .
     out: set[int] = set()
     for part in s.split(","):
         part = part.strip()
-        m = re.fullmatch(r"(-?\d+)(?:\s*-\s*(\d+))?", part)
+        m = re.fullmatch(r"(-?\d{1,18})(?:\s*-\s*(\d{1,18}))?", part)
         if not m:
             raise UserError(f"cannot parse {what}s {text!r}: use e.g. 0-{count - 1}, 0,5,{count - 1} or all")
         lo = int(m.group(1))

@@ -96,6 +96,21 @@ def write_pending(target: str | os.PathLike[str], write: Callable[[BinaryIO], ob
     return PendingFile(target, temp, overwrite)
 
 
+def produce_pending(target: str | os.PathLike[str], produce: Callable[[Path], object], *, overwrite: bool = False,
+                    action: str | None = None) -> PendingFile:  # fmt: skip
+    """``write_pending`` for a writer that takes a path: ``produce(temp)`` writes the whole file at
+    ``temp`` (a reserved, empty file beside ``target``; replace it atomically, e.g. with
+    ``write_file``). The temporary file is removed on any error."""
+    target = Path(target)
+    pending = write_pending(target, lambda f: None, overwrite=overwrite, action=action)
+    try:
+        produce(pending.temp)
+    except BaseException:
+        discard([pending])
+        raise
+    return pending
+
+
 def discard(pending: Sequence[PendingFile]) -> None:
     """Remove the temporary files (after an error)."""
     for p in pending:

@@ -1,0 +1,49 @@
+"""``--ask``: queries typed after the run, answered from the q/k cache (no second forward pass).
+
+A line that cannot be added, whatever it holds, is reported and skipped: it never ends the
+session nor discards the recording. At the end the layout is sent once more with a dashboard
+for every query, so that a saved recording shows all of them, not only the last one typed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from vggt_attn_rerun.interactive.prompt import QUIT_WORDS, prompt_queries
+from vggt_attn_rerun.interactive.session import QuerySession
+from vggt_attn_rerun.viz.blueprint import default_blueprint
+from vggt_attn_rerun.viz.options import RecordingOptions
+
+PROMPT = "new query (FRAME:X,Y | FRAME:pROW,COL | FRAME:camera | q to quit)> "
+
+
+def _typed_lines() -> Iterator[str]:
+    while True:
+        try:
+            yield input(PROMPT)
+        except EOFError:
+            return
+
+
+def ask_queries(rec: Any, result: Any, images: Any, options: RecordingOptions, *,
+                echo: Callable[[str], object], lines: Iterable[str] | None = None) -> int:  # fmt: skip
+    """Read queries (default: typed in the terminal) into ``rec``; returns how many were added."""
+    session = QuerySession(rec, result, images, options)
+    echo("logged; type more queries (pixels of the logged images), q to stop")
+    try:
+        for line in _typed_lines() if lines is None else lines:
+            if line.strip().lower() in QUIT_WORDS:
+                break
+            try:
+                prompt_queries(session, [line], write=echo)
+            except Exception as e:  # noqa: BLE001 - one bad line must not discard the recording
+                echo(f"not added: unexpected {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+    except KeyboardInterrupt:  # Ctrl-C at the prompt ends the prompt, as q does: keep what was added
+        pass
+    if session.added:
+        count = max(session.queries) + 1
+        bp = default_blueprint(result.layout.num_frames, tuple(options.kinds), result.rows.num_heads, count,
+                               shown_queries=list(range(count)))  # fmt: skip
+        rec.send_blueprint(bp, make_active=True, make_default=True)
+    return len(session.added)
