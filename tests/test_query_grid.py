@@ -5,7 +5,9 @@ import pytest
 from click.testing import CliRunner
 
 from vggt_attn_rerun.api import query_grid
+from vggt_attn_rerun.cli import checks
 from vggt_attn_rerun.cli import main as cli
+from vggt_attn_rerun.core import models
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
 
@@ -19,14 +21,14 @@ GRID_2X3 = [(1, 1), (1, 3), (1, 5), (3, 1), (3, 3), (3, 5)]  # band centres: row
 def forward_calls(monkeypatch) -> list:
     """Counts the forward passes of the model the CLI loads."""
     calls: list = []
-    load = cli._load_model
+    load = models.load_model
 
-    def counting(spec, plan):
-        model = load(spec, plan)
+    def counting(*args, **kwargs):
+        model = load(*args, **kwargs)
         model.register_forward_hook(lambda *_: calls.append(1))
         return model
 
-    monkeypatch.setattr(cli, "_load_model", counting)
+    monkeypatch.setattr(models, "load_model", counting)
     return calls
 
 
@@ -63,7 +65,7 @@ def test_cli_query_grid_is_one_forward_pass(scene, tmp_path, forward_calls):
     ],
 )
 def test_bad_query_grid_is_refused_before_the_model(scene, tmp_path, monkeypatch, args, message):
-    monkeypatch.setattr(cli, "_load_model", lambda *a: pytest.fail("the model must not load"))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
     result = invoke(scene, *FAST, "--headless", "--save", tmp_path / "x.rrd", *args)
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().startswith(f"error: {message}"), result.stderr
@@ -72,7 +74,7 @@ def test_bad_query_grid_is_refused_before_the_model(scene, tmp_path, monkeypatch
 def test_queries_file_skips_comments_and_blank_lines(tmp_path):
     path = tmp_path / "q.txt"
     path.write_text("# my queries\n0:p1,2\n\n  1:camera   # the camera token\n#2:p0,0\n7\n")
-    assert cli.read_queries_file(path) == [
+    assert checks.read_queries_file(path) == [
         ("0:p1,2", f"--queries-file {path} line 2"),
         ("1:camera", f"--queries-file {path} line 4"),
         ("7", f"--queries-file {path} line 6"),
@@ -94,7 +96,7 @@ def test_cli_queries_file_in_order_then_grid(scene, tmp_path, forward_calls):
 
 
 def test_bad_line_of_queries_file_names_its_number(scene, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_load_model", lambda *a: pytest.fail("the model must not load"))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
     queries = tmp_path / "q.txt"
     queries.write_text("0:p1,2\n# fine\n1:p1;2\n")
     result = invoke(scene, *FAST, "--headless", "--save", tmp_path / "x.rrd", "--queries-file", queries)

@@ -323,7 +323,10 @@ def _prepare(options: RunOptions, hooks: RunHooks) -> _Prepared:
     """Every check that needs no model: inputs first, then where the output goes."""
     paths = expand_image_paths(list(options.images))
     check_image_size(options.image_size, VGGT_PATCH_SIZE)
-    parse_index_list(options.blocks, _ANY_DEPTH)  # syntax only; the range once the model is known
+    try:
+        parse_index_list(options.blocks, _ANY_DEPTH)  # syntax only; the range once the model is known
+    except UserError as e:
+        raise UserError(f"cannot parse --blocks {options.blocks!r}: use e.g. 0-23, 0,12,23, -1 (the last) or all") from e
     device, autocast = resolve_device(options.device, options.dtype)
     if options.query_grid is not None:
         frame = options.query_grid[0]

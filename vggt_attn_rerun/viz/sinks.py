@@ -340,6 +340,11 @@ class OpenSinks:
     def abort(self) -> None:
         """Close every sink (on any error or Ctrl-C); nothing was written under --save."""
         self.recording.disconnect()
+        if self.buffer is not None:
+            # Drained after the disconnect: Rerun logs a warning (a coloured Rust log line) for
+            # every buffer it drops unread.
+            self.buffer.read(flush=False)
+            self.buffer = None
 
     def close(self) -> None:
         self.recording.disconnect()
