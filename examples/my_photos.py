@@ -16,6 +16,7 @@ import rerun as rr
 import torch
 
 from vggt_attn_rerun import RecordingOptions, load_images, load_model, record_attention
+from vggt_attn_rerun.viz.sinks import script_setup
 
 
 def main() -> None:
@@ -25,6 +26,8 @@ def main() -> None:
     parser.add_argument("--model", default="facebook/VGGT-1B", help="hub id, local dir or file")
     rr.script_add_args(parser)
     args = parser.parse_args()
+    # rr.script_setup, but no display to spawn a viewer on ends in one line and exit code 1 (before the model loads).
+    rec = script_setup(args)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(args.model, device=device)
@@ -32,7 +35,6 @@ def main() -> None:
     queries = args.query or [f"0:{images.transforms[0].orig_w / 2:.0f},{images.transforms[0].orig_h / 2:.0f}"]
     bf16 = torch.bfloat16 if device == "cuda" and torch.cuda.get_device_capability()[0] >= 8 else None
 
-    rec = rr.script_setup(args, "vggt_attn_rerun")
     result, _ = record_attention(model, images, queries, recording=rec, autocast_dtype=bf16,
                                  options=RecordingOptions(kinds=("global", "frame")))  # fmt: skip
     rows = result.rows

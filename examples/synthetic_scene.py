@@ -22,6 +22,7 @@ import torch
 from vggt_attn_rerun import RecordingOptions, record_attention
 from vggt_attn_rerun.core.images import images_from_tensor
 from vggt_attn_rerun.testing import CONSTRUCTED_NOTE, matching_vggt, synthetic_scene, tiny_vggt
+from vggt_attn_rerun.viz.sinks import script_setup
 
 
 def main() -> None:
@@ -41,7 +42,8 @@ def main() -> None:
     options = RecordingOptions(kinds=("global", "frame"), focus_block=2 if constructed else None,
                                note=CONSTRUCTED_NOTE if constructed else "")  # fmt: skip
     # The standard Rerun sink flags (--save/--connect/--serve/--headless); spawning is the default.
-    rec = rr.script_setup(args, "vggt_attn_rerun")
+    # rr.script_setup, but no display to spawn a viewer on ends in one line and exit code 1.
+    rec = script_setup(args)
     record_attention(model, images, [args.query], recording=rec, options=options)
     rr.script_teardown(args)
 

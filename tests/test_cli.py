@@ -261,3 +261,120 @@ def test_ask_adds_typed_queries_without_a_second_forward_pass(scene, tmp_path, f
     assert "not added: cannot parse query 'not a query'" in result.stderr
     entities = {ch.entity_path.lstrip("/") for ch in rr.chunk.RrdReader(out).stream()}
     assert "world/frames/1/image/attention/q1/global" in entities  # the typed query, logged as q1
+
+
+# -- Rerun's sink conventions: --stdout > --serve > --connect > --save > spawn unless --headless ----------
+
+
+def test_save_alone_writes_the_file_and_opens_no_viewer(scene, tmp_path, no_viewer):
+    out = tmp_path / "alone.rrd"
+    result = invoke(scene, *FAST, "--save", out)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [f"3 view(s), 1 query, 4 block(s) of global attention: saved {out}"]
+    assert "/world/points" in entities(out)
+
+
+@pytest.fixture
+def viewer_checks_pass(monkeypatch):
+    """A display and a viewer executable, a viewer listening, free ports: only the plan is tested."""
+    monkeypatch.setattr(sinks, "find_viewer", lambda: "/usr/bin/rerun")
+    monkeypatch.setattr(sinks, "check_viewer_listening", lambda url: None)
+    monkeypatch.setattr(sinks, "check_port_free", lambda port, what: None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "spawn", "sinks_described"),
+    [
+        ({}, True, "sent to the spawned viewer"),
+        ({"save": "x.rrd"}, False, "saved {dir}/x.rrd"),
+        ({"save": "x.rrd", "spawn": True}, True, "saved {dir}/x.rrd, sent to the spawned viewer"),
+        ({"connect": sinks.DEFAULT_URL}, False, f"sent to {sinks.DEFAULT_URL}"),
+        ({"serve": True}, False, "served to the web viewer"),
+        ({"save": "x.rrd", "headless": True}, False, "saved {dir}/x.rrd"),
+    ],
+)
+def test_a_viewer_is_spawned_only_when_no_other_output_is_asked_for(tmp_path, viewer_checks_pass, flags, spawn,
+                                                                      sinks_described):  # fmt: skip
+    if "save" in flags:
+        flags = {**flags, "save": tmp_path / flags["save"]}
+    plan = sinks.plan_sinks(**flags)
+    assert plan.spawn is spawn
+    assert plan.describe() == sinks_described.format(dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"stdout": True, "save": "x.rrd"}, "--stdout sends the recording down the pipe only: drop --save"),
+        ({"stdout": True, "spawn": True}, "--stdout sends the recording down the pipe only: drop --spawn"),
+        ({"spawn": True, "headless": True}, "--spawn and --headless contradict each other: give one"),
+        ({"headless": True}, "--headless alone would discard the recording"),
+    ],
+)
+def test_contradicting_sinks_are_refused(tmp_path, viewer_checks_pass, flags, message):
+    if "save" in flags:
+        flags = {**flags, "save": tmp_path / flags["save"]}
+    with pytest.raises(cli.UserError, match=message):
+        sinks.plan_sinks(**flags)
+
+
+def test_stdout_on_a_terminal_is_refused(monkeypatch):
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    with pytest.raises(cli.UserError, match=r"standard output is a terminal; pipe it into the viewer"):
+        sinks.plan_sinks(stdout=True)
+
+
+def test_stdout_pipes_a_recording_that_rerun_reads(scene, tmp_path):
+    piped = tmp_path / "piped.rrd"
+    with open(piped, "wb") as pipe:
+        run = subprocess.run(
+            [sys.executable, "-m", "vggt_attn_rerun.cli", scene, *FAST, "--stdout", "-q", "1:p2,3"],
+            stdout=pipe, stderr=subprocess.PIPE, text=True, timeout=120, cwd=Path(__file__).parents[1],
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == ["3 view(s), 1 query, 4 block(s) of global attention: written to stdout"]
+    found = entities(piped)
+    assert {"/world/points", "/queries/q0/info", "/world/frames/1/image/attention/q0/global"} <= found
+    assert "frame 1, patch row 2, col 3" in info_text(piped, 0)
+
+
+def test_examples_without_a_display_end_in_one_line(monkeypatch):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    example = Path(__file__).parents[1] / "examples" / "synthetic_scene.py"
+    run = subprocess.run([sys.executable, example], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        "error: no display to open the Rerun viewer on (DISPLAY and WAYLAND_DISPLAY are not set): use "
+        "--save out.rrd, --stdout | rerun -, --serve (web viewer) or --connect"
+    ]
+
+
+_INTERRUPT_TORCH = """
+import sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+from vggt_attn_rerun.cli import entry
+entry(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["photos/", "--save", "x.rrd"]])
+def test_ctrl_c_while_importing_exits_130_in_one_line(args):
+    """Ctrl-C arrives while torch loads (seconds of start-up): what the console script does."""
+    run = subprocess.run([sys.executable, "-c", _INTERRUPT_TORCH, *args], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).parents[1])  # fmt: skip
+    assert (run.returncode, run.stderr) == (130, "interrupted\n")
+
+
+def test_the_console_script_is_the_lazy_entry():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "vggt-attn-rerun"]
+    assert script.value == "vggt_attn_rerun.cli:entry"

@@ -326,7 +326,8 @@ def _prepare(options: RunOptions, hooks: RunHooks) -> _Prepared:
     try:
         parse_index_list(options.blocks, _ANY_DEPTH)  # syntax only; the range once the model is known
     except UserError as e:
-        raise UserError(f"cannot parse --blocks {options.blocks!r}: use e.g. 0-23, 0,12,23, -1 (the last) or all") from e
+        syntax = "use e.g. 0-23, 0,12,23, -1 (the last) or all"
+        raise UserError(f"cannot parse --blocks {options.blocks!r}: {syntax}") from e
     device, autocast = resolve_device(options.device, options.dtype)
     if options.query_grid is not None:
         frame = options.query_grid[0]
@@ -391,10 +392,13 @@ def _resolve_queries(options: RunOptions, images: LoadedImages, patch: int, regi
             continue
         seen[key] = text
         out.append(q)
-    if repeats and hooks is not None:
+    if repeats and hooks is not None:  # one line however many: a file of 10,000 equal queries is one mistake
         text, first = repeats[0]
-        more = f" (and {len(repeats) - 1} more repeated queries)" if len(repeats) > 1 else ""
-        hooks.echo(f"warning: query {text!r} is the same token as {first!r}{more}: each token is used once")
+        same = f"query {text!r} is the same token as {first!r}"
+        if len(repeats) == 1:
+            hooks.echo(f"warning: {same}: using it once")
+        else:
+            hooks.echo(f"warning: {len(repeats)} queries name a token already queried ({same}, ...): each is used once")
     return out
 
 
