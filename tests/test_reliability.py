@@ -471,3 +471,272 @@ def test_warnings_while_logging_are_one_line(scene, tmp_path, monkeypatch, capsy
         err.splitlines()
     )
     assert "warn_then_log" not in err and ".py:" not in err
+
+
+# -- numbers: finite floats, integers of any length, devices -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--conf-threshold", "nan"), ("--conf-threshold", "inf"), ("--conf-percentile", "nan"),
+     ("--conf-percentile", "-inf")],
+)  # fmt: skip
+def test_non_finite_numbers_are_refused_before_the_model(scene, no_model, flag, value):
+    line = assert_error(invoke(scene, *FAST, flag, value), 2, prefix=f"Invalid value for '{flag}': ")
+    assert f"{value!r} is not a finite number" in line
+
+
+HUGE = "9" * 5000  # int() refuses more than 4300 digits with a ValueError
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["-q", f"0:p{HUGE},1"], ["-q", HUGE], ["-q", f"{HUGE}:camera"], ["--blocks", HUGE], ["--blocks", f"0-{HUGE}"],
+     ["--query-grid", f"{HUGE}x2"], ["--head", HUGE], ["--frame", HUGE, "--query-grid", "2x2"]],
+)  # fmt: skip
+def test_integers_with_thousands_of_digits_are_bad_input(scene, no_model, args):
+    line = assert_error(invoke(scene, *FAST, *args), 2)
+    assert "unexpected" not in line
+    assert any(hint in line for hint in ("expected", "use e.g.", "not a valid integer")), line[:200]
+
+
+def test_device_meta_is_refused(scene, no_model):
+    result = invoke(scene, *FAST, "--device", "meta")
+    assert_error(result, 2, "--device meta: cannot run the model on meta devices; valid are auto, cpu, cuda, cuda:N, mps")
+
+
+# -- queries files as editors write them; many equal queries -----------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-8"])
+@pytest.mark.parametrize("newline", ["\r\n", "\n", "\r"])
+def test_queries_file_with_bom_and_any_line_ends(tmp_path, encoding, newline):
+    from vggt_attn_rerun.cli.checks import read_queries_file
+
+    path = tmp_path / "q.txt"
+    path.write_bytes(newline.join(["0:p1,2", "# comment", "1:camera  # the camera"]).encode(encoding))
+    assert [q for q, _ in read_queries_file(path)] == ["0:p1,2", "1:camera"]
+
+
+def test_queries_file_with_bom_and_crlf_runs(scene, tmp_path, out):
+    path = tmp_path / "q.txt"
+    path.write_bytes("\ufeff0:p1,2\r\n2:p3,5\r\n".encode())
+    result = invoke(scene, *FAST, "--queries-file", path, *save_args(out))
+    assert result.exit_code == 0, result.output
+    assert "2 queries" in result.stderr
+
+
+def test_ten_thousand_equal_queries_give_one_warning(scene, tmp_path, out):
+    path = tmp_path / "q.txt"
+    path.write_text("0:p0,0\n" * 10_000)
+    result = invoke(scene, *FAST, "--queries-file", path, *save_args(out))
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: 9999 queries name a token already queried (query '0:p0,0' is the same token as '0:p0,0', ...): "
+        "each is used once"
+    ]
+    assert "1 query," in result.stderr
+
+
+# -- resource bombs: refused before any pixel is resized ---------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(1, 1000), (30000, 1)])
+def test_extreme_aspect_ratio_is_refused_before_resizing(tmp_path, no_model, monkeypatch, size):
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage.Image, "resize", lambda *a, **k: pytest.fail("must not resize"))
+    path = tmp_path / "thin.png"
+    Image.new("RGB", size, "gray").save(path)
+    w, h = size
+    ratio = max(w, h) // min(w, h)
+    message = f"image {path} is {w}x{h}: its aspect ratio ({ratio}:1) is too extreme; valid images are at most 50:1"
+    assert_error(invoke(path, *FAST), 2, message)
+
+
+def test_float_image_in_0_1_is_scaled_not_black(tmp_path):
+    from vggt_attn_rerun.core.images import load_images
+
+    ramp = np.tile(np.linspace(0, 1, 28, dtype=np.float32), (14, 1))  # [14, 28] in [0, 1]
+    path = tmp_path / "float.tiff"
+    Image.fromarray(ramp, mode="F").save(path)
+    assert Image.open(path).mode == "F"
+    loaded = load_images([path], target_size=28, patch_size=14)
+    expected = torch.from_numpy(np.rint(ramp * 255) / 255).float()
+    assert torch.allclose(loaded.tensor[0, 0], expected, atol=1e-6)  # no resize at 28 px: exact
+    assert loaded.tensor.max() == 1.0
+
+
+@pytest.mark.parametrize(("values", "shown"), [((0.0, 255.0), "[0, 255]"), ((-1.0, 0.5), "[-1, 0.5]")])
+def test_float_image_outside_0_1_is_refused(tmp_path, no_model, values, shown):
+    pixels = np.full((14, 28), values[0], np.float32)
+    pixels[0, 0] = values[1]
+    path = tmp_path / "float.tiff"
+    Image.fromarray(pixels, mode="F").save(path)
+    message = (
+        f"image {path} holds floating-point pixels in {shown}: valid float images hold values in [0, 1]; "
+        "convert it to 8 or 16 bits"
+    )
+    assert_error(invoke(path, *FAST), 2, message)
+
+
+# -- all or nothing on disk: --save and --export appear together, or neither does --------------------
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """Paths of a run's two files, in a folder of their own."""
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    return folder / "attn.rrd", folder / "run.npz"
+
+
+def _both(pair) -> list:
+    return ["--headless", "--save", pair[0], "--export", pair[1]]
+
+
+def _folder_holds(pair, names: set) -> None:
+    assert {p.name for p in pair[0].parent.iterdir()} == names  # nothing else: no temporary files
+
+
+def test_save_and_export_together(scene, pair):
+    result = invoke(scene, *FAST, *_both(pair))
+    assert result.exit_code == 0, result.output
+    _folder_holds(pair, {"attn.rrd", "run.npz"})
+
+
+def test_disk_full_while_saving_is_one_line_and_leaves_nothing(scene, pair, monkeypatch):
+    from vggt_attn_rerun.viz import sinks
+
+    def disk_full(f, data):
+        f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sinks, "write_recording", disk_full)
+    result = invoke(scene, *FAST, *_both(pair))
+    assert_error(result, 1, f"cannot save the recording to {pair[0]}: No space left on device (the disk is full)")
+    _folder_holds(pair, set())
+
+
+def test_export_failing_leaves_neither_file_and_keeps_the_old_pair(scene, pair, monkeypatch):
+    from vggt_attn_rerun.io import runfile
+
+    for path in pair:
+        path.write_bytes(b"old " + path.name.encode())
+
+    def disk_full(file, **arrays):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runfile.np, "savez_compressed", disk_full)
+    result = invoke(scene, *FAST, *_both(pair), "--overwrite")
+    assert_error(result, 1, prefix="cannot save run to ")
+    assert "No space left on device (the disk is full)" in result.stderr
+    assert [p.read_bytes() for p in pair] == [b"old attn.rrd", b"old run.npz"]
+    _folder_holds(pair, {"attn.rrd", "run.npz"})
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_ctrl_c_right_after_the_first_rename_leaves_neither_new_file(scene, pair, monkeypatch, overwrite):
+    from vggt_attn_rerun.io import atomic
+
+    if overwrite:
+        for path in pair:
+            path.write_bytes(b"old " + path.name.encode())
+    real, moved = atomic._move_into_place, []
+
+    def interrupted_after_one(pending):
+        if pending.target in pair:  # not save_run's own write of its temporary file
+            if moved:
+                raise KeyboardInterrupt
+            moved.append(pending.target)
+        return real(pending)
+
+    monkeypatch.setattr(atomic, "_move_into_place", interrupted_after_one)
+    result = invoke(scene, *FAST, *_both(pair), *(["--overwrite"] if overwrite else []))
+    assert (result.exit_code, result.stderr) == (130, "interrupted\n")
+    assert moved == [pair[0]]  # the .rrd was in place when Ctrl-C came
+    if overwrite:
+        assert [p.read_bytes() for p in pair] == [b"old attn.rrd", b"old run.npz"]
+        _folder_holds(pair, {"attn.rrd", "run.npz"})
+    else:
+        _folder_holds(pair, set())
+
+
+def test_a_signal_during_the_moves_is_held_then_undoes_them(tmp_path):
+    """SIGINT between two renames: both files are moved back out, then KeyboardInterrupt."""
+    import signal
+
+    from vggt_attn_rerun.io import atomic
+
+    targets = [tmp_path / "a.rrd", tmp_path / "b.npz"]
+    pending = [atomic.write_pending(t, lambda f: f.write(b"new")) for t in targets]
+    real = atomic._move_into_place
+
+    def signal_during(p):
+        placed = real(p)
+        os.kill(os.getpid(), signal.SIGINT)  # held by commit, so this move is not torn
+        return placed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(atomic, "_move_into_place", signal_during)
+        with pytest.raises(KeyboardInterrupt):
+            atomic.commit(pending)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_run_does_not_silently_replace_the_first(scene, out, monkeypatch):
+    """Both runs checked the name before it existed; the second to finish must not replace the first."""
+    real = api.record_attention
+
+    def other_run_finishes_first(*args, **kwargs):
+        out.write_bytes(b"the first run's recording")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "record_attention", other_run_finishes_first)
+    result = invoke(scene, *FAST, *save_args(out))
+    assert_error(result, 1, f"{out} appeared while this run was working: not replaced (pass --overwrite to replace it)")
+    assert out.read_bytes() == b"the first run's recording"
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+def test_save_onto_a_symlink_needs_overwrite_and_replaces_the_link(scene, tmp_path):
+    """Documented: the link itself is replaced by the new file; the file it points to is untouched."""
+    elsewhere = tmp_path / "elsewhere.rrd"
+    elsewhere.write_bytes(b"keep me")
+    link = tmp_path / "link.rrd"
+    link.symlink_to(elsewhere)
+    result = invoke(scene, *FAST, "--save", link)
+    assert_error(result, 2, f"--save {link}: is a symbolic link; pass --overwrite to replace it")
+    result = invoke(scene, *FAST, "--save", link, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not link.is_symlink() and link.stat().st_size > 1000
+    assert elsewhere.read_bytes() == b"keep me"
+
+
+# -- --ask: a bad typed line is skipped, the recording is kept -------------------------------------------
+
+
+def test_ask_skips_any_bad_line_and_counts_the_queries_recorded(scene, out, monkeypatch):
+    from vggt_attn_rerun.interactive.session import QuerySession
+
+    real = QuerySession.add_query
+
+    def breaks_on_frame_2(self, query):
+        if query.frame == 2:
+            raise RuntimeError("something inside went wrong")
+        return real(self, query)
+
+    monkeypatch.setattr(QuerySession, "add_query", breaks_on_frame_2)
+    typed = ["1:p2,3", "not a query", f"0:p{HUGE},1", "\x00\x1b[2J", "2:p0,0", "0:p3,5", "q"]
+    result = CliRunner().invoke(cli.cli, [str(scene), *FAST, "-q", "0:p0,0", "--ask", *map(str, save_args(out))],
+                                input="\n".join(typed) + "\n")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "not added: unexpected RuntimeError: something inside went wrong" in result.stderr
+    assert result.stderr.count("not added:") == 4
+    assert result.stderr.splitlines()[-1].startswith("3 view(s), 3 queries, 4 block(s)")
+    import rerun as rr
+
+    logged = {str(ch.entity_path) for ch in rr.chunk.RrdReader(out).stream()}
+    assert {"/queries/q0/info", "/queries/q1/info", "/queries/q2/info"} <= logged
+    assert "/queries/q3/info" not in logged

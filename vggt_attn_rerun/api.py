@@ -338,7 +338,7 @@ def _prepare(options: RunOptions, hooks: RunHooks) -> _Prepared:
         raise UserError(f"--grid-view {grid_view}: valid frames are 0..{len(paths) - 1}")
     images = _load_photos(paths, options, VGGT_PATCH_SIZE, hooks)
     # Provisional VGGT layout: catches bad and out-of-range queries now; resolved again for the model.
-    queries = _resolve_queries(options, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, hooks)
+    queries = _resolve_queries(options, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)
     export = check_output_path(options.export, "--export", RUN_SUFFIX, "the run file format",
                                options.overwrite) if options.export else None  # fmt: skip
     sinks = plan_sinks(options.save, options.connect, options.serve, options.headless, options.overwrite,

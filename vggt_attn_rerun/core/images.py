@@ -209,6 +209,8 @@ def _open_rgb(path: Path) -> Image.Image:
                 white = Image.new("RGBA", img.size, (255, 255, 255, 255))
                 return Image.alpha_composite(white, img).convert("RGB")
             return img.convert("RGB")
+    except UserError:
+        raise
     except FileNotFoundError as e:
         raise UserError(f"image {path} does not exist") from e
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
