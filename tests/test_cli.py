@@ -167,9 +167,9 @@ def test_export_path_is_checked_before_the_model(scene, tmp_path, no_model, name
 def test_help_shows_examples():
     result = invoke("--help")
     assert result.exit_code == 0
-    for text in ("Usage: vggt-attn-rerun [OPTIONS] IMAGES...", "Examples:", "--save attn.rrd --spawn", "--stdout | rerun -",
-                 "-q 0:320,240", "install-vggt", "--connect", "--serve", "Exit codes", "--query-grid 8x8",
-                 "--queries-file", "--export run.npz"):  # fmt: skip
+    for text in ("Usage: vggt-attn-rerun [OPTIONS] IMAGES...", "Examples:", "--save attn.rrd --spawn",
+                 "--stdout | rerun -", "-q 0:320,240", "install-vggt", "--connect", "--serve", "Exit codes",
+                 "--query-grid 8x8", "--queries-file", "--export run.npz"):  # fmt: skip
         assert text in result.stdout, text
 
 

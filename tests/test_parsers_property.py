@@ -189,3 +189,61 @@ def test_parse_index_list_round_trips_lists_and_ranges(case):
     assert parse_index_list(f"{lo}-{hi}", count) == tuple(range(lo, hi + 1))
     assert parse_index_list("-1", count) == (count - 1,)
     assert parse_index_list("all", count) == tuple(range(count))
+
+
+# -- integers of any length: UserError with the syntax, never int()'s ValueError -----------------------
+
+long_digits = st.integers(19, 6000).map(lambda n: "7" * n)
+QUERY_TEMPLATES = ["{n}", "{n}:camera", "0:p{n},1", "0:p1,{n}", "0:{n},1", "1:patch={n},{n}", "{n}:p1,1"]
+
+
+@FEW
+@given(long_digits, st.sampled_from(QUERY_TEMPLATES), st.booleans())
+def test_queries_with_huge_integers_fail_with_user_error(digits, template, with_maps):
+    text = template.format(n=digits)
+    try:
+        q = parse_query(text, FIXED, FIXED_MAPS if with_maps else None)
+    except UserError as e:
+        assert "\n" not in str(e)
+        return
+    assert 0 <= q.token(FIXED) < FIXED.num_tokens  # a huge pixel coordinate may parse as a float
+
+
+@FEW
+@given(long_digits, st.sampled_from(["{n}", "0-{n}", "{n}-{n}", "-{n}", "1,{n},2"]), st.integers(1, 64))
+def test_index_lists_with_huge_integers_fail_with_user_error(digits, template, count):
+    with pytest.raises(UserError, match="cannot parse|out of range"):
+        parse_index_list(template.format(n=digits), count)
+
+
+@FEW
+@given(st.one_of(st.text(max_size=30), long_digits.map(lambda d: f"{d}x2"),
+                 st.from_regex(r"\A\s*[0-9]{1,8}\s*[xX*]\s*[0-9]{1,8}\s*\Z")),
+       st.one_of(st.none(), st.integers(0, 9)))  # fmt: skip
+def test_query_grid_text_fails_only_with_user_error(text, frame):
+    from vggt_attn_rerun.cli.checks import parse_query_grid
+
+    try:
+        frame_, rows, cols = parse_query_grid(text, frame)
+    except UserError as e:
+        assert str(e).startswith("--query-grid ") and str(e).endswith("expected ROWSxCOLS with both >= 1, e.g. 8x8")
+        return
+    assert rows >= 1 and cols >= 1 and frame_ == (frame or 0)
+
+
+@FEW
+@given(st.lists(st.text(max_size=20), max_size=8), st.sampled_from(["\n", "\r\n", "\r"]), st.booleans())
+def test_queries_file_lines_are_the_text_before_comments(tmp_path_factory, lines, newline, bom):
+    from vggt_attn_rerun.cli.checks import read_queries_file
+
+    path = tmp_path_factory.mktemp("q") / "q.txt"
+    text = newline.join(lines)
+    path.write_bytes(("\ufeff" if bom else "").encode() + text.encode("utf-8", "surrogatepass"))
+    expected = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    expected = [q for q in expected if q]
+    try:
+        got = [q for q, _ in read_queries_file(path)]
+    except UserError as e:
+        assert expected == [] or "cannot read" in str(e)
+        return
+    assert got == expected

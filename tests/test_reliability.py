@@ -163,7 +163,8 @@ def test_image_too_thin_to_make_a_patch_row(tmp_path, no_model):
     thin = tmp_path / "thin.png"
     Image.new("RGB", (300, 2), "gray").save(thin)
     result = invoke(thin, *FAST)
-    assert_error(result, 2, f"image {thin} is 300x2: its aspect ratio (150:1) is too extreme; valid images are at most 50:1")
+    message = f"image {thin} is 300x2: its aspect ratio (150:1) is too extreme; valid images are at most 50:1"
+    assert_error(result, 2, message)
 
 
 # -- queries, blocks, kinds, heads ----------------------------------------------------------------
@@ -284,7 +285,8 @@ def test_save_needs_rrd_suffix(scene, tmp_path, no_model):
 
 def test_headless_without_a_sink(scene, no_model):
     result = invoke(scene, *FAST, "--headless")
-    assert_error(result, 2, "--headless alone would discard the recording: add --save out.rrd (or --stdout/--connect/--serve)")
+    message = "--headless alone would discard the recording: add --save out.rrd (or --stdout/--connect/--serve)"
+    assert_error(result, 2, message)
 
 
 def test_connect_to_nothing(scene, no_model):
@@ -502,7 +504,8 @@ def test_integers_with_thousands_of_digits_are_bad_input(scene, no_model, args):
 
 def test_device_meta_is_refused(scene, no_model):
     result = invoke(scene, *FAST, "--device", "meta")
-    assert_error(result, 2, "--device meta: cannot run the model on meta devices; valid are auto, cpu, cuda, cuda:N, mps")
+    valid = "valid are auto, cpu, cuda, cuda:N, mps"
+    assert_error(result, 2, f"--device meta: cannot run the model on meta devices; {valid}")
 
 
 # -- queries files as editors write them; many equal queries -----------------------------------------
