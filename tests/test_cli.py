@@ -270,7 +270,7 @@ def test_save_alone_writes_the_file_and_opens_no_viewer(scene, tmp_path, no_view
     out = tmp_path / "alone.rrd"
     result = invoke(scene, *FAST, "--save", out)
     assert result.exit_code == 0, result.output
-    assert result.stderr.splitlines() == [f"3 view(s), 1 query, 4 block(s) of global attention: saved {out}"]
+    assert result.stderr.splitlines() == [f"3 views, 1 query, 4 blocks of global attention: saved {out}"]
     assert "/world/points" in entities(out)
 
 
@@ -336,7 +336,7 @@ def test_stdout_pipes_a_recording_that_rerun_reads(scene, tmp_path):
             stdout=pipe, stderr=subprocess.PIPE, text=True, timeout=120, cwd=Path(__file__).parents[1],
         )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert run.stderr.splitlines() == ["3 view(s), 1 query, 4 block(s) of global attention: written to stdout"]
+    assert run.stderr.splitlines() == ["3 views, 1 query, 4 blocks of global attention: written to stdout"]
     found = entities(piped)
     assert {"/world/points", "/queries/q0/info", "/world/frames/1/image/attention/q0/global"} <= found
     assert "frame 1, patch row 2, col 3" in info_text(piped, 0)

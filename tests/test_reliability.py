@@ -737,7 +737,7 @@ def test_ask_skips_any_bad_line_and_counts_the_queries_recorded(scene, out, monk
     assert result.exit_code == 0, result.output
     assert "not added: unexpected RuntimeError: something inside went wrong" in result.stderr
     assert result.stderr.count("not added:") == 4
-    assert result.stderr.splitlines()[-1].startswith("3 view(s), 3 queries, 4 block(s)")
+    assert result.stderr.splitlines()[-1].startswith("3 views, 3 queries, 4 blocks")
     import rerun as rr
 
     logged = {str(ch.entity_path) for ch in rr.chunk.RrdReader(out).stream()}

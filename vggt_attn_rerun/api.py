@@ -230,11 +230,9 @@ class ProgressBar(Protocol):
 
 
 class _Silent:
-    def update(self, n: int = 1) -> None:
-        pass
+    def update(self, n: int = 1) -> None: ...
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -260,6 +258,11 @@ class RunSummary:
     result: CaptureResult
     queries: int
     outputs: str
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``plural(1, "view")`` -> ``1 view``, ``plural(3, "query", "queries")`` -> ``3 queries``."""
+    return f"{n} {word if n == 1 else words or word + 's'}"
 
 
 @contextmanager
@@ -306,16 +309,13 @@ def run(options: RunOptions, hooks: RunHooks | None = None) -> RunSummary:
     )  # fmt: skip
     if line:
         hooks.echo(line)
-    what = (
-        f"{prep.images.tensor.shape[0]} view(s), {{queries}} quer{{ies}}, {len(blocks)} block(s) of "
-        f"{'+'.join(recording.kinds)} attention"
-    )
     with translate_oom(prep.device):
         result, added = _capture_and_log(model, prep, options, blocks, queries, recording, hooks)
     count = len(queries) + added
     outputs = ", ".join(p for p in (prep.sinks.describe(), f"exported {prep.export}" if prep.export else "") if p)
-    line = what.format(queries=count, ies="y" if count == 1 else "ies")
-    hooks.echo(f"{line}: {outputs}")
+    views, kinds = prep.images.tensor.shape[0], "+".join(recording.kinds)
+    hooks.echo(f"{plural(views, 'view')}, {plural(count, 'query', 'queries')}, {plural(len(blocks), 'block')} of "
+               f"{kinds} attention: {outputs}")  # fmt: skip
     return RunSummary(result, count, outputs)
 
 
