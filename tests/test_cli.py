@@ -378,3 +378,28 @@ def test_the_console_script_is_the_lazy_entry():
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "vggt-attn-rerun"]
     assert script.value == "vggt_attn_rerun.cli:entry"
+
+
+def test_progress_advances_once_per_captured_attention_module(scene, tmp_path):
+    """The bar is driven by the capture's own per-block callback: one step per (kind, block) captured."""
+    from vggt_attn_rerun.viz.options import RecordingOptions
+
+    events: list = []
+
+    class Bar:
+        def __init__(self, desc, total):
+            events.append(("open", desc, total))
+
+        def update(self, n=1):
+            events.append(("update", n))
+
+        def close(self):
+            events.append(("close",))
+
+    options = api.RunOptions(images=(scene,), model="tiny", image_size=84, blocks="0,2", save=tmp_path / "p.rrd",
+                             recording=RecordingOptions(kinds=("frame", "global")))  # fmt: skip
+    summary = api.run(options, api.RunHooks(progress=Bar))
+    assert summary.queries == 1 and (tmp_path / "p.rrd").exists()
+    forward = events.index(("open", "forward pass", 4))
+    assert events[forward + 1 : forward + 5] == [("update", 1)] * 4
+    assert events[forward + 5 : forward + 7] == [("close",), ("open", "logging to Rerun", None)]

@@ -743,3 +743,23 @@ def test_ask_skips_any_bad_line_and_counts_the_queries_recorded(scene, out, monk
     logged = {str(ch.entity_path) for ch in rr.chunk.RrdReader(out).stream()}
     assert {"/queries/q0/info", "/queries/q1/info", "/queries/q2/info"} <= logged
     assert "/queries/q3/info" not in logged
+    assert [0, 1, 2] in _queries_in_each_layout(out)  # one saved layout reaches every query
+
+
+def _queries_in_each_layout(path: Path) -> list[list[int]]:
+    """Per blueprint in a recording: the query indices its views and containers name."""
+    import re
+
+    import rerun as rr
+
+    reader = rr.chunk.RrdReader(path)
+    found = []
+    for store in reader.blueprints():
+        named: set[int] = set()
+        for ch in reader.stream(store=store):
+            batch = ch.to_record_batch()
+            for name in batch.schema.names:
+                if "Blueprint" in name or "Name" in name or "Origin" in name or "Contents" in name:
+                    named |= {int(q) for q in re.findall(r"\bq(\d+)\b", str(batch.column(name).to_pylist()))}
+        found.append(sorted(named))
+    return found

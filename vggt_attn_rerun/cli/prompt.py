@@ -7,6 +7,7 @@ for every query, so that a saved recording shows all of them, not only the last 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -20,10 +21,13 @@ PROMPT = "new query (FRAME:X,Y | FRAME:pROW,COL | FRAME:camera | q to quit)> "
 
 def _typed_lines() -> Iterator[str]:
     while True:
-        try:
-            yield input(PROMPT)
-        except EOFError:
+        if sys.stdin.isatty():  # to stderr: with --stdout, standard output carries the recording
+            sys.stderr.write(PROMPT)
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
             return
+        yield line
 
 
 def ask_queries(rec: Any, result: Any, images: Any, options: RecordingOptions, *,
