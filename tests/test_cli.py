@@ -342,10 +342,11 @@ def test_stdout_pipes_a_recording_that_rerun_reads(scene, tmp_path):
     assert "frame 1, patch row 2, col 3" in info_text(piped, 0)
 
 
-def test_examples_without_a_display_end_in_one_line(monkeypatch):
+@pytest.mark.parametrize("example", [["synthetic_scene.py"], ["my_photos.py", "photo.jpg"]])
+def test_examples_without_a_display_end_in_one_line(example):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    example = Path(__file__).parents[1] / "examples" / "synthetic_scene.py"
-    run = subprocess.run([sys.executable, example], capture_output=True, text=True, timeout=120, env=env)
+    script = Path(__file__).parents[1] / "examples" / example[0]
+    run = subprocess.run([sys.executable, script, *example[1:]], capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 1
     assert run.stderr.splitlines() == [
         "error: no display to open the Rerun viewer on (DISPLAY and WAYLAND_DISPLAY are not set): use "
