@@ -3,6 +3,10 @@
 ``record_attention`` = ``capture_run`` (the model once, every query's rows) + the default
 blueprint + ``recording.log_run``. Images may be LoadedImages, a tensor or image paths; queries
 may be Query objects, query strings (tokens.QUERY_SYNTAX) or a function of the TokenLayout.
+
+``run(RunOptions(...))`` is one whole run as the command line does it: checks before the model,
+the model, ``record_attention`` streamed to the sinks (``viz.sinks``), and the ``--save`` and
+``--export`` files committed together (``io.atomic``). The CLI builds one RunOptions and calls it.
 """
 
 from __future__ import annotations
