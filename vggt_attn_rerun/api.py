@@ -489,7 +489,13 @@ def _capture_and_log(model: nn.Module, prep: _Prepared, options: RunOptions, blo
 
 def _pending_export(path: Path, result: CaptureResult, images: LoadedImages, overwrite: bool) -> list[PendingFile]:
     """The run file under a temporary name beside ``path`` (``save_run`` writes it whole)."""
-    produce = lambda temp: save_run(temp, result, images)  # noqa: E731
+
+    def produce(temp: Path) -> None:
+        try:
+            save_run(temp, result, images)
+        except UserError as e:  # name the file the user asked for, not the temporary one
+            raise UserError(str(e).replace(str(temp), str(path))) from e
+
     return [produce_pending(path, produce, overwrite=overwrite, action=f"export the run to {path}")]
 
 
