@@ -278,8 +278,10 @@ class OpenSinks:
             return
         sinks: list[Any] = []
         if plan.save is not None:
-            # In memory until the run is complete (a few MB at VGGT-1B size): the file is then
-            # written whole, by us, so a full disk is one clear error and never a partial file.
+            # In memory until the run is complete (peak memory about 5x the file size, measured;
+            # one query at VGGT-1B size makes a few MB): the file is then written whole, by us, so
+            # a full disk is one clear error and never a partial file. One read only: every read
+            # returns a complete .rrd stream, and two of them do not concatenate into one file.
             self.buffer = self.recording.binary_stream()
             sinks.append(self.buffer)
         if plan.spawn:
