@@ -762,3 +762,34 @@ def _queries_in_each_layout(path: Path) -> list[list[int]]:
                     named |= {int(q) for q in re.findall(r"\bq(\d+)\b", str(batch.column(name).to_pylist()))}
         found.append(sorted(named))
     return found
+
+
+def test_without_hard_links_a_name_is_still_never_replaced(tmp_path, monkeypatch):
+    """File systems without hard links (FAT, some shares): check, then rename; overwrite moves the old file aside."""
+    import errno
+
+    from vggt_attn_rerun.errors import UserError
+    from vggt_attn_rerun.io import atomic
+
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(atomic.os, "link", no_links)
+    target = tmp_path / "a.rrd"
+    atomic.write_file(target, lambda f: f.write(b"first"), overwrite=False)
+    with pytest.raises(UserError, match="appeared while this run was working: not replaced"):
+        atomic.write_file(target, lambda f: f.write(b"second"), overwrite=False)
+    assert target.read_bytes() == b"first"
+    pending = [atomic.write_pending(target, lambda f: f.write(b"third"), overwrite=True),
+               atomic.write_pending(tmp_path / "b.npz", lambda f: f.write(b"b"), overwrite=True)]  # fmt: skip
+    real = atomic._move_into_place
+
+    def fail_second(p):
+        if p.target.name == "b.npz":
+            raise OSError(errno.EIO, "Input/output error")
+        return real(p)
+
+    monkeypatch.setattr(atomic, "_move_into_place", fail_second)
+    with pytest.raises(UserError, match=r"cannot write .*b\.npz: Input/output error"):
+        atomic.commit(pending)
+    assert target.read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == ["a.rrd"]
