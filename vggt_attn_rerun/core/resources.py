@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from vggt_attn_rerun.core.introspect import find_aggregator, model_embed_dim, model_heads
+from vggt_attn_rerun.core.qk_cache import qk_cache_bytes_per_frame
 from vggt_attn_rerun.core.tokens import VGGT_NUM_REGISTERS, VGGT_PATCH_SIZE, TokenLayout
 from vggt_attn_rerun.errors import UserError
 
@@ -100,9 +101,8 @@ def estimate_memory(
             torch 2.13, for fp32/bf16/fp16 on CPU; if torch falls back to its math kernel, the
             real peak is higher by up to ``2 * H * (S*P)^2`` elements. When False (the explicit
             softmax path), that matrix is counted.
-        keep_qk: ``capture(..., keep_qk=True)`` keeps q and k of every token, captured block and
-            kind in fp32: ``2 * S * P * C * 4`` bytes per (block, kind) (VGGT-1B, 518x518, all 48
-            modules: 540 MB per frame).
+        keep_qk: ``capture(..., keep_qk=True)`` also keeps q and k of every token, captured block
+            and kind (``qk_cache.qk_cache_bytes_per_frame``: 540 MB per 518x518 frame of VGGT-1B).
 
     Returns:
         The estimate, by cause; ``.total`` and ``.transient`` (total minus resident weights).
@@ -136,7 +136,8 @@ def estimate_memory(
     pixels = height * width
     head_channels = min(s, _HEAD_FRAMES_PER_CHUNK) * _HEAD_CHANNELS + s * _PREDICTION_CHANNELS
     heads_bytes = head_channels * pixels * _FP32
-    qk_cache = 2 * n_global * embed_dim * _FP32 * blocks * len(kinds) if keep_qk else 0
+    layout = TokenLayout(s, height // patch_size, width // patch_size, patch_size, num_registers)
+    qk_cache = s * qk_cache_bytes_per_frame(layout, embed_dim, blocks, len(kinds)) if keep_qk else 0
     return MemoryEstimate(weights, weight_casts, activations, attention_matrix, capture, heads_bytes, qk_cache)
 
 
