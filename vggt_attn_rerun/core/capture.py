@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from vggt_attn_rerun.core.adapters import adapter_for
 from vggt_attn_rerun.core.hooks import qk_hooks
 from vggt_attn_rerun.core.images import LoadedImages, batched_images
 from vggt_attn_rerun.core.introspect import KINDS, check_blocks, check_kinds, model_heads, model_layout
@@ -79,6 +80,7 @@ def capture(
     store_dtype: torch.dtype = torch.float32,
     keep_qk: bool = False,
     on_block: Callable[[str, int], None] | None = None,
+    arch: str | None = None,
 ) -> CaptureResult:
     """Run ``model(images)`` once and capture the attention rows of ``queries``.
 
@@ -99,30 +101,33 @@ def capture(
             queries can be answered later without a forward pass.
         on_block: called as ``on_block(kind, block)`` when a captured attention module has run
             (progress reporting: ``len(blocks) * len(kinds)`` calls per forward pass).
+        arch: the model's adapter (``core.adapters``: vggt, pi3, streamvggt, vggt-omega); default:
+            chosen from the model's type.
 
     Returns:
         CaptureResult with the model's predictions (untouched) and AttentionRows.
     """
     pixel_maps = images.transforms if isinstance(images, LoadedImages) and images.paths is not None else None
     images = batched_images(images)
-    layout = model_layout(model, images.shape[1], images.shape[3], images.shape[4])
+    adapter = adapter_for(model, arch)
+    layout = model_layout(model, images.shape[1], images.shape[3], images.shape[4], adapter.name)
     qs = _queries(queries, layout, pixel_maps)
-    kinds, blocks = check_kinds(kinds), check_blocks(model, blocks)
-    collector = RowCollector(layout, qs, blocks, kinds, model_heads(model), store_dtype=store_dtype)
+    kinds, blocks = check_kinds(kinds), check_blocks(model, blocks, adapter.name)
+    collector = RowCollector(layout, qs, blocks, kinds, model_heads(model, adapter.name), store_dtype=store_dtype)
     cache = QKCache() if keep_qk else None
 
-    def on_qk(kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module) -> None:
-        collector(kind, block, q, k, attn)
+    def on_qk(kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module, mask: Tensor | None = None) -> None:
+        collector(kind, block, q, k, attn, mask)
         if cache is not None:
-            cache(kind, block, q, k, attn)
+            cache(kind, block, q, k, attn, mask)
         if on_block is not None:
             on_block(kind, block)
 
     device = images.device
-    with torch.no_grad(), qk_hooks(model, blocks, kinds, on_qk):
+    with torch.no_grad(), qk_hooks(model, blocks, kinds, on_qk, adapter):
         if autocast_dtype is not None:
             with torch.autocast(device.type, dtype=autocast_dtype):
-                predictions = model(images)
+                predictions = adapter.run(model, images)
         else:
-            predictions = model(images)
+            predictions = adapter.run(model, images)
     return CaptureResult(predictions, collector.result(), layout, cache)

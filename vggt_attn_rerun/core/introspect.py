@@ -1,4 +1,8 @@
-"""Where VGGT keeps its attention: the only module that reads the model's internals."""
+"""Where a VGGT-like model keeps its attention: read through its adapter (core.adapters).
+
+Every function takes an optional ``arch`` (an adapter name); without it the adapter is the
+one ``load_model`` tagged the model with, else the one its type matches.
+"""
 
 from __future__ import annotations
 
@@ -7,55 +11,70 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
+from vggt_attn_rerun.core.adapters import ModelAdapter, adapter_for
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
 
 KINDS = ("frame", "global")
-_BLOCK_LISTS = {"frame": "frame_blocks", "global": "global_blocks"}
 
 
-def find_aggregator(model: nn.Module) -> nn.Module:
-    """The module that owns VGGT's ``frame_blocks`` and ``global_blocks``."""
-    for candidate in (getattr(model, "aggregator", None), model):
-        if isinstance(candidate, nn.Module) and all(
-            isinstance(getattr(candidate, name, None), nn.ModuleList) for name in ("frame_blocks", "global_blocks")
-        ):
-            return candidate
-    raise UserError(
-        f"model {type(model).__name__} has no VGGT aggregator: expected a module with .aggregator, "
-        f"or one with .frame_blocks and .global_blocks (ModuleLists of attention blocks)"
-    )
+def model_adapter(model: nn.Module, arch: str | None = None) -> ModelAdapter:
+    return adapter_for(model, arch)
 
 
-def model_patch_size(model: nn.Module) -> int:
-    """Pixels per patch side of the model's patch embedding (14 for VGGT)."""
-    agg = find_aggregator(model)
-    ps = getattr(getattr(agg, "patch_embed", None), "patch_size", getattr(agg, "patch_size", 14))
-    return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+def find_aggregator(model: nn.Module, arch: str | None = None) -> nn.Module:
+    """The module that owns the model's ``frame_blocks`` and ``global_blocks`` (VGGT's aggregator).
+
+    For VGGT-Omega ``global_blocks`` is named ``inter_frame_blocks``; for pi3 (one decoder list)
+    a view that names its blocks is returned. ``attention_module`` works for every architecture.
+    """
+    return adapter_for(model, arch).root(model)
 
 
-def model_num_registers(model: nn.Module) -> int:
+def attention_module(model: nn.Module, kind: str, block: int, arch: str | None = None) -> nn.Module:
+    """The attention module of ``block`` of ``kind`` ("frame" or "global")."""
+    return adapter_for(model, arch).attention(model, kind, block)
+
+
+def model_patch_size(model: nn.Module, arch: str | None = None) -> int:
+    """Pixels per patch side of the model's patch embedding (14 for VGGT, 16 for VGGT-Omega)."""
+    adapter = adapter_for(model, arch)
+    return int(adapter.patch_size(adapter.root(model)))
+
+
+def model_num_registers(model: nn.Module, arch: str | None = None) -> int:
     """Register tokens per frame: the special tokens before the patches, less the camera token."""
-    return int(getattr(find_aggregator(model), "patch_start_idx", 5)) - 1
+    adapter = adapter_for(model, arch)
+    return int(adapter.num_registers(adapter.root(model)))
 
 
-def model_embed_dim(model: nn.Module) -> int:
+def model_num_cameras(model: nn.Module, arch: str | None = None) -> int:
+    """Camera tokens per frame: 1, or 0 for models without one (pi3)."""
+    return adapter_for(model, arch).num_cameras
+
+
+def model_embed_dim(model: nn.Module, arch: str | None = None) -> int:
     """Channels of the aggregator's tokens (all heads together): 1024 for VGGT-1B."""
-    attn = find_aggregator(model).frame_blocks[0].attn
+    attn = attention_module(model, "frame", 0, arch)
     return int(attn.qkv.in_features) if hasattr(attn, "qkv") else int(attn.num_heads * attn.head_dim)
 
 
-def model_layout(model: nn.Module, num_frames: int, height: int, width: int) -> TokenLayout:
+def model_layout(model: nn.Module, num_frames: int, height: int, width: int, arch: str | None = None) -> TokenLayout:
     """The token layout the model will use for S frames of ``height x width`` pixels."""
-    return TokenLayout.for_image_size(num_frames, height, width, model_patch_size(model), model_num_registers(model))
+    adapter = adapter_for(model, arch)
+    root = adapter.root(model)
+    return TokenLayout.for_image_size(
+        num_frames, height, width, int(adapter.patch_size(root)), int(adapter.num_registers(root)),
+        adapter.num_cameras,
+    )  # fmt: skip
 
 
-def model_depth(model: nn.Module) -> int:
-    return len(find_aggregator(model).frame_blocks)
+def model_depth(model: nn.Module, arch: str | None = None) -> int:
+    return adapter_for(model, arch).depth(model)
 
 
-def model_heads(model: nn.Module) -> int:
-    return int(find_aggregator(model).frame_blocks[0].attn.num_heads)
+def model_heads(model: nn.Module, arch: str | None = None) -> int:
+    return int(attention_module(model, "frame", 0, arch).num_heads)
 
 
 def check_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
@@ -72,8 +91,8 @@ def check_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
     return kinds
 
 
-def check_blocks(model: nn.Module, blocks: Iterable[int] | None) -> tuple[int, ...]:
-    depth = model_depth(model)
+def check_blocks(model: nn.Module, blocks: Iterable[int] | None, arch: str | None = None) -> tuple[int, ...]:
+    depth = model_depth(model, arch)
     if blocks is None:
         return tuple(range(depth))
     if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Iterable):

@@ -30,13 +30,17 @@ class QKCache:
         self.store_device = store_device
         self.qk: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
         self.scale: dict[tuple[str, int], float] = {}
+        # The attention mask a block got (StreamVGGT): kept as the model made it, no copy.
+        self.mask: dict[tuple[str, int], Tensor] = {}
 
-    def __call__(self, kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module) -> None:
+    def __call__(self, kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module, mask: Tensor | None = None) -> None:
         def keep(t: Tensor) -> Tensor:
             return t.detach().to(self.store_device, copy=True)
 
         self.qk[(kind, block)] = (keep(q), keep(k))
         self.scale[(kind, block)] = float(attn.scale)
+        if mask is not None:
+            self.mask[(kind, block)] = mask.detach()
 
     def nbytes(self) -> int:
         return sum(q.nbytes + k.nbytes for q, k in self.qk.values())
@@ -51,7 +55,7 @@ class QKCache:
             qq.token(layout)
         collector = RowCollector(layout, queries, blocks, kinds, num_heads)
         for (kind, block), (q, k) in self.qk.items():
-            collector.compute(kind, block, q, k, self.scale[(kind, block)])
+            collector.compute(kind, block, q, k, self.scale[(kind, block)], self.mask.get((kind, block)))
         return collector.result()
 
 

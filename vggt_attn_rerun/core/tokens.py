@@ -60,6 +60,8 @@ class TokenLayout:
         grid_h, grid_w: patch grid of each frame (input H / patch_size, W / patch_size).
         patch_size: pixels per patch side (14 for VGGT).
         num_registers: register tokens per frame (4 for VGGT); the camera token comes first.
+        num_cameras: camera tokens per frame before the registers: 1 (VGGT), 0 (models without
+            one, such as pi3, whose frames start with their registers).
     """
 
     num_frames: int
@@ -67,11 +69,14 @@ class TokenLayout:
     grid_w: int
     patch_size: int = VGGT_PATCH_SIZE
     num_registers: int = VGGT_NUM_REGISTERS
+    num_cameras: int = 1
 
     def __post_init__(self) -> None:
         for name in ("num_frames", "grid_h", "grid_w", "patch_size", "num_registers"):
             low = 0 if name == "num_registers" else 1
             object.__setattr__(self, name, as_index(getattr(self, name), f"TokenLayout.{name}", low))
+        if self.num_cameras not in (0, 1):
+            raise UserError(f"TokenLayout.num_cameras must be 0 or 1, got {self.num_cameras}")
 
     @classmethod
     def for_image_size(
@@ -81,6 +86,7 @@ class TokenLayout:
         width: int,
         patch_size: int = VGGT_PATCH_SIZE,
         num_registers: int = VGGT_NUM_REGISTERS,
+        num_cameras: int = 1,
     ) -> TokenLayout:
         """Layout for S frames of ``height x width`` input pixels (multiples of ``patch_size``)."""
         patch_size = as_index(patch_size, "patch_size", 1)
@@ -90,13 +96,13 @@ class TokenLayout:
                 f"image size {width}x{height} is not a multiple of the patch size {patch_size}; "
                 f"use images.load_images to resize"
             )
-        return cls(num_frames, height // patch_size, width // patch_size, patch_size, num_registers)
+        return cls(num_frames, height // patch_size, width // patch_size, patch_size, num_registers, num_cameras)
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
     def patch_start(self) -> int:
         """Index of the first patch token within a frame (camera + registers)."""
-        return 1 + self.num_registers
+        return self.num_cameras + self.num_registers
 
     @property
     def num_patches(self) -> int:
@@ -119,7 +125,7 @@ class TokenLayout:
 
     @property
     def special_names(self) -> tuple[str, ...]:
-        return ("camera",) + tuple(f"register_{r}" for r in range(self.num_registers))
+        return ("camera",) * self.num_cameras + tuple(f"register_{r}" for r in range(self.num_registers))
 
     # -- checks --------------------------------------------------------------------------------
     def check_frame(self, frame: int) -> int:
@@ -168,13 +174,14 @@ class TokenLayout:
     def special_index(self, name: str) -> int:
         """'camera' -> 0, 'register_r' (or 'reg_r', 'rR') -> 1 + r."""
         name = name.strip().lower()
-        if name in ("camera", "cam"):
+        if name in ("camera", "cam") and self.num_cameras:
             return 0
         m = re.fullmatch(r"(?:register_?|reg_?|r)(\d+)", name)
         if m and int(m.group(1)) < self.num_registers:
-            return 1 + int(m.group(1))
+            return self.num_cameras + int(m.group(1))
+        camera = "camera, " if self.num_cameras else ""
         raise UserError(
-            f"unknown special token {name!r}: valid are camera, register_0..register_{self.num_registers - 1}"
+            f"unknown special token {name!r}: valid are {camera}register_0..register_{self.num_registers - 1}"
         )
 
     def patch_center(self, row: int, col: int) -> tuple[float, float]:
