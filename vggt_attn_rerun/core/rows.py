@@ -159,7 +159,9 @@ class RowCollector:
                 "batch size 1)"
             )
 
-    def __call__(self, kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module, mask: Tensor | None = None) -> None:
+    def __call__(
+        self, kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module, mask: Tensor | None = None
+    ) -> None:
         self.compute(kind, block, q, k, float(attn.scale), mask)
 
     def compute(self, kind: str, block: int, q: Tensor, k: Tensor, scale: float, mask: Tensor | None = None) -> None:
@@ -210,5 +212,3 @@ class RowCollector:
         if missing:
             raise RuntimeError(f"the forward pass did not run these attention modules: {missing[:4]}")
         return AttentionRows(self.layout, self.queries, self.blocks, self.num_heads, self.probs)
-
-

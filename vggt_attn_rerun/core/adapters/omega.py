@@ -24,8 +24,7 @@ from vggt_attn_rerun.errors import UserError
 def _aggregator(model: nn.Module) -> nn.Module | None:
     for candidate in (getattr(model, "aggregator", None), model):
         if isinstance(candidate, nn.Module) and all(
-            isinstance(getattr(candidate, name, None), nn.ModuleList)
-            for name in ("frame_blocks", "inter_frame_blocks")
+            isinstance(getattr(candidate, name, None), nn.ModuleList) for name in ("frame_blocks", "inter_frame_blocks")
         ):
             return candidate
     return None
