@@ -58,8 +58,8 @@ def _is_streamvggt(model: nn.Module) -> bool:
     return agg is not None and any("streamvggt" in type_path(m).lower() for m in (model, agg))
 
 
-def _run_streamvggt(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
-    """StreamVGGT.forward takes ``views`` (dicts with ``img [B, 3, H, W]``) and returns per-view
+def _run(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+    """``model(images)``; but StreamVGGT.forward takes ``views`` (dicts with ``img [B, 3, H, W]``) and returns per-view
     results (``ress``); rebuild VGGT's prediction dict ``[B, S, ...]`` from them."""
     params = list(inspect.signature(model.forward).parameters)
     if not params or params[0] != "views":
@@ -85,6 +85,7 @@ VGGT = ModelAdapter(
     blocks=_blocks,
     patch_size=_patch_size,
     num_registers=_num_registers,
+    run=_run,
 )
 
 STREAMVGGT = ModelAdapter(
@@ -97,5 +98,5 @@ STREAMVGGT = ModelAdapter(
     patch_size=_patch_size,
     num_registers=_num_registers,
     mask_kwarg="attn_mask",
-    run=_run_streamvggt,
+    run=_run,
 )

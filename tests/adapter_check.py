@@ -1,0 +1,82 @@
+"""Test-only: an explicit recomputation of one attention module's attention, for any adapter."""
+
+import torch
+
+from vggt_attn_rerun.core.adapters import ModelAdapter
+
+
+class ModuleRecorder:
+    """Records the input x, the keyword arguments and the output of one attention module."""
+
+    def __init__(self, adapter: ModelAdapter, model, kind: str, block: int):
+        self.adapter, self.kind, self.block = adapter, kind, block
+        self.attn = adapter.attention(model, kind, block)
+        self.handle = self.attn.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs, output):
+        self.x, self.kwargs, self.out = args[0].detach(), dict(kwargs), output.detach()
+
+    def remove(self):
+        self.handle.remove()
+
+    def explicit(self):
+        """``(A [B', H, N, N], v [B', H, N, D])``: softmax in fp32 of scale * q k^T + mask."""
+        a, x = self.attn, self.x
+        b, n, c = x.shape
+        heads = a.num_heads
+        q, k, v = a.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        q, k = a.q_norm(q), a.k_norm(k)
+        pos = self.kwargs.get(self.adapter.pos_kwarg)
+        if pos is not None and self.adapter.name == "vggt-omega":
+            q, k = _dinov3_rope(q, pos), _dinov3_rope(k, pos)
+        elif pos is not None:
+            q, k = a.rope(q, pos), a.rope(k, pos)
+        logits = (q.float() * a.scale) @ k.float().transpose(-2, -1)
+        mask = self.kwargs.get("attn_mask")
+        if mask is not None:
+            logits = logits + (mask.float() if mask.dtype != torch.bool else (~mask).float() * -torch.inf)
+        return logits.softmax(-1), v
+
+
+def _dinov3_rope(x, rope):
+    """RoPE of the patch tokens only (the special-token prefix untouched), in the tables' dtype."""
+    sin, cos = rope
+    prefix = x.shape[-2] - sin.shape[-2]
+    body = x[:, :, prefix:].to(sin.dtype)
+    d = body.shape[-1] // 2
+    rotated = torch.cat([-body[..., d:], body[..., :d]], dim=-1)
+    return torch.cat([x[:, :, :prefix], (body * cos + rotated * sin).to(x.dtype)], dim=-2)
+
+
+def check_rows_and_output(rec: ModuleRecorder, res, atol=1e-5):
+    """Rows equal the explicit attention, and ``proj(A @ V)`` of the rows rebuilds the module output.
+
+    Returns how many rows were compared (a check that compared nothing would be no check).
+    """
+    lay, a = res.layout, rec.attn
+    full, v = rec.explicit()
+    rows = res.rows.probs[rec.kind][res.rows.block_index(rec.block)]  # [Q, H, S, P]
+    special_only = rec.kind == "global" and full.shape[-1] == lay.num_frames * lay.patch_start
+    compared = 0
+    for i, qq in enumerate(res.rows.queries):
+        if special_only:
+            if qq.local >= lay.patch_start:  # patch tokens take no part in this block
+                assert rows[i].abs().max() == 0
+                continue
+            b, t = 0, qq.frame * lay.patch_start + qq.local
+            want = full[b, :, t].reshape(-1, lay.num_frames, lay.patch_start)
+            got, rest = rows[i][..., : lay.patch_start], rows[i][..., lay.patch_start :]
+            assert rest.abs().max() == 0
+        elif rec.kind == "global":
+            b, t = 0, qq.token(lay)
+            want, got = full[b, :, t].reshape(-1, lay.num_frames, lay.tokens_per_frame), rows[i]
+        else:
+            b, t = qq.frame, qq.local
+            want, got = full[b, :, t], rows[i, :, qq.frame]
+            others = [f for f in range(lay.num_frames) if f != qq.frame]
+            assert rows[i][:, others].abs().max() == 0
+        torch.testing.assert_close(got, want, atol=atol, rtol=0)
+        heads = torch.einsum("hn,hnd->hd", got.reshape(a.num_heads, -1).to(v.dtype), v[b])
+        torch.testing.assert_close(a.proj(heads.reshape(-1)), rec.out[b, t], atol=atol, rtol=1e-4)
+        compared += 1
+    return compared
