@@ -1,12 +1,16 @@
 """Building and loading the model whose attention we visualise.
 
-``load_model(spec)`` accepts: ``tiny`` (toy VGGT for tests and demos), ``random`` (VGGT-1B
-architecture, random weights, seed 0), a Hugging Face Hub id (``facebook/VGGT-1B``), a local
-directory (``config.json`` + ``model.safetensors`` or ``model.pt``), a local state-dict file
-(``.safetensors``, ``.pt``, ``.pth``), or ``module:callable`` returning an ``nn.Module``.
+``load_model(spec, arch=...)`` accepts: ``tiny`` (toy model of the architecture's family, for
+tests and demos), ``random`` (the architecture at full size, random weights, seed 0), a Hugging
+Face Hub id (``facebook/VGGT-1B``, ``yyfz233/Pi3``), a local directory (``config.json`` +
+``model.safetensors`` or ``model.pt``), a local state-dict file (``.safetensors``, ``.pt``,
+``.pth``), or ``module:callable`` returning an ``nn.Module``.
 
 Unlike ``VGGT.from_pretrained``, which loads with ``strict=False`` and silently keeps random
-weights for missing keys, every checkpoint is checked key by key here.
+weights for missing keys, every checkpoint is checked key by key here. Architectures
+(``core.model_archs``): vggt (default; also read from .pt), pi3, pi3x, streamvggt, vggt-omega and
+their tiny replicas; all but vggt read ``.safetensors`` only. The model is tagged with its
+adapter (``core.adapters``) so that capture reads it the right way.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from vggt_attn_rerun.core.adapters import ARCH_ATTR
+from vggt_attn_rerun.core.model_archs import ARCHS as _ARCHS
+from vggt_attn_rerun.core.model_archs import TINY_OF, arch_builder, arch_for_hub_id, finish_random, get_arch
 from vggt_attn_rerun.errors import UserError
 
 DEFAULT_MODEL = "facebook/VGGT-1B"
-ARCHS = ("vggt", "tiny")
+ARCHS = tuple(_ARCHS)
 VGGT_COMMIT = "a288dd0f14786c93483e45524328726ab7b1b4ce"
 VGGT_SOURCE = f"vggt @ git+https://github.com/facebookresearch/vggt@{VGGT_COMMIT}"
 VGGT_INSTALL_HINT = "vggt is not installed: run  vggt-attn-rerun install-vggt  (see README)"
@@ -70,19 +77,11 @@ def _vggt_class() -> type[nn.Module]:
     return VGGT
 
 
-def _tiny_builder() -> Callable[..., nn.Module]:
-    from vggt_attn_rerun.testing import tiny_vggt
-
-    return tiny_vggt
-
-
 def _arch_builder(arch: str) -> Callable[..., nn.Module]:
-    """The constructor for ``arch``; imported early so that a missing vggt fails before a download."""
+    """The constructor for ``arch``; imported early so that a missing package fails before a download."""
     if arch == "vggt":
         return _vggt_class()
-    if arch == "tiny":
-        return _tiny_builder()
-    raise UserError(f"unknown architecture {arch!r}: valid are {', '.join(ARCHS)}")
+    return arch_builder(get_arch(arch))
 
 
 def _build(builder: Callable[..., nn.Module], config: Mapping[str, Any]) -> nn.Module:
@@ -114,9 +113,7 @@ def _read_torch(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, KeyError, RuntimeError, ... depending on the bytes
         if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
-            reason = (
-                "it holds pickled Python objects besides tensors, which are never unpickled (weights_only)"
-            )
+            reason = "it holds pickled Python objects besides tensors, which are never unpickled (weights_only)"
         else:
             reason = f"torch.load(weights_only=True) cannot read it: {_first_line(e)}"
         raise UserError(
@@ -139,8 +136,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise UserError(
-                f"{path} is not a checkpoint: expected a dict of tensors, but entry {key!r} "
-                f"is a {type(value).__name__}"
+                f"{path} is not a checkpoint: expected a dict of tensors, but entry {key!r} is a {type(value).__name__}"
             )
     return dict(obj)
 
@@ -154,9 +150,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _load_state_dict_into(
-    model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool, source: str
-) -> None:
+def _load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool, source: str) -> None:
     """Copy ``sd`` into ``model`` after checking names and shapes.
 
     Missing or unexpected keys raise UserError when ``strict``, else warn; differing shapes
@@ -192,7 +186,7 @@ def _random_model(arch: str) -> nn.Module:
     builder = _arch_builder(arch)
     with torch.random.fork_rng(devices=[]):  # seed the build without disturbing the caller's RNG
         torch.manual_seed(0)
-        return builder()
+        return finish_random(get_arch(arch), builder())
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -206,6 +200,11 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _from_file(path: Path, arch: str, strict: bool, config: Mapping[str, Any] | None = None) -> nn.Module:
+    if get_arch(arch).safetensors_only and path.suffix != ".safetensors":
+        raise UserError(
+            f"{path}: checkpoints of --arch {arch} are read from .safetensors files only (a {path.suffix or 'pickle'} "
+            "file is a pickle, which can run code); convert it once with safetensors.torch.save_file"
+        )
     builder = _arch_builder(arch)
     sd = read_state_dict(path)
     model = _build(builder, config or {})
@@ -285,7 +284,7 @@ def _from_callable(spec: str) -> nn.Module:
 
 def _resolve(spec: str, arch: str, strict: bool) -> nn.Module:
     if spec == "tiny":
-        return _tiny_builder()()
+        return _arch_builder(TINY_OF.get(arch, arch))()
     if spec == "random":
         return _random_model(arch)
     path = Path(spec).expanduser()
@@ -307,7 +306,7 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     strict: bool = True,
-    arch: str = "vggt",
+    arch: str | None = None,
 ) -> nn.Module:
     """Build or load the model named by ``spec`` (see the module docstring) in eval mode.
 
@@ -315,15 +314,21 @@ def load_model(
         spec: what to load; see ``SPEC_SYNTAX``.
         device, dtype: where and in which precision the returned model lives.
         strict: a checkpoint with missing or unexpected keys raises UserError (else warns).
-        arch: the architecture that checkpoints and ``random`` are built as: ``vggt`` (needs
-            the vggt package; a config.json beside the weights sets its arguments) or ``tiny``.
+        arch: the architecture that checkpoints, ``random`` and ``tiny`` are built as (see
+            ``core.model_archs.ARCHS``): ``vggt`` (needs the vggt package; a config.json beside the
+            weights sets its arguments), ``pi3``, ``pi3x``, ``streamvggt``, ``vggt-omega``, or a tiny
+            replica (``tiny``, ``tiny-pi3``, ...). Default: the architecture of a known Hub id, else vggt.
 
     Returns:
         The model; it takes images ``[S, 3, H, W]`` or ``[B, S, 3, H, W]`` in [0, 1].
     """
-    if arch not in ARCHS:
-        raise UserError(f"unknown architecture {arch!r}: valid are {', '.join(ARCHS)}")
-    model = _resolve(str(spec).strip(), arch, strict)
+    spec = str(spec).strip()
+    named = arch not in (None, "auto")
+    arch = get_arch(arch).name if named else (arch_for_hub_id(spec) or "vggt")
+    model = _resolve(spec, arch, strict)
+    if named or not _CALLABLE.fullmatch(spec):
+        # The adapter travels with the model: capture then reads it as this architecture.
+        setattr(model, ARCH_ATTR, get_arch(TINY_OF.get(arch, arch) if spec == "tiny" else arch).adapter)
     try:
         model = model.to(device=device, dtype=dtype)
     except (RuntimeError, AssertionError, ValueError) as e:  # e.g. "Torch not compiled with CUDA enabled"
