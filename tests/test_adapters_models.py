@@ -60,7 +60,8 @@ def test_known_hub_ids_pick_their_architecture():
 
 
 def test_missing_package_names_its_install_command_before_a_download(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pi3", None)  # as if pi3 were not installed
+    for name in ("pi3", "pi3.models", "pi3.models.pi3"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if pi3 were not installed
     with pytest.raises(UserError, match=r"pi3 is not installed.*pip install --no-deps .*yyfz/Pi3@"):
         load_model("yyfz233/Pi3")
 
@@ -68,3 +69,18 @@ def test_missing_package_names_its_install_command_before_a_download(monkeypatch
 def test_unknown_architecture_lists_the_valid_ones():
     with pytest.raises(UserError, match="valid are vggt, pi3"):
         load_model("tiny", arch="dust3r")
+
+
+@pytest.mark.parametrize("arch", ["pi3", "streamvggt", "vggt-omega"])
+def test_cli_records_each_architecture(scene, tmp_path, arch):
+    import rerun as rr
+    from click.testing import CliRunner
+
+    from vggt_attn_rerun.cli import main as cli
+
+    out = tmp_path / "out.rrd"
+    args = [str(scene), "--model", "tiny", "--arch", arch, "-q", "1:register_1", "--headless", "--save", str(out)]
+    result = CliRunner().invoke(cli.cli, [*args, "--image-size", "112"])
+    assert result.exit_code == 0, result.output
+    found = {str(ch.entity_path) for ch in rr.chunk.RrdReader(out).stream()}
+    assert {"/world/points", "/world/frames/2/image/attention/q0/global", "/queries/q0/global/maps"} <= found

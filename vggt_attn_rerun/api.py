@@ -38,6 +38,7 @@ from vggt_attn_rerun.core.introspect import (
     model_depth,
     model_heads,
     model_layout,
+    model_num_cameras,
     model_num_registers,
     model_patch_size,
 )
@@ -199,6 +200,8 @@ class RunOptions:
         blocks: block list text (``all``, ``0-23``, ``0,12,-1``: tokens.parse_index_list).
         recording: what to log (kinds, focus head and block, points, colors...).
         model, device, dtype: models.SPEC_SYNTAX, resources.resolve_device's names.
+        arch: the model's architecture (core.model_archs: vggt, pi3, pi3x, streamvggt, vggt-omega)
+            or "auto" (from a known Hub id or the model's type).
         mode, image_size: how photos become model input (images.load_images).
         save, spawn, stdout, connect, serve, headless, overwrite: sinks.plan_sinks.
         export: also write the run file (io.runfile), committed with ``save``: both or neither.
@@ -211,6 +214,7 @@ class RunOptions:
     blocks: str = "all"
     recording: RecordingOptions = field(default_factory=RecordingOptions)
     model: str = DEFAULT_MODEL
+    arch: str = "auto"
     device: str = "auto"
     dtype: str = "auto"
     mode: str = "crop"
@@ -303,7 +307,7 @@ def run(options: RunOptions, hooks: RunHooks | None = None) -> RunSummary:
     hooks = hooks if hooks is not None else RunHooks()
     with _bad_input():
         prep = _prepare(options, hooks)
-    model = _load_model(options.model, prep.device, hooks)
+    model = _load_model(options.model, prep.device, hooks, options.arch)
     with _bad_input():
         blocks, queries, recording = _check_against_model(model, prep, options, hooks)
     h, w = prep.images.layout_hw
@@ -364,11 +368,11 @@ def _load_photos(paths: Sequence[Path], options: RunOptions, patch: int, hooks: 
 
 
 def _resolve_queries(options: RunOptions, images: LoadedImages, patch: int, registers: int,
-                     hooks: RunHooks | None) -> list[Query]:  # fmt: skip
+                     hooks: RunHooks | None, cameras: int = 1) -> list[Query]:  # fmt: skip
     """The queries in order: the texts, then the grid (default: the centre pixel of frame 0).
     A token named twice is used once; ``hooks`` gets one warning line for all repeats."""
     h, w = images.layout_hw
-    layout = TokenLayout.for_image_size(len(images.transforms), h, w, patch, registers)
+    layout = TokenLayout.for_image_size(len(images.transforms), h, w, patch, registers, cameras)
     texts = list(options.queries)
     if not texts and options.query_grid is None:
         cw, ch = images.transforms[0].original_size
@@ -406,12 +410,12 @@ def _resolve_queries(options: RunOptions, images: LoadedImages, patch: int, regi
     return out
 
 
-def _load_model(spec: str, device: str, hooks: RunHooks) -> nn.Module:
+def _load_model(spec: str, device: str, hooks: RunHooks, arch: str = "auto") -> nn.Module:
     bar = hooks.progress(f"loading model {spec}", None)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = models.load_model(spec, device=device)
+            model = models.load_model(spec, device=device, arch=arch)
     finally:
         bar.close()
     for w in caught:
@@ -426,7 +430,7 @@ def _check_against_model(
     patch = model_patch_size(model)
     if patch != VGGT_PATCH_SIZE:  # a custom model with another patch size needs its own resize
         prep.images = _load_photos(prep.images.paths or [], options, patch, RunHooks())
-    queries = _resolve_queries(options, prep.images, patch, model_num_registers(model), hooks)
+    queries = _resolve_queries(options, prep.images, patch, model_num_registers(model), hooks, model_num_cameras(model))
     depth, heads = model_depth(model), model_heads(model)
     try:
         blocks = parse_index_list(options.blocks, depth)

@@ -203,6 +203,10 @@ _OPTIONS = (
                  help="Block whose heads the head timeline shows. Default: the last captured block."),
     click.option("--model", default=DEFAULT_MODEL, show_default=True, metavar="SPEC",
                  help="tiny, random, a Hub id, a local folder or checkpoint file, or module:callable."),
+    click.option("--arch", type=click.Choice(("auto", "vggt", "pi3", "pi3x", "streamvggt", "vggt-omega")),
+                 default="auto", show_default=True,
+                 help="Architecture of --model (checkpoints, random, tiny). auto: from a known Hub id or the "
+                 "model's type, else vggt."),
     click.option("--device", default="auto", show_default=True,
                  help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps."),
     click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
@@ -290,7 +294,8 @@ def run_options(images: tuple[str, ...], connect: str | None, **f: Any) -> api.R
         )  # fmt: skip
         return api.RunOptions(
             images=images, queries=tuple(queries), query_grid=checks.parse_query_grid(f["query_grid"], f["grid_frame"]),
-            blocks=f["blocks"], recording=recording, model=f["model"], device=f["device"], dtype=f["dtype"],
+            blocks=f["blocks"], recording=recording, model=f["model"], arch=f["arch"], device=f["device"],
+            dtype=f["dtype"],
             mode=f["mode"], image_size=f["image_size"], save=f["save"], spawn=f["spawn"], stdout=f["stdout"],
             connect=connect, serve=f["serve"], headless=f["headless"], overwrite=f["overwrite"], export=f["export"],
             ask=f["ask"], force=f["force"],

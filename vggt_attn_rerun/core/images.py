@@ -110,9 +110,7 @@ def _is_image_name(path: Path) -> bool:
 def _images_in_folder(folder: Path) -> list[Path]:
     found = sorted(p for p in folder.iterdir() if p.is_file() and _is_image_name(p))
     if not found:
-        raise UserError(
-            f"folder {folder} holds no images: expected files ending in {', '.join(IMAGE_SUFFIXES)}"
-        )
+        raise UserError(f"folder {folder} holds no images: expected files ending in {', '.join(IMAGE_SUFFIXES)}")
     return found
 
 
@@ -120,9 +118,7 @@ def _images_from_glob(pattern: str) -> list[Path]:
     found = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
     images = [p for p in found if p.is_file() and _is_image_name(p)]
     if not images:
-        raise UserError(
-            f"pattern {pattern!r} matches no images: expected files ending in {', '.join(IMAGE_SUFFIXES)}"
-        )
+        raise UserError(f"pattern {pattern!r} matches no images: expected files ending in {', '.join(IMAGE_SUFFIXES)}")
     return images
 
 
@@ -146,9 +142,7 @@ def expand_image_paths(items: Sequence[str | os.PathLike[str]]) -> list[Path]:
         elif any(c in text for c in "*?["):
             out.extend(_images_from_glob(text))
         else:
-            raise UserError(
-                f"image path {text} does not exist: give an image file, a folder or a glob pattern"
-            )
+            raise UserError(f"image path {text} does not exist: give an image file, a folder or a glob pattern")
     seen: dict[Path, Path] = {}
     for p in out:
         key = p.resolve()
@@ -247,9 +241,7 @@ def _resized_size(width: int, height: int, mode: str, target: int, patch: int) -
     return target, round(height * (target / width) / patch) * patch
 
 
-def _preprocess(
-    img: Image.Image, path: Path, mode: str, target: int, patch: int
-) -> tuple[np.ndarray, FrameTransform]:
+def _preprocess(img: Image.Image, path: Path, mode: str, target: int, patch: int) -> tuple[np.ndarray, FrameTransform]:
     """One photo -> ``[h, w, 3]`` uint8 model image and its transform (before mixed-size padding)."""
     width, height = img.size
     check_image_size(target, patch)
@@ -288,9 +280,7 @@ def _pad_white(pixels: np.ndarray, height: int, width: int) -> tuple[np.ndarray,
 
 
 def _shift(t: FrameTransform, dx: int, dy: int, width: int, height: int) -> FrameTransform:
-    return FrameTransform(
-        t.orig_w, t.orig_h, t.scale_x, t.scale_y, t.offset_x + dx, t.offset_y + dy, width, height
-    )
+    return FrameTransform(t.orig_w, t.orig_h, t.scale_x, t.scale_y, t.offset_x + dx, t.offset_y + dy, width, height)
 
 
 _PATHS_HELP = "valid are an image path (str or pathlib.Path), a list of them, or LoadedImages"

@@ -22,13 +22,29 @@ def model_adapter(model: nn.Module, arch: str | None = None) -> ModelAdapter:
     return adapter_for(model, arch)
 
 
+class NamedBlocks(nn.Module):
+    """A view that names a model's blocks ``frame_blocks`` and ``global_blocks`` (no copies).
+
+    Not registered on the model, so its state dict is untouched.
+    """
+
+    def __init__(self, frame_blocks: Sequence[nn.Module], global_blocks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.frame_blocks = nn.ModuleList(frame_blocks)
+        self.global_blocks = nn.ModuleList(global_blocks)
+
+
 def find_aggregator(model: nn.Module, arch: str | None = None) -> nn.Module:
     """The module that owns the model's ``frame_blocks`` and ``global_blocks`` (VGGT's aggregator).
 
-    For VGGT-Omega ``global_blocks`` is named ``inter_frame_blocks``; for pi3 (one decoder list)
-    a view that names its blocks is returned. ``attention_module`` works for every architecture.
+    For models that name them otherwise (VGGT-Omega's ``inter_frame_blocks``, pi3's one decoder
+    list) a view with those two names is returned. ``attention_module`` works for every architecture.
     """
-    return adapter_for(model, arch).root(model)
+    adapter = adapter_for(model, arch)
+    root = adapter.root(model)
+    if all(isinstance(getattr(root, name, None), nn.ModuleList) for name in ("frame_blocks", "global_blocks")):
+        return root
+    return NamedBlocks(adapter.blocks(root, "frame"), adapter.blocks(root, "global"))
 
 
 def attention_module(model: nn.Module, kind: str, block: int, arch: str | None = None) -> nn.Module:

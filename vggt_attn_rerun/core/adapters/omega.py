@@ -10,11 +10,15 @@ only, DINOv3 RoPE through the method ``apply_rope(q, k, (sin, cos))`` on the pat
 (``LinearKMaskedBias``). Inter-frame blocks get no RoPE. The inter-frame blocks listed in
 ``register_attention_block_indices`` ("register" blocks) attend among the camera and register
 tokens of all frames only (``S * 17`` tokens); patch tokens skip them, so a patch query has no
-row there (all zeros). Outputs ``pose_enc [B, S, 9]`` (VGGT's encoding) and ``depth``.
+row there (all zeros). Outputs ``pose_enc [B, S, 9]`` (VGGT's encoding) and ``depth``; ``run``
+adds ``world_points`` (the depth unprojected with the predicted cameras, ``geometry.unproject_depth``)
+and ``world_points_conf`` (``depth_conf``) for the recording.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
 from vggt_attn_rerun.core.adapters import ModelAdapter
@@ -45,6 +49,21 @@ def _apply_rope(attn: nn.Module, q: Tensor, k: Tensor, rope: object) -> tuple[Te
     return (q, k) if rope is None else attn.apply_rope(q, k, rope)
 
 
+def _run(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+    from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras, unproject_depth
+
+    out = dict(model(images))
+    if "depth" not in out or "pose_enc" not in out:
+        return out
+    b, s, _, h, w = images.shape
+    extr, intr = pose_encoding_to_cameras(out["pose_enc"].detach().double().cpu(), (h, w))
+    depth = out["depth"].detach().double().cpu().reshape(b, s, h, w)
+    world = [unproject_depth(depth[i].numpy(), extr[i].numpy(), intr[i].numpy()) for i in range(b)]
+    out["world_points"] = torch.from_numpy(np.stack(world)).to(out["depth"])
+    out["world_points_conf"] = out.get("depth_conf", torch.ones_like(out["depth"][..., 0]))
+    return out
+
+
 VGGT_OMEGA = ModelAdapter(
     name="vggt-omega",
     title="VGGT-Omega",
@@ -55,6 +74,7 @@ VGGT_OMEGA = ModelAdapter(
     num_registers=lambda root: int(root.patch_token_start) - 1,
     pos_kwarg="rope",
     apply_rope=_apply_rope,
+    run=_run,
     points="depth",
     cameras="pose_enc",
 )
