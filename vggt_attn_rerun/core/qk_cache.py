@@ -33,7 +33,9 @@ class QKCache:
         # The attention mask a block got (StreamVGGT): kept as the model made it, no copy.
         self.mask: dict[tuple[str, int], Tensor] = {}
 
-    def __call__(self, kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module, mask: Tensor | None = None) -> None:
+    def __call__(
+        self, kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module, mask: Tensor | None = None
+    ) -> None:
         def keep(t: Tensor) -> Tensor:
             return t.detach().to(self.store_device, copy=True)
 
