@@ -167,3 +167,10 @@ def test_named_architecture_that_does_not_fit_is_refused():
 def test_unknown_architecture_name_lists_the_valid_ones():
     with pytest.raises(UserError, match="vggt, pi3|valid are vggt"):
         adapter_for(tiny_vggt(), "dust3r")
+
+
+def test_full_matrices_refuse_a_masked_model_rather_than_drop_its_mask():
+    from vggt_attn_rerun.legacy.full import capture_full
+
+    with pytest.raises(UserError, match="masks its attention"):
+        capture_full(tiny_streamvggt(), _images(14), blocks=[0], kinds=["global"])

@@ -84,3 +84,14 @@ def test_cli_records_each_architecture(scene, tmp_path, arch):
     assert result.exit_code == 0, result.output
     found = {str(ch.entity_path) for ch in rr.chunk.RrdReader(out).stream()}
     assert {"/world/points", "/world/frames/2/image/attention/q0/global", "/queries/q0/global/maps"} <= found
+
+
+def test_export_refuses_a_layout_without_camera_token_rather_than_misplace_patches(scene, tmp_path):
+    from click.testing import CliRunner
+
+    from vggt_attn_rerun.cli import main as cli
+
+    args = [str(scene), "--model", "tiny", "--arch", "pi3", "--headless", "--export", str(tmp_path / "run.npz")]
+    result = CliRunner().invoke(cli.cli, [*args, "--image-size", "112"])
+    assert result.exit_code != 0 and "without a camera token" in result.output
+    assert not (tmp_path / "run.npz").exists()

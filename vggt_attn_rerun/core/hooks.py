@@ -56,6 +56,13 @@ def _arg_index(module: nn.Module, name: str | None) -> int | None:
     return names.index(name) if name in names else None
 
 
+def _parameters(fn: Callable) -> tuple[str, ...]:
+    try:
+        return tuple(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return ()
+
+
 def _check_norms(attn: nn.Module, kind: str, block: int) -> None:
     for name in ("q_norm", "k_norm"):
         if not isinstance(getattr(attn, name, None), nn.Module):
@@ -85,6 +92,11 @@ def qk_hooks(
     float or boolean (True = attend), broadcastable to ``[B', H, N, N]``.
     """
     adapter = arch if isinstance(arch, ModelAdapter) else adapter_for(model, arch)
+    if adapter.mask_kwarg is not None and "mask" not in _parameters(on_qk):
+        raise UserError(
+            f"{adapter.title} masks its attention, and this consumer of q/k ({type(on_qk).__name__}) does not "
+            "apply masks; use capture(), which does"
+        )
     handles: list[torch.utils.hooks.RemovableHandle] = []
     active: list[_Slot] = []  # the slot whose attention module is running (at most one)
     ropes: dict[int, nn.Module] = {}

@@ -119,6 +119,8 @@ def _members(result: CaptureResult, images: LoadedImages, extra: Mapping[str, ob
         )
     if len(images.transforms) != lay.num_frames:
         raise UserError(f"got {len(images.transforms)} frame transforms for {lay.num_frames} frames")
+    if lay.num_cameras != 1:  # the saved layout assumes VGGT's camera token before the registers
+        raise UserError("--export does not support models without a camera token (pi3) yet; use --save")
     dtypes: dict[str, str] = {}
     m: dict[str, np.ndarray] = {
         "__format__": np.array(FORMAT_NAME),
