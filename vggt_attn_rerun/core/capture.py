@@ -1,11 +1,13 @@
-"""Capture the attention of chosen query tokens during one VGGT forward pass.
+"""Capture the attention of chosen query tokens during one forward pass of VGGT or a relative.
 
-How: hooks read the q and k each aggregator attention module really uses, right where the
-module computes them (outputs of ``q_norm``/``k_norm`` and of the shared ``rope``, which gets
-``pos`` by keyword from ``Block.forward``). When the module returns, its query rows are
-rebuilt as ``softmax(scale * q_rows @ k^T)`` in fp32, stored, and q/k are released. So:
+How: the model's adapter (core.adapters) says where its frame and global attention modules
+are and how it is called; hooks read the q and k each of those modules really uses, right
+where the module computes them (outputs of ``q_norm``/``k_norm`` and of the shared ``rope``,
+which gets positions by keyword from the block), and the attention mask it got, if any. When
+the module returns, its query rows are rebuilt as ``softmax(scale * q_rows @ k^T + mask)`` in
+fp32, stored, and q/k are released. So:
 
-- exact: the same q/k (norms and RoPE included) and scale as the module, softmax in fp32;
+- exact: the same q/k (norms and RoPE included), scale and mask as the module, softmax in fp32;
 - light: one ``[Q, H, N]`` row block per module, never an ``N x N`` matrix, and no second
   qkv projection; the fused SDPA path of the model stays on;
 - faithful: hooks only read; they are removed on exit, also when the forward raises.
@@ -82,10 +84,11 @@ def capture(
     on_block: Callable[[str, int], None] | None = None,
     arch: str | None = None,
 ) -> CaptureResult:
-    """Run ``model(images)`` once and capture the attention rows of ``queries``.
+    """Run the model once (``ModelAdapter.run``) and capture the attention rows of ``queries``.
 
     Args:
-        model: VGGT or a model with its module tree (e.g. ``testing.tiny_vggt()``), in eval mode.
+        model: VGGT, a relative with an adapter (pi3, StreamVGGT, VGGT-Omega), or a model with
+            one's module tree (e.g. ``testing.tiny_vggt()``), in eval mode.
         images: ``[S, 3, H, W]`` or ``[1, S, 3, H, W]`` in [0, 1], H and W multiples of the patch
             size, or LoadedImages (``load_images``). One scene: a batch of several is a UserError.
         queries: Query objects and/or query strings (``"0:p1,1"``, ``"1:camera"``, ``"0:120,80"``;
