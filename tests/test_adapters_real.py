@@ -7,6 +7,8 @@ by swapping the constructors of their large sub-networks, never their attention 
 
 import functools
 import importlib.util
+import sys
+import types
 
 import pytest
 import torch
@@ -99,23 +101,30 @@ def test_vggt_omega_rows_are_exact():
 
 
 @_needs("streamvggt.models.aggregator")
-def test_streamvggt_rows_are_exact_and_causal():
+def test_streamvggt_rows_are_exact_and_causal(monkeypatch):
+    if importlib.util.find_spec("transformers") is None:
+        # StreamVGGT's model module takes only an output base class from transformers.
+        file_utils = types.ModuleType("transformers.file_utils")
+        file_utils.ModelOutput = type("ModelOutput", (), {})
+        monkeypatch.setitem(sys.modules, "transformers", types.ModuleType("transformers"))
+        monkeypatch.setitem(sys.modules, "transformers.file_utils", file_utils)
+    import streamvggt.models.streamvggt as streamvggt_module
+    from streamvggt.heads.dpt_head import DPTHead
     from streamvggt.models.aggregator import Aggregator
 
-    class AggregatorOnly(nn.Module):
-        """StreamVGGT's own aggregator; the model class needs `transformers` only for its output type."""
-
-        def __init__(self):
-            super().__init__()
-            self.aggregator = Aggregator(img_size=84, embed_dim=64, depth=2, num_heads=4, patch_embed="conv")
-
-        def forward(self, images):
-            tokens, _ = self.aggregator(images)
-            return {"tokens": tokens[-1]}
-
+    # The model hard-wires a ViT-L patch embedding, 24 blocks and 256-wide DPT heads on layers 4..23.
+    small_aggregator = functools.partial(Aggregator, depth=2, num_heads=4, patch_embed="conv")
+    small_dpt = functools.partial(DPTHead, features=32, out_channels=[32] * 4, intermediate_layer_idx=[0, 1, 0, 1])
+    monkeypatch.setattr(streamvggt_module, "Aggregator", small_aggregator)
+    monkeypatch.setattr(streamvggt_module, "DPTHead", small_dpt)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = AggregatorOnly().eval()
-    res = _check_all_blocks(model, _images(3, 14)[None], "streamvggt", [0, 1])
+        model = streamvggt_module.StreamVGGT(img_size=84, embed_dim=64).eval()
+    images = _images(3, 14)
+    res = _check_all_blocks(model, images, "streamvggt", [0, 1])
     p = res.rows.probs["global"]
     assert p[:, 0, :, 1:].abs().max() == 0 and p[:, 1, :, 2].abs().max() == 0  # later frames masked
+    with torch.no_grad():  # its per-view results, rebuilt into VGGT's keys
+        ress = model([{"img": images[None, s]} for s in range(3)]).ress
+    torch.testing.assert_close(res.predictions["pose_enc"][0, 2], ress[2]["camera_pose"][0])
+    torch.testing.assert_close(res.predictions["world_points"][0, 1], ress[1]["pts3d_in_other_view"][0])
