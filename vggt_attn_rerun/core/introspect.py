@@ -16,6 +16,8 @@ from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
 
 KINDS = ("frame", "global")
+# The names of the block lists on what find_aggregator returns, for every architecture.
+_BLOCK_LISTS = {"frame": "frame_blocks", "global": "global_blocks"}
 
 
 def model_adapter(model: nn.Module, arch: str | None = None) -> ModelAdapter:
