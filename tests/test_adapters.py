@@ -174,3 +174,10 @@ def test_full_matrices_refuse_a_masked_model_rather_than_drop_its_mask():
 
     with pytest.raises(UserError, match="masks its attention"):
         capture_full(tiny_streamvggt(), _images(14), blocks=[0], kinds=["global"])
+
+
+def test_fastvggt_is_refused_because_merged_tokens_have_no_row_of_their_own():
+    model = tiny_vggt()
+    model.__class__ = type("FastVGGT", (type(model),), {"__module__": "fastvggt.models.vggt"})
+    with pytest.raises(UserError, match="FastVGGT is not supported"):
+        capture(model, _images(14), _queries)

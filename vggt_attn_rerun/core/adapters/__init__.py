@@ -103,6 +103,7 @@ def adapter_for(model: nn.Module, arch: str | None = None) -> ModelAdapter:
 
     A named adapter must find its blocks in the model: a mismatch raises UserError.
     """
+    _refuse_token_merging(model)
     arch = arch or getattr(model, ARCH_ATTR, None)
     if arch and arch != "auto":
         adapter = adapter_named(arch)
@@ -121,6 +122,17 @@ def adapter_for(model: nn.Module, arch: str | None = None) -> ModelAdapter:
         "with .aggregator, or one with .frame_blocks and .global_blocks), VGGT-Omega (.frame_blocks and "
         ".inter_frame_blocks) or pi3 (.decoder, frame and global blocks alternating)"
     )
+
+
+def _refuse_token_merging(model: nn.Module) -> None:
+    """FastVGGT merges tokens after RoPE inside global attention: its rows exist only for merged
+    tokens, and a query cannot be mapped back to its own row exactly, so it is refused."""
+    parts = [model, getattr(model, "aggregator", None)]
+    if any(p is not None and "fastvggt" in type_path(p).lower() for p in parts):
+        raise UserError(
+            "FastVGGT is not supported: it merges tokens inside global attention, so a query's own attention "
+            "row does not exist; use VGGT (facebook/VGGT-1B) on the same photos"
+        )
 
 
 def type_path(module: object) -> str:
