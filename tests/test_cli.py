@@ -14,6 +14,7 @@ import rerun as rr
 from click.testing import CliRunner
 
 from vggt_attn_rerun import api
+from vggt_attn_rerun.api import runner
 from vggt_attn_rerun.cli import main as cli
 from vggt_attn_rerun.core import models
 from vggt_attn_rerun.core.models import VGGT_COMMIT
@@ -208,7 +209,7 @@ def test_connect_swallowing_an_image_is_undone(scene, tmp_path, monkeypatch):
         seen["connect"] = connect
         raise cli.UserError("stop here")
 
-    monkeypatch.setattr(api, "plan_sinks", fake_plan)
+    monkeypatch.setattr(runner, "plan_sinks", fake_plan)
     images = sorted(scene.iterdir())
     result = invoke("--connect", images[0], images[1], *FAST)
     assert result.exit_code == 2 and seen["connect"] == "rerun+http://127.0.0.1:9876/proxy"

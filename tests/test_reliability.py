@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from vggt_attn_rerun import api
+from vggt_attn_rerun.api import record, runner
 from vggt_attn_rerun.cli import main as cli
 from vggt_attn_rerun.core import models, resources
 from vggt_attn_rerun.core.images import IMAGE_SUFFIXES
@@ -343,7 +343,7 @@ def _log_then(exc: BaseException, out: Path):
 
 
 def test_error_mid_run_leaves_no_file(scene, out, monkeypatch):
-    monkeypatch.setattr(api, "record_attention", _log_then(RuntimeError("boom\nsecond line"), out))
+    monkeypatch.setattr(runner, "record_attention", _log_then(RuntimeError("boom\nsecond line"), out))
     result = invoke(scene, *FAST, *save_args(out))
     assert_error(result, 1, "unexpected RuntimeError: boom (run with --debug for the traceback)")
     assert_nothing_saved(out)
@@ -360,7 +360,7 @@ def test_error_in_the_model_forward_leaves_no_file(scene, out, monkeypatch):
 
 
 def test_debug_shows_the_traceback(scene, out, monkeypatch):
-    monkeypatch.setattr(api, "record_attention", _log_then(RuntimeError("boom"), out))
+    monkeypatch.setattr(runner, "record_attention", _log_then(RuntimeError("boom"), out))
     result = invoke(scene, *FAST, *save_args(out), "--debug")
     assert result.exit_code == 1 and "Traceback" in result.stderr
     assert result.stderr.splitlines()[-1].startswith("error: unexpected RuntimeError: boom")
@@ -368,7 +368,7 @@ def test_debug_shows_the_traceback(scene, out, monkeypatch):
 
 
 def test_keyboard_interrupt_mid_run_leaves_no_file(scene, out, monkeypatch):
-    monkeypatch.setattr(api, "record_attention", _log_then(KeyboardInterrupt(), out))
+    monkeypatch.setattr(runner, "record_attention", _log_then(KeyboardInterrupt(), out))
     result = invoke(scene, *FAST, *save_args(out))
     assert result.exit_code == 130
     assert result.stderr == "interrupted\n" and "Traceback" not in result.output
@@ -376,7 +376,7 @@ def test_keyboard_interrupt_mid_run_leaves_no_file(scene, out, monkeypatch):
 
 
 def test_out_of_memory_in_the_forward(scene, out, monkeypatch):
-    monkeypatch.setattr(api, "record_attention", _log_then(torch.OutOfMemoryError("CUDA out of memory."), out))
+    monkeypatch.setattr(runner, "record_attention", _log_then(torch.OutOfMemoryError("CUDA out of memory."), out))
     result = invoke(scene, *FAST, *save_args(out))
     assert_error(result, 1, f"out of memory on cpu during the forward pass: {resources.OOM_ADVICE}")
     assert_nothing_saved(out)
@@ -384,7 +384,7 @@ def test_out_of_memory_in_the_forward(scene, out, monkeypatch):
 
 def test_memory_estimate_refuses(scene, out, monkeypatch):
     monkeypatch.setattr(resources, "available_memory_bytes", lambda device: 1000)
-    monkeypatch.setattr(api, "record_attention", _log_then(AssertionError("must not run"), out))
+    monkeypatch.setattr(runner, "record_attention", _log_then(AssertionError("must not run"), out))
     result = invoke(scene, *FAST, *save_args(out))
     line = assert_error(result, 1, prefix="the forward pass needs about ")
     assert line.endswith(f"but only 1000 B is available on cpu: {resources.OOM_ADVICE}; or pass --force to try anyway")
@@ -457,7 +457,7 @@ def test_bad_image_size(scene, no_model, size):
 def test_warnings_while_logging_are_one_line(scene, tmp_path, monkeypatch, capsys):
     import warnings as _warnings
 
-    real = api.log_run  # record_attention calls it from there
+    real = record.log_run  # record_attention calls it from there
 
     def warn_then_log(*args, **kwargs):
         _warnings.warn(
@@ -465,7 +465,7 @@ def test_warnings_while_logging_are_one_line(scene, tmp_path, monkeypatch, capsy
         )
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(api, "log_run", warn_then_log)
+    monkeypatch.setattr(record, "log_run", warn_then_log)
     code = cli.run([str(scene), *FAST, "--headless", "--save", str(tmp_path / "w.rrd")])
     err = capsys.readouterr().err
     assert code == 0, err
@@ -689,13 +689,13 @@ def test_a_signal_during_the_moves_is_held_then_undoes_them(tmp_path):
 
 def test_a_second_run_does_not_silently_replace_the_first(scene, out, monkeypatch):
     """Both runs checked the name before it existed; the second to finish must not replace the first."""
-    real = api.record_attention
+    real = runner.record_attention
 
     def other_run_finishes_first(*args, **kwargs):
         out.write_bytes(b"the first run's recording")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(api, "record_attention", other_run_finishes_first)
+    monkeypatch.setattr(runner, "record_attention", other_run_finishes_first)
     result = invoke(scene, *FAST, *save_args(out))
     assert_error(result, 1, f"{out} appeared while this run was working: not replaced (pass --overwrite to replace it)")
     assert out.read_bytes() == b"the first run's recording"

@@ -7,7 +7,7 @@ one), and the TensorView holds every ``[block, head, view, y, x]`` map whichever
 
 Entity paths: paths.py (``Paths``, and the table of every path). Summaries, block x head
 matrices and geometric consistency: log_summaries.py. The scene's numbers (cameras, point map,
-patch centroids): analysis/scene.py. One call from images to recording (``record_attention``): api.py.
+patch centroids): analysis/scene.py. One call from images to recording (``record_attention``): api/record.py.
 
 Rows of the overlays, 3D patch colors and mass series carry ONE timeline each: ``block`` rows
 (one per captured block, focus head) and ``head`` rows (one per head, focus block); a row with

@@ -1,13 +1,10 @@
-"""The Python API that notebooks, scripts and the CLI call: one forward pass, then one recording.
+"""One whole run as the command line does it: ``run(RunOptions(...), RunHooks(...))``.
 
-``record_attention`` = ``capture_run`` (the model once, every query's rows) + the default
-blueprint + ``recording.log_run``. Images may be LoadedImages, a tensor or image paths; queries
-may be Query objects, query strings (tokens.QUERY_SYNTAX) or a function of the TokenLayout.
-
-``run(RunOptions(...))`` is one whole run as the command line does it: checks before the model,
-the model, ``record_attention`` streamed to the sinks (``viz.sinks``), and the ``--save`` and
-``--export`` files committed together (``io.atomic``). The CLI builds one RunOptions and calls it.
+Checks before the model, the model, ``record_attention`` streamed to the sinks (``viz.sinks``),
+and the ``--save`` and ``--export`` files committed together (``io.atomic``). The CLI builds one
+RunOptions and calls ``run`` once.
 """
+
 
 from __future__ import annotations
 
@@ -24,14 +21,13 @@ import rerun as rr
 import torch
 from torch import nn
 
-from vggt_attn_rerun.analysis.maps import analyze_run
+from vggt_attn_rerun.api.record import capture_run, query_grid, record_attention
 from vggt_attn_rerun.core import models, resources
-from vggt_attn_rerun.core.capture import CaptureResult, capture
+from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import (
     LoadedImages,
     check_image_size,
     expand_image_paths,
-    images_from_tensor,
     load_images,
 )
 from vggt_attn_rerun.core.introspect import (
@@ -42,7 +38,7 @@ from vggt_attn_rerun.core.introspect import (
     model_num_registers,
     model_patch_size,
 )
-from vggt_attn_rerun.core.models import DEFAULT_MODEL, model_device
+from vggt_attn_rerun.core.models import DEFAULT_MODEL
 from vggt_attn_rerun.core.resources import resolve_device, translate_oom
 from vggt_attn_rerun.core.tokens import (
     VGGT_IMAGE_SIZE,
@@ -56,123 +52,9 @@ from vggt_attn_rerun.core.tokens import (
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.atomic import PendingFile, commit, discard, produce_pending
 from vggt_attn_rerun.io.runfile import RUN_SUFFIX, save_run
-from vggt_attn_rerun.viz.blueprint import default_blueprint_for
-from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
 from vggt_attn_rerun.viz.sinks import SinkPlan, check_output_path, open_sinks, plan_sinks, serve_forever
-
-ImagesLike = LoadedImages | torch.Tensor | str | os.PathLike | Sequence[str | os.PathLike]
-QueriesLike = Sequence[Query | str] | Callable[[TokenLayout], Sequence[Query]]
-
-
-def as_loaded_images(images: ImagesLike) -> LoadedImages:
-    """LoadedImages from LoadedImages, a tensor ``[S, 3, H, W]``, or image files / folders / globs."""
-    if isinstance(images, LoadedImages):
-        return images
-    if isinstance(images, torch.Tensor):
-        return images_from_tensor(images)
-    items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-    return load_images(expand_image_paths(items))
-
-
-def _query_factory(queries: QueriesLike, images: LoadedImages) -> Callable[[TokenLayout], list[Query]]:
-    """Queries may be Query objects or strings (tokens.QUERY_SYNTAX; pixels of the original photos)."""
-    if callable(queries):
-        return lambda layout: list(queries(layout))
-    pixel_maps = images.transforms if images.paths is not None else None
-    return lambda layout: [q if isinstance(q, Query) else parse_query(str(q), layout, pixel_maps) for q in queries]
-
-
-def query_grid(layout: TokenLayout, frame: int, rows: int, cols: int) -> list[Query]:
-    """``rows x cols`` patch queries evenly spread over the patch grid of one frame, row-major.
-
-    Grid row k (of R) is patch row ``floor((k + 0.5) * grid_h / R)``, the centre of the k-th of
-    R equal bands; the same for columns. UserError when the grid has more rows or columns than
-    the frame has patches (queries would repeat).
-    """
-    layout.check_frame(frame)
-    if rows < 1 or cols < 1:
-        raise UserError(f"a query grid needs at least 1 row and 1 column, got {rows}x{cols}")
-    if rows > layout.grid_h or cols > layout.grid_w:
-        raise UserError(
-            f"a {rows}x{cols} grid does not fit the {layout.grid_h}x{layout.grid_w} patches of frame {frame} "
-            f"(rows x columns): use at most {layout.grid_h}x{layout.grid_w}"
-        )
-    rr_ = [int((k + 0.5) * layout.grid_h / rows) for k in range(rows)]
-    cc = [int((k + 0.5) * layout.grid_w / cols) for k in range(cols)]
-    return [Query.from_patch(layout, frame, r, c) for r in rr_ for c in cc]
-
-
-def capture_run(
-    model: nn.Module,
-    images: ImagesLike,
-    queries: QueriesLike,
-    *,
-    blocks: Sequence[int] | None = None,
-    options: RecordingOptions | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    keep_qk: bool = False,
-    on_block: Callable[[str, int], None] | None = None,
-) -> CaptureResult:
-    """The capture part of record_attention: ONE forward pass for all queries, nothing logged.
-
-    ``keep_qk``: keep every block's q/k (``capture.QKCache``: VGGT-1B at 518x518 costs 540 MB per
-    frame in fp32) so that ``interactive.QuerySession`` can add queries without a forward pass.
-    ``on_block(kind, block)``: called as each captured attention module has run (progress).
-    """
-    options = options if options is not None else RecordingOptions()
-    loaded = as_loaded_images(images)
-    tensor = loaded.tensor.to(model_device(model))
-    return capture(model, tensor, _query_factory(queries, loaded), blocks=blocks, kinds=options.kinds,
-                   autocast_dtype=autocast_dtype, keep_qk=keep_qk, on_block=on_block)  # fmt: skip
-
-
-def record_attention(
-    model: nn.Module,
-    images: ImagesLike,
-    queries: QueriesLike,
-    *,
-    blocks: Sequence[int] | None = None,
-    options: RecordingOptions | None = None,
-    recording: rr.RecordingStream | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    application_id: str = APPLICATION_ID,
-    send_blueprint: bool = True,
-    keep_qk: bool = False,
-    on_block: Callable[[str, int], None] | None = None,
-) -> tuple[CaptureResult, rr.RecordingStream]:
-    """Run the model once, capture the queries' attention, and log it all into a recording.
-
-    Args:
-        model: VGGT (or ``testing.tiny_vggt()``) in eval mode.
-        images: LoadedImages, a tensor ``[S, 3, H, W]`` in [0, 1], or image files/folders/globs.
-        queries: Query objects or query strings (``"0:120,80"``, ``"1:p3,4"``, ``"0:camera"``;
-            pixels refer to the original photos), or a function of the TokenLayout.
-        blocks: block indices to capture (default all); options: RecordingOptions().
-        recording: log into this stream; None creates ``rr.RecordingStream(application_id)``
-            with no sink: data is buffered until the caller sets one, e.g. ``rec.save(path)``,
-            ``rec.spawn()`` or ``rec.connect_grpc(url)``, which then receives everything.
-        send_blueprint: send ``blueprint.default_blueprint_for(result, options)`` into the stream
-            (active and default), so that every sink and saved .rrd carries the layout. With
-            False, pass it yourself: ``rec.save(path, default_blueprint=default_blueprint_for(...))``.
-        keep_qk: keep the q/k cache in the result (see capture_run) for later queries.
-        on_block: progress callback, see capture_run.
-
-    Returns:
-        (CaptureResult, the RecordingStream).
-    """
-    options = options if options is not None else RecordingOptions()
-    loaded = as_loaded_images(images)
-    result = capture_run(model, loaded, queries, blocks=blocks, options=options, autocast_dtype=autocast_dtype,
-                         keep_qk=keep_qk, on_block=on_block)  # fmt: skip
-    rec = recording if recording is not None else rr.RecordingStream(application_id)
-    if send_blueprint:
-        rec.send_blueprint(default_blueprint_for(result, options), make_active=True, make_default=True)
-    analysis = analyze_run(result, options.kinds, options.top_k, options.consistency_radius, loaded.transforms)
-    log_run(rec, result, loaded, options, analysis=analysis)
-    return result, rec
-
 
 # ------------------------------------------------------------------------------------------------
 # One whole run, as the command line asks for it: RunOptions in, files and viewers out
