@@ -75,7 +75,7 @@ def test_default_blueprint_has_views_heads_mass_and_tensor():
     origins = [str(v.origin) for v in views]
     assert [o for o in origins if o.startswith("world/frames/")] == [Paths.image(s) for s in range(4)]
     assert origins.count(Paths.heads_root(0)) == 16
-    assert {"world", f"{Paths.scales(0, 'global')}/mass", Paths.maps(0, "global"), Paths.info(0)} <= set(origins)
+    assert {"world", Paths.mass_root(0, "global"), Paths.maps(0, "global"), Paths.info(0)} <= set(origins)
     kinds = {type(v) for v in views}
     assert {rrb.Spatial3DView, rrb.Spatial2DView, rrb.TimeSeriesView, rrb.TensorView} <= kinds
 

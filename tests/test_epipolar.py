@@ -154,3 +154,10 @@ def test_frame_attention_is_refused():
     rows = _rows(lay, _one_hot_peaks(lay, [[(0, 0), (0, 0)]]), [Query.from_patch(lay, 0, 0, 0)])
     with pytest.raises(UserError, match="global attention"):
         epipolar_consistency(rows, {"pose_enc": _pose_enc([[0, 0, 0], [-0.5, 0, 0]])}, kind="frame")
+
+
+def test_missing_camera_poses_are_a_user_error_that_names_the_epipolar_score():
+    lay = TokenLayout(2, 4, 6)
+    rows = _rows(lay, _one_hot_peaks(lay, [[(0, 0), (0, 0)]]), [Query.from_patch(lay, 0, 0, 0)])
+    with pytest.raises(UserError, match="the epipolar score needs pose_enc"):
+        epipolar_consistency(rows, {})

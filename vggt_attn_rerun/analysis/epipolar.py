@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vggt_attn_rerun.analysis.visibility import _prediction, _query_patches
+from vggt_attn_rerun.analysis.visibility import prediction_array, query_patches
 from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query
@@ -203,12 +203,12 @@ def epipolar_consistency(
     lay = rows.layout
     s_, ps = lay.num_frames, lay.patch_size
     queries = tuple(rows.queries)
-    pose_enc = _prediction(predictions, "pose_enc", (s_, 9))
+    pose_enc = prediction_array(predictions, "pose_enc", (s_, 9), "the epipolar score")
     extr, intr = (t.numpy() for t in pose_encoding_to_cameras(torch.from_numpy(pose_enc), lay.image_size))
     fund, baseline = fundamental_matrices(extr, intr)
 
     frames = np.array([q.frame for q in queries], np.int64)
-    qpatch = _query_patches(queries, lay)
+    qpatch = query_patches(queries, lay)
     has_patch = qpatch[:, 0] >= 0
     query_xy = np.where(has_patch[:, None], (qpatch[:, ::-1] + 0.5) * ps, np.nan)  # (x, y)
     status = np.full((len(queries), s_), VALID, np.int8)

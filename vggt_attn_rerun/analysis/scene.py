@@ -1,6 +1,6 @@
 """The run's scene in numbers (numpy, no Rerun): cameras, point map, logged cloud, patch centroids.
 
-What recording.py shows of the scene and where it places the 3D attention points: the predicted
+What viz/log_run.py shows of the scene and where it places the 3D attention points: the predicted
 cameras, VGGT's point map with the confidence filter, the (subsampled) cloud and its scale, each
 patch's mean 3D point and footprint radius, the query's 3D point, and the input images as u8.
 """

@@ -68,10 +68,23 @@ def _as_numpy(x: object, name: str) -> np.ndarray:
         raise UserError(f"prediction {name!r} is not a numeric array ({e})") from None
 
 
-def _prediction(predictions: Mapping[str, object], name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """``predictions[name]`` without its batch axis of 1, checked against ``shape``."""
+def prediction_array(
+    predictions: Mapping[str, object], name: str, shape: tuple[int, ...], needed_by: str = "geometric consistency"
+) -> np.ndarray:
+    """``predictions[name]`` as float64 numpy, without its batch axis of 1, checked against ``shape``.
+
+    Args:
+        predictions: VGGT's output (tensors or arrays), e.g. ``pose_enc [1, S, 9]``,
+            ``depth [1, S, H, W, 1]``.
+        name: the key to read. shape: the expected shape without the batch axis (e.g.
+            ``(S, 9)``, ``(S, H, W)``); a trailing axis of 1 (depth) is dropped to match.
+        needed_by: what needs the prediction, for the error message.
+
+    Raises:
+        UserError: the key is missing, not numeric, or of another shape (batch size > 1).
+    """
     if name not in predictions:
-        raise UserError(f"predictions lack {name!r}: geometric consistency needs {name} from VGGT's output")
+        raise UserError(f"predictions lack {name!r}: {needed_by} needs {name} from VGGT's output")
     a = _as_numpy(predictions[name], name)
     if a.ndim > len(shape) and a.shape[-1] == 1 and shape[-1] != 1:  # depth [..., H, W, 1]
         a = a[..., 0]
@@ -82,8 +95,9 @@ def _prediction(predictions: Mapping[str, object], name: str, shape: tuple[int, 
     return a
 
 
-def _query_patches(queries: Sequence[Query], lay: TokenLayout) -> np.ndarray:
-    """``[Q, 2]`` int (row, col) of each query's patch; -1 for camera and register tokens."""
+def query_patches(queries: Sequence[Query], lay: TokenLayout) -> np.ndarray:
+    """``[Q, 2]`` int64 (row, col) of each query's patch in its frame; ``(-1, -1)`` for camera and
+    register tokens (which have no patch)."""
     patches = np.full((len(queries), 2), -1, np.int64)
     for i, query in enumerate(queries):
         rc = query.patch(lay)
@@ -95,7 +109,7 @@ def _query_patches(queries: Sequence[Query], lay: TokenLayout) -> np.ndarray:
 def _query_points(
     predictions: Mapping[str, object],
     queries: Sequence[Query],
-    query_patches: np.ndarray,
+    patches: np.ndarray,
     lay: TokenLayout,
     given: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -112,11 +126,11 @@ def _query_points(
             raise UserError(f"points must have shape [{n}, 3] (one per query), got {list(points.shape)}")
         return points, conf
     h_img, w_img = lay.image_size
-    world_points = _prediction(predictions, "world_points", (lay.num_frames, h_img, w_img, 3))
-    world_conf = _prediction(predictions, "world_points_conf", (lay.num_frames, h_img, w_img))
+    world_points = prediction_array(predictions, "world_points", (lay.num_frames, h_img, w_img, 3))
+    world_conf = prediction_array(predictions, "world_points_conf", (lay.num_frames, h_img, w_img))
     points = np.full((n, 3), np.nan)
     for i, query in enumerate(queries):
-        row, col = query_patches[i]
+        row, col = patches[i]
         if row < 0:
             continue
         pixels = (query.frame, slice(row * ps, (row + 1) * ps), slice(col * ps, (col + 1) * ps))
@@ -264,16 +278,16 @@ def query_visibility(
     if not occlusion_margin >= 0:
         raise UserError(f"occlusion_margin must be >= 0, got {occlusion_margin}")
     h_img, w_img = layout.image_size
-    pose_enc = _prediction(predictions, "pose_enc", (layout.num_frames, 9))
-    depth = _prediction(predictions, "depth", (layout.num_frames, h_img, w_img))
+    pose_enc = prediction_array(predictions, "pose_enc", (layout.num_frames, 9))
+    depth = prediction_array(predictions, "depth", (layout.num_frames, h_img, w_img))
     extrinsics, intrinsics = (t.numpy() for t in pose_encoding_to_cameras(torch.from_numpy(pose_enc), (h_img, w_img)))
-    query_patches = _query_patches(queries, layout)
-    query_points, query_conf = _query_points(predictions, queries, query_patches, layout, points)
+    patches = query_patches(queries, layout)
+    query_points, query_conf = _query_points(predictions, queries, patches, layout, points)
     boxes = _image_boxes(transforms, layout)
     proj = _project(query_points, extrinsics, intrinsics, depth, boxes, layout.patch_size, occlusion_margin)
     status = _exclusions(proj, np.array([q.frame for q in queries], np.int64), query_conf, min_conf)
     return Visibility(
-        query_patch=query_patches,
+        query_patch=patches,
         points=query_points,
         query_conf=query_conf,
         projected_xy=proj.xy,

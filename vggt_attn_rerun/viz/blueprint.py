@@ -1,4 +1,4 @@
-"""Viewer layouts (Rerun blueprints) for recordings made by recording.py (entity paths: entities.py).
+"""Viewer layouts (Rerun blueprints) for recordings made by log_run.py (entity paths: paths.py).
 
 One dashboard per (query, kind): the 3D scene beside a grid of the views with their overlays,
 and tabs with the head grid, the attention mass per view, the summaries (one line per head and
@@ -95,7 +95,7 @@ def _head_grid(num_heads: int, q: int, kind: str) -> rrb.Grid:
         rrb.Spatial2DView(
             origin=root,
             name=f"head {h}",
-            contents=[f"+ {root}/image", f"+ {root}/query", f"+ {Paths.head(q, kind, h)}"],
+            contents=[f"+ {Paths.heads_backdrop(q)}", f"+ {Paths.heads_marker(q)}", f"+ {Paths.head(q, kind, h)}"],
         )
         for h in range(num_heads)
     ]
@@ -104,7 +104,7 @@ def _head_grid(num_heads: int, q: int, kind: str) -> rrb.Grid:
 
 def _details(num_heads: int, q: int, kind: str) -> rrb.Tabs:
     mass = rrb.TimeSeriesView(
-        origin=f"{Paths.scales(q, kind)}/mass",
+        origin=Paths.mass_root(q, kind),
         name="attention mass per view",
         axis_y=rrb.ScalarAxis(range=(0.0, 1.0)),
     )
@@ -276,10 +276,3 @@ def default_blueprint_for(
     s, kinds, heads, queries = _run_sizes(result, options)
     return default_blueprint(s, kinds, heads, queries, shown_queries=shown_queries)
 
-
-def compact_blueprint_for(
-    result: CaptureResult, options: RecordingOptions | None = None, shown_queries: Sequence[int] | None = None
-) -> rrb.Blueprint:
-    """compact_blueprint sized for one run."""
-    s, kinds, _, queries = _run_sizes(result, options)
-    return compact_blueprint(s, kinds, queries, shown_queries=shown_queries)

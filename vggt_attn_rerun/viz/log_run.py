@@ -127,7 +127,7 @@ def _log_query(rec: rr.RecordingStream, i: int, q: Query, lay: TokenLayout, pm: 
     """Marker, 3D point and the head grid's backdrop of query i (all static)."""
     name = f"q{i}"
     backdrop = rr.Image(rgb[grid_view]).compress(jpeg_quality=jpeg_quality)
-    rec.log(f"{Paths.heads_root(i)}/image", backdrop, static=True)
+    rec.log(Paths.heads_backdrop(i), backdrop, static=True)
     centre = q.model_pixel(lay)
     if centre is None:
         return
@@ -135,11 +135,11 @@ def _log_query(rec: rr.RecordingStream, i: int, q: Query, lay: TokenLayout, pm: 
     marker = rr.Points2D([centre], radii=max(2.0, 0.2 * ps), colors=[QUERY_COLOR], labels=[name], draw_order=30.0)
     box = rr.Boxes2D(mins=[[col * ps, row * ps]], sizes=[[ps, ps]], colors=[QUERY_COLOR], draw_order=29.0)
     rec.log(Paths.marker(q.frame, i), marker, static=True)
-    rec.log(f"{Paths.marker(q.frame, i)}/patch", box, static=True)
+    rec.log(Paths.marker_patch(q.frame, i), box, static=True)
     if grid_view == q.frame:
         # No label here: in the small head views it would hide the patch.
         dot = rr.Points2D([centre], radii=max(2.0, 0.2 * ps), colors=[QUERY_COLOR], draw_order=30.0)
-        rec.log(f"{Paths.heads_root(i)}/query", dot, static=True)
+        rec.log(Paths.heads_marker(i), dot, static=True)
     point = query_point(pm, lay, q)
     if point is not None:
         dot = rr.Points3D([point], radii=0.03 * scale, colors=[QUERY_COLOR], labels=[name])
@@ -268,7 +268,7 @@ def log_queries(rec: rr.RecordingStream, result: CaptureResult, images: LoadedIm
 
 def log_run(rec: rr.RecordingStream, result: CaptureResult, images: LoadedImages, options: RecordingOptions,
             analysis: RunAnalysis | None = None) -> None:  # fmt: skip
-    """Log one capture run into ``rec`` (timelines: see the module docstring; entity paths: entities.py).
+    """Log one capture run into ``rec`` (timelines: see the module docstring; entity paths: paths.py).
 
     The scene (cameras, images, point cloud), then every query (``log_queries`` with first
     index 0), then the means over queries (when there are several) and the query index.

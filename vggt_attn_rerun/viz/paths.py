@@ -73,6 +73,10 @@ class Paths:
     cloud = "world/points"
 
     @staticmethod
+    def marker_patch(s: int, q: int) -> str:
+        return f"world/frames/{s}/image/queries/q{q}/patch"
+
+    @staticmethod
     def query_point(q: int) -> str:
         return f"world/queries/q{q}"
 
@@ -119,6 +123,10 @@ class Paths:
     @staticmethod
     def maps(q: int, kind: str) -> str:
         return f"queries/q{q}/{kind}/maps"
+
+    @staticmethod
+    def mass_root(q: int, kind: str) -> str:
+        return f"queries/q{q}/{kind}/mass"
 
     @staticmethod
     def mass(q: int, kind: str, series: str) -> str:
