@@ -76,11 +76,7 @@ class Summary:
     top_k_mass: np.ndarray
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), np.ndarray)
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray)}
 
     def mean_over_queries(self, queries: list[int] | tuple[int, ...] | None = None) -> Summary:
         """The mean over queries (all, or the given query indices): every array keeps its rank
@@ -180,9 +176,7 @@ def block_head_matrix(
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2 or 0 in v.shape:
-        raise UserError(
-            f"block_head_matrix needs a non-empty [blocks, heads] matrix, got shape {list(v.shape)}"
-        )
+        raise UserError(f"block_head_matrix needs a non-empty [blocks, heads] matrix, got shape {list(v.shape)}")
     table = np.asarray(lut)
     if table.shape != (256, 3):
         raise UserError(f"the colormap LUT must have shape [256, 3], got {list(table.shape)}")

@@ -275,4 +275,3 @@ def default_blueprint_for(
     """
     s, kinds, heads, queries = _run_sizes(result, options)
     return default_blueprint(s, kinds, heads, queries, shown_queries=shown_queries)
-
