@@ -50,11 +50,10 @@ from torch import Tensor, nn
 
 from vggt_attn_rerun.core.hooks import qk_hooks
 from vggt_attn_rerun.core.images import LoadedImages, batched_images, load_images
-from vggt_attn_rerun.core.introspect import KINDS, check_blocks
+from vggt_attn_rerun.core.introspect import KINDS, check_blocks, check_kinds
 from vggt_attn_rerun.core.models import model_device
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.legacy.full import FullCollector, capture_full
-from vggt_attn_rerun.legacy.seed_values import as_kinds
 
 __all__ = ["AttentionExtractor", "extract_both_attentions"]
 
@@ -142,7 +141,7 @@ class AttentionExtractor:
         UserError naming the valid blocks (the seed skipped it silently).
         """
         self.clear_hooks()
-        kinds = as_kinds(attention_types)
+        kinds = check_kinds(attention_types)
         blocks = check_blocks(self.model, block_indices)
         collector = _BudgetedCollector(blocks, self.budget_bytes)
         stack = contextlib.ExitStack()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from vggt_attn_rerun.core.images import LoadedImages
-from vggt_attn_rerun.core.introspect import KINDS, check_blocks, model_heads, model_layout
+from vggt_attn_rerun.core.introspect import KINDS, check_blocks, check_kinds, model_heads, model_layout
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.legacy.seed import (
     DEFAULT_BUDGET_BYTES,
@@ -27,7 +27,7 @@ from vggt_attn_rerun.legacy.seed import (
     input_images,
 )
 from vggt_attn_rerun.legacy.seed_figures import pyplot, visualize_attention_map, visualize_attention_on_image
-from vggt_attn_rerun.legacy.seed_values import as_kinds, check_head, frame_token, get_attention_values
+from vggt_attn_rerun.legacy.seed_values import check_head, frame_token, get_attention_values
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -83,7 +83,7 @@ def demo_visualize_token_attention(
         the dict of ``extract_both_attentions``.
     """
     pyplot()  # fail before minutes of loading and inference, not after
-    kinds = as_kinds(attention_types)
+    kinds = check_kinds(attention_types)
     model, images = _setup(model, image_paths)
     layout = model_layout(model, images.shape[1], images.shape[3], images.shape[4])
     frame_token(layout, token_idx, frame_idx)
@@ -137,7 +137,7 @@ def demo_single_layer_attention(
     """
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}: valid modes are {', '.join(MODES)}")
-    kind = as_kinds(attention_type)[0]
+    kind = check_kinds(attention_type)[0]
     if mode == "visualize":
         pyplot()
     model, images = _setup(model, image_paths)

@@ -26,10 +26,6 @@ RESIZE_MODE = "bilinear"  # as the seed; align_corners=False puts each patch val
 MEAN = "mean"
 
 
-def as_kinds(attention_types: str | Sequence[str]) -> tuple[str, ...]:
-    return check_kinds(attention_types)
-
-
 def _index(value: object, what: str) -> int:
     try:
         if isinstance(value, bool):
@@ -118,6 +114,21 @@ def resize_maps(maps: Tensor, height: int, width: int) -> Tensor:
     return F.interpolate(maps[:, None], size=(height, width), mode=RESIZE_MODE, align_corners=False)[:, 0]
 
 
+def _metadata(layout: TokenLayout, token_idx: int, head: int | None) -> dict[str, Any]:
+    """The metadata keys both value functions return (the seed's names)."""
+    h, w = layout.image_size
+    return {
+        "grid_h": layout.grid_h,
+        "grid_w": layout.grid_w,
+        "H": h,
+        "W": w,
+        "S": layout.num_frames,
+        "token_idx": int(token_idx),
+        "head_idx": MEAN if head is None else head,
+        "patch_start_idx": layout.patch_start,
+    }
+
+
 def get_attention_values(
     attn_weights: Tensor,
     images: Tensor,
@@ -156,7 +167,7 @@ def get_attention_values(
         patch_start_idx, frame_idx (the query's frame) and local_idx (its index within the frame).
         Out-of-range token, head or type: UserError naming the valid range.
     """
-    kind = as_kinds(attention_type)[0]
+    kind = check_kinds(attention_type)[0]
     imgs, layout = seed_layout(images, patch_start_idx, patch_size)
     check_weights(attn_weights, layout, kind, patch_start_idx)
     frame, local = frame_token(layout, token_idx, frame_idx)
@@ -174,19 +185,8 @@ def get_attention_values(
         "attention_maps": maps.numpy(),
         "attention_maps_resized": resized.numpy(),
         "images": imgs.detach().permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy(),
-        "metadata": {
-            "grid_h": layout.grid_h,
-            "grid_w": layout.grid_w,
-            "H": h,
-            "W": w,
-            "S": layout.num_frames,
-            "token_idx": int(token_idx),
-            "head_idx": MEAN if head is None else head,
-            "attention_type": kind,
-            "patch_start_idx": layout.patch_start,
-            "frame_idx": frame,
-            "local_idx": local,
-        },
+        "metadata": {**_metadata(layout, token_idx, head), "attention_type": kind, "frame_idx": frame,
+                     "local_idx": local},  # fmt: skip
     }
 
 
@@ -237,16 +237,5 @@ def get_all_frames_attention(
         "attention_maps_resized": resize_maps(maps, h, w).numpy(),
         "images": imgs.detach().permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy(),
         "frame_indices": frames,
-        "metadata": {
-            "grid_h": layout.grid_h,
-            "grid_w": layout.grid_w,
-            "H": h,
-            "W": w,
-            "S": layout.num_frames,
-            "token_idx": int(token_idx),
-            "head_idx": MEAN if head is None else head,
-            "patch_start_idx": layout.patch_start,
-            "attention_type": "frame",
-            "local_idx": local,
-        },
+        "metadata": {**_metadata(layout, token_idx, head), "attention_type": "frame", "local_idx": local},
     }
