@@ -8,7 +8,7 @@ The CLI runs unchanged, in this process; timers are wrapped around what it calls
 - logging: from the end of the last forward until the CLI returns (logging, the blueprint and
   writing the .rrd); ``log_run_s`` is the part spent in ``vggt_attn_rerun.viz.log_run.log_run``.
 
-The parent (``suites.end_to_end``) measures the process wall time; the rest is "other"
+The parent (``rrd_suites.end_to_end``) measures the process wall time; the rest is "other"
 (interpreter start, reading photos, writing the file at exit, ...).
 """
 

@@ -15,7 +15,8 @@ from vggt_attn_rerun.core.introspect import KINDS, model_layout
 
 from .common import REPO_ROOT, child_env, make_images, spread_queries, sync
 from .gpu_steps import Ctx, StepTimeout, free
-from .suites import DEFAULT_CLI_ARGS, _write_photos, cli_argv, rrd_parts
+from .rrd_suites import cli_argv, rrd_parts, write_photos
+from .suites import DEFAULT_CLI_ARGS
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -85,7 +86,7 @@ def pick_photos(folder: Path, count: int, dest: Path, size: int) -> tuple[list[P
     """
     found = sorted(p for p in folder.glob("*") if p.suffix.lower() in PHOTO_SUFFIXES) if folder.is_dir() else []
     if not found:
-        return _write_photos(dest, count, size), f"{count} synthetic photos ({folder} has no photos)"
+        return write_photos(dest, count, size), f"{count} synthetic photos ({folder} has no photos)"
     dest.mkdir(parents=True, exist_ok=True)
     chosen = []
     for i in range(count):

@@ -38,7 +38,7 @@ from .common import (
     spread_queries,
     sync,
 )
-from .suites import _host_limit_bytes
+from .suites import host_limit_bytes
 
 
 class StepTimeout(Exception):
@@ -317,7 +317,7 @@ def step_overhead(ctx: Ctx, entry: dict[str, Any]) -> None:
 def _host_limit(s: CheckSettings) -> int | None:
     if s.host_memory_gb is not None:
         return int(s.host_memory_gb * GIB)
-    return _host_limit_bytes() if not s.device.startswith("cuda") else None
+    return host_limit_bytes() if not s.device.startswith("cuda") else None
 
 
 def _baseline_budget(ctx: Ctx) -> int:

@@ -6,7 +6,8 @@ import json
 import sys
 from typing import Any
 
-from .suites import PARTS, TARGET_QUERIES
+from .rrd_suites import PARTS
+from .suites import TARGET_QUERIES
 
 
 def fmt_bytes(n: float | None) -> str:

@@ -167,7 +167,7 @@ def run_benchmarks(
     """Run ``sections`` with ``settings``; returns the results dict (what the JSON file holds)."""
     import torch
 
-    from . import suites
+    from . import rrd_suites, suites
     from .common import load_bench_model, machine_info
 
     torch.manual_seed(0)
@@ -189,8 +189,8 @@ def run_benchmarks(
     runners = {
         "overhead": lambda: suites.overhead(settings, model),
         "scaling": lambda: suites.scaling(settings, model),
-        "recording": lambda: suites.recording(settings, model),
-        "e2e": lambda: suites.end_to_end(settings),
+        "recording": lambda: rrd_suites.recording(settings, model),
+        "e2e": lambda: rrd_suites.end_to_end(settings),
     }
     for name, runner in runners.items():
         if name in sections:

@@ -8,8 +8,9 @@ import torch
 from benchmarks.baseline import FullMatrixHooks, baseline_bytes, first_frames_over_budget
 from benchmarks.common import ProbeConfig, measure_memory
 from benchmarks.report import markdown, verdicts
+from benchmarks.rrd_suites import PARTS, chunk_part
 from benchmarks.run import main, run_benchmarks, write_results
-from benchmarks.suites import PARTS, Settings, chunk_part
+from benchmarks.suites import Settings
 from vggt_attn_rerun.core.introspect import model_layout
 from vggt_attn_rerun.legacy.full import capture_full, full_matrix_bytes
 from vggt_attn_rerun.testing import tiny_vggt
