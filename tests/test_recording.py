@@ -119,7 +119,8 @@ def _seg(value, layout) -> np.ndarray:
 def test_expected_entities_exist(run):
     result, recording, _ = run
     s = result.layout.num_frames
-    expected = {"world", Paths.cloud, Paths.query_point(0), Paths.info(0), Paths.info(1), "heads/q0/image"}
+    expected = {"world", Paths.cloud, Paths.query_point(0), Paths.info(0), Paths.info(1)}
+    expected |= {"heads/q0/image", "heads/q0/query", f"world/frames/{PATCH_QUERY[0]}/image/queries/q0/patch"}
     for f in range(s):
         expected |= {Paths.frame(f), Paths.image(f), Paths.overlay_root(f)}
         expected |= {Paths.overlay(f, q, k) for q in (0, 1) for k in KINDS}
@@ -255,6 +256,13 @@ def test_query_point_is_mean_of_point_map_over_patch(run):
     pts = result.predictions["world_points"][0, f, r * 14 : (r + 1) * 14, c * 14 : (c + 1) * 14]
     got = recording.static(Paths.query_point(0), "Points3D:positions")
     np.testing.assert_allclose(got[0], pts.reshape(-1, 3).double().mean(0).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_query_note_states_the_scale_and_where_the_scale_on_screen_is(run):
+    _, recording, _ = run
+    text = recording.static(Paths.info(0), "TextDocument:text")[0]
+    assert "Scale `map`: the maximum over all views of this (block, head) map" in text
+    assert "`queries/q0/{kind}/scale`" in text
 
 
 def test_special_token_query_has_a_note_and_no_marker(run):

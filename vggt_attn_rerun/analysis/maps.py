@@ -29,6 +29,13 @@ from vggt_attn_rerun.core.images import FrameTransform
 from vggt_attn_rerun.errors import UserError
 
 SCALES = ("map", "global", "view")
+#: what each scale's vmax is, in words (the recording's notes say it): the maximum, or the
+#: ``clip_percentile`` when below 100, of the patch probabilities without the query's own key
+SCALE_MEANING = {
+    "map": "the maximum over all views of this (block, head) map, shared by its views (the views compare)",
+    "global": "the maximum over every block, head and view of the query and kind",
+    "view": "each view's own maximum (colors do not compare across views)",
+}
 MIN_VMAX = 1e-12  # a map no key of which got attention (frame attention elsewhere) stays 0
 
 

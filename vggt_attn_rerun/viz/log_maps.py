@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import rerun as rr
 
-from vggt_attn_rerun.analysis.maps import QueryMaps, dequantize, masses, query_maps, ray_targets
+from vggt_attn_rerun.analysis.maps import SCALE_MEANING, QueryMaps, dequantize, masses, query_maps, ray_targets
 from vggt_attn_rerun.analysis.scene import Scene
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.tokens import TokenLayout
@@ -130,7 +130,7 @@ def _log_overlays(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout, 
 
 def _log_head_grid(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout, maps: QueryMaps, blocks: list[int],
                    grid_view: int, options: RecordingOptions) -> None:  # fmt: skip
-    root = f"{Paths.heads_root(i)}/{kind}"
+    root = Paths.heads_kind(i, kind)
     rec.log(root, rr.Transform3D(scale=[lay.patch_size, lay.patch_size, 1.0]), static=True)
     rec.log(root, overlay_context(options.colormap, float(options.gamma)), static=True)
     fmt = _seg_format(lay)
@@ -183,11 +183,7 @@ def _log_rays(rec: rr.RecordingStream, path: str, origin: np.ndarray, frame: int
 
 
 def _scale_note(label: str, vmax: np.ndarray, options: RecordingOptions) -> str:
-    how = {
-        "map": "the maximum over all views of this map",
-        "global": "the maximum over every block, head and view",
-        "view": "each view's own maximum (views do not compare)",
-    }[options.scale]
+    how = SCALE_MEANING[options.scale]
     clip = "" if options.clip_percentile >= 100 else f" ({options.clip_percentile:g}th percentile, not the max)"
     top = f"{vmax[0]:.3g}" if options.scale != "view" else ", ".join(f"v{s} {v:.3g}" for s, v in enumerate(vmax))
     gamma = "" if options.gamma == 1 else f", gamma {options.gamma:g}"

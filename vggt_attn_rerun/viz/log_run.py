@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import rerun as rr
 
-from vggt_attn_rerun.analysis.maps import RunAnalysis, analyze_run
+from vggt_attn_rerun.analysis.maps import SCALE_MEANING, RunAnalysis, analyze_run
 from vggt_attn_rerun.analysis.scene import (
     PointMap,
     Scene,
@@ -146,21 +146,13 @@ def _log_query(rec: rr.RecordingStream, i: int, q: Query, lay: TokenLayout, pm: 
         rec.log(Paths.query_point(i), dot, static=True)
 
 
-_SCALE_TEXT = {
-    "map": "one scale per (block, head) map, shared by all views of that map (the views compare)",
-    "global": "one scale for every block, head and view of the query and kind",
-    "view": "one scale per map and view (colors do not compare across views)",
-}
-
-
 def _info_text(i: int, j: int, q: Query, result: CaptureResult, focus: _Focus, vmax: dict[str, np.ndarray],
                options: RecordingOptions) -> str:  # fmt: skip
     """Notes of query i (``j``: its index in ``result.rows.queries``); ``vmax``: kind -> ``[L, H, S]``."""
     lay, rows = result.layout, result.rows
-    rc = q.patch(lay)
+    rc, centre = q.patch(lay), q.model_pixel(lay)
     where = (
-        f"frame {q.frame}, patch row {rc[0]}, col {rc[1]} (centre x={q.model_pixel(lay)[0]:g}, "
-        f"y={q.model_pixel(lay)[1]:g} model pixels)"
+        f"frame {q.frame}, patch row {rc[0]}, col {rc[1]} (centre x={centre[0]:g}, y={centre[1]:g} model pixels)"
         if rc is not None
         else f"frame {q.frame}, special token `{lay.special_names[q.local]}` (no pixel: no marker)"
     )
@@ -177,7 +169,8 @@ def _info_text(i: int, j: int, q: Query, result: CaptureResult, focus: _Focus, v
         "",
         f"Maps are u8: `u8 = round(255 * clip(p / vmax, 0, 1){gamma})`, p = raw probability on a patch key,",
         f"vmax = the {clip} of the scale's patch probabilities, the query's own key left out.",
-        f"Scale: {_SCALE_TEXT[options.scale]}. The scale of the map on screen: `queries/q{i}/{{kind}}/scale`.",
+        f"Scale `{options.scale}`: {SCALE_MEANING[options.scale]}.",
+        f"The scale of the map on screen: `{Paths.scale_note(i, '{kind}')}`.",
         "",
     ]  # fmt: skip
     for kind, vm in vmax.items():
