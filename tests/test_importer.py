@@ -9,6 +9,7 @@ import rerun as rr
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.images import images_from_tensor
 from vggt_attn_rerun.core.tokens import Query
+from vggt_attn_rerun.io import importer
 from vggt_attn_rerun.io.runfile import save_run
 from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.options import RecordingOptions
@@ -50,4 +51,4 @@ def test_export_then_import_reads_back_the_same_maps_as_the_original_recording(t
 def test_other_files_are_left_to_other_importers(tmp_path):
     other = tmp_path / "photo.png"
     other.write_bytes(b"\x89PNG not really")
-    assert _importer(other).returncode == rr.EXTERNAL_IMPORTER_INCOMPATIBLE_EXIT_CODE
+    assert importer.main([str(other), "--application-id", "x"]) == rr.EXTERNAL_IMPORTER_INCOMPATIBLE_EXIT_CODE

@@ -22,6 +22,7 @@ import rerun as rr
 
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.runfile import is_run_file, load_run
+from vggt_attn_rerun.viz.paths import APPLICATION_ID
 
 
 def _recording_bytes(path: str, application_id: str, recording_id: str | None) -> bytes:
@@ -59,10 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``error:`` line on stderr and nothing on stdout for a run file that cannot be shown."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("filepath")
-    parser.add_argument("--application-id", default="vggt_attn_rerun")
+    parser.add_argument("--application-id", default=APPLICATION_ID)
     parser.add_argument("--recording-id", default=None)
-    parser.add_argument("--entity-path-prefix", default=None)
-    args, _ = parser.parse_known_args(argv)
+    args, _ = parser.parse_known_args(argv)  # e.g. --entity-path-prefix: not applied
     if not is_run_file(args.filepath):
         return rr.EXTERNAL_IMPORTER_INCOMPATIBLE_EXIT_CODE
     try:
