@@ -15,8 +15,10 @@ def test_every_path_on_an_image_reads_back_its_frame(frame):
         Paths.overlay_root(frame),
         Paths.overlay(frame, 4, "global"),
         Paths.marker(frame, 4),
-        Paths.marker(frame, 4) + "/patch",
+        Paths.marker_patch(frame, 4),
         Paths.projected(frame, 4),
+        Paths.projected_cross(frame, 4),
+        Paths.projected_window(frame, 4),
     ]
     assert [image_frame(p) for p in built] == [frame] * len(built)
     assert [image_frame("/" + p) for p in built] == [frame] * len(built)  # as the viewer writes them

@@ -131,6 +131,9 @@ def test_projected_marker_only_on_valid_views(run, scene_images):
     assert list(inside[1:]) == [True, False]  # view 1 sees it, view 2 does not (view 0: own view)
     got = recording.static(Paths.projected(1, 0), "Points2D:positions")
     np.testing.assert_allclose(got, proj[1, :2][None], rtol=1e-5)
+    assert {"world/frames/1/image/queries/q0/projected/cross", "world/frames/1/image/queries/q0/projected/window"} <= (
+        recording.entities()
+    )
     for s in (0, 2):  # own view, outside the image: no marker, no children
         assert not any(e.startswith(Paths.projected(s, 0)) for e in recording.entities())
     notes = recording.static(Paths.info(0), "TextDocument:text")[0]

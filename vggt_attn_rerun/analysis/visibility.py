@@ -57,6 +57,15 @@ STATUS_NAMES = (
     "outside_image",
     "occluded",
 )
+#: status name -> why a pair with that status is excluded, in words (the recording's notes)
+STATUS_MEANING = {
+    "own_view": "the query's own view",
+    "no_point": "no 3D point (special token or non-finite point)",
+    "low_confidence": "the query point's confidence is below the cut",
+    "behind_camera": "the point is behind this camera",
+    "outside_image": "the projection falls outside the image",
+    "occluded": "occluded: VGGT's depth at the projected pixel is nearer",
+}
 
 
 def _as_numpy(x: object, name: str) -> np.ndarray:

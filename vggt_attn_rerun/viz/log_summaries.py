@@ -28,6 +28,7 @@ import rerun as rr
 
 from vggt_attn_rerun.analysis.consistency import STATUS_NAMES, VALID, Consistency
 from vggt_attn_rerun.analysis.summaries import METRICS, Summary, block_head_matrix
+from vggt_attn_rerun.analysis.visibility import STATUS_MEANING
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.viz import colormap
@@ -128,57 +129,27 @@ def _shared_range(*matrices: np.ndarray) -> float:
     return top if top > 0 else 1.0
 
 
-_STATUS_TEXT = {
-    "own_view": "the query's own view",
-    "no_point": "no 3D point (special token or non-finite point)",
-    "low_confidence": "the query point's confidence is below the cut",
-    "behind_camera": "the point is behind this camera",
-    "outside_image": "the projection falls outside the image",
-    "occluded": "occluded: VGGT's depth at the projected pixel is nearer",
-}
-
-
-def _log_query_consistency(rec: rr.RecordingStream, i: int, j: int, cons: Consistency, lay: TokenLayout,
-                           options: RecordingOptions) -> tuple[list[str], float]:  # fmt: skip
-    """Projected markers, score matrices and peak distances of query j of ``cons``, logged as query i.
-
-    Returns the lines for the query's notes and the top of the score color range.
-    """
-    ps, gh, gw, r = lay.patch_size, lay.grid_h, lay.grid_w, cons.radius
-    status = cons.status[j]
-    valid = np.flatnonzero(status == VALID)
+def _log_projected(rec: rr.RecordingStream, i: int, s: int, xy: np.ndarray, patch: np.ndarray, radius: int,
+                   lay: TokenLayout) -> None:  # fmt: skip
+    """The query's 3D point projected into view s: a dot, a cross, and the score's patch window."""
+    ps, gh, gw = lay.patch_size, lay.grid_h, lay.grid_w
+    (x, y), (pr, pc) = (float(v) for v in xy), (int(v) for v in patch)
     size = max(2.0, 0.3 * ps)
-    for s in valid:
-        x, y = (float(v) for v in cons.projected_xy[j, s])
-        pr, pc = (int(v) for v in cons.projected_patch[j, s])
-        path = Paths.projected(int(s), i)
-        dot = rr.Points2D([[x, y]], radii=max(1.5, 0.1 * ps), colors=[PROJECTED_COLOR], labels=[f"q{i}"],
-                          draw_order=31.0)  # fmt: skip
-        cross = [[[x - size, y - size], [x + size, y + size]], [[x - size, y + size], [x + size, y - size]]]
-        r0, r1, c0, c1 = max(0, pr - r), min(gh - 1, pr + r), max(0, pc - r), min(gw - 1, pc + r)
-        window = rr.Boxes2D(mins=[[c0 * ps, r0 * ps]], sizes=[[(c1 - c0 + 1) * ps, (r1 - r0 + 1) * ps]],
-                            colors=[PROJECTED_COLOR], draw_order=29.0)  # fmt: skip
-        rec.log(path, dot, static=True)
-        rec.log(f"{path}/cross", rr.LineStrips2D(cross, colors=[PROJECTED_COLOR], draw_order=31.0), static=True)
-        rec.log(f"{path}/window", window, static=True)
+    dot = rr.Points2D([[x, y]], radii=max(1.5, 0.1 * ps), colors=[PROJECTED_COLOR], labels=[f"q{i}"],
+                      draw_order=31.0)  # fmt: skip
+    cross = [[[x - size, y - size], [x + size, y + size]], [[x - size, y + size], [x + size, y - size]]]
+    r0, r1, c0, c1 = max(0, pr - radius), min(gh - 1, pr + radius), max(0, pc - radius), min(gw - 1, pc + radius)
+    window = rr.Boxes2D(mins=[[c0 * ps, r0 * ps]], sizes=[[(c1 - c0 + 1) * ps, (r1 - r0 + 1) * ps]],
+                        colors=[PROJECTED_COLOR], draw_order=29.0)  # fmt: skip
+    rec.log(Paths.projected(s, i), dot, static=True)
+    rec.log(Paths.projected_cross(s, i), rr.LineStrips2D(cross, colors=[PROJECTED_COLOR], draw_order=31.0),
+            static=True)  # fmt: skip
+    rec.log(Paths.projected_window(s, i), window, static=True)
 
-    score = _mean_over_views(cons.share_near[:, j])  # [L, H]
-    control = _mean_over_views(cons.control_share_near[:, j])
-    top = _shared_range(score, control)
-    _log_matrix(rec, Paths.consistency(i, "score"), score, 0.0, top, options)
-    _log_matrix(rec, Paths.consistency(i, "control_score"), control, 0.0, top, options)
-    if valid.size:
-        path = Paths.consistency(i, "peak_dist")
-        names = [f"view {s}" for s in valid]
-        turbo = colormap.lut("turbo")
-        colors = [tuple(int(c) for c in turbo[int(255 * (s + 0.5) / lay.num_frames)]) for s in valid]
-        rec.log(path, rr.SeriesLines(names=names, colors=colors), static=True)
-        rec.log(path, rr.AnyValues(views=valid.astype(np.int64), unit="model pixels"), static=True)
-        dist = cons.peak_dist_pixels[:, j][:, :, valid].mean(axis=1)  # [L, V]: head mean
-        _send_batches(rec, path, cons.blocks, dist)
 
-    counts = {name: int((status == code).sum()) for code, name in enumerate(STATUS_NAMES)}
-    conf = cons.query_conf[j]
+def _consistency_notes(j: int, cons: Consistency, top: float) -> list[str]:
+    """The query's notes on geometric consistency: every view's projection or why it is excluded."""
+    status, conf, r = cons.status[j], cons.query_conf[j], cons.radius
     lines = [
         "",
         "## Geometric consistency (global attention)",
@@ -195,10 +166,37 @@ def _log_query_consistency(rec: rr.RecordingStream, i: int, j: int, cons: Consis
             pr, pc = cons.projected_patch[j, s]
             lines.append(f"- view {s}: projected to x={x:.1f}, y={y:.1f} (patch row {pr}, col {pc})")
         else:
-            lines.append(f"- view {s}: excluded, {name}: {_STATUS_TEXT[name]}")
+            lines.append(f"- view {s}: excluded, {name}: {STATUS_MEANING[name]}")
+    counts = {name: int((status == code).sum()) for code, name in enumerate(STATUS_NAMES)}
     shown = ", ".join(f"{name} {n}" for name, n in counts.items() if n)
     lines += ["", f"Counts: {shown}.", f"Score color range: 0 .. {top:.4g} (score and control share it)."]
-    return lines, top
+    return lines
+
+
+def _log_query_consistency(rec: rr.RecordingStream, i: int, j: int, cons: Consistency, lay: TokenLayout,
+                           options: RecordingOptions) -> tuple[list[str], float]:  # fmt: skip
+    """Projected markers, score matrices and peak distances of query j of ``cons``, logged as query i.
+
+    Returns the lines for the query's notes and the top of the score color range.
+    """
+    valid = np.flatnonzero(cons.status[j] == VALID)
+    for s in valid:
+        _log_projected(rec, i, int(s), cons.projected_xy[j, s], cons.projected_patch[j, s], cons.radius, lay)
+    score = _mean_over_views(cons.share_near[:, j])  # [L, H]
+    control = _mean_over_views(cons.control_share_near[:, j])
+    top = _shared_range(score, control)
+    _log_matrix(rec, Paths.consistency(i, "score"), score, 0.0, top, options)
+    _log_matrix(rec, Paths.consistency(i, "control_score"), control, 0.0, top, options)
+    if valid.size:
+        path = Paths.consistency(i, "peak_dist")
+        names = [f"view {s}" for s in valid]
+        turbo = colormap.lut("turbo")
+        colors = [tuple(int(c) for c in turbo[int(255 * (s + 0.5) / lay.num_frames)]) for s in valid]
+        rec.log(path, rr.SeriesLines(names=names, colors=colors), static=True)
+        rec.log(path, rr.AnyValues(views=valid.astype(np.int64), unit="model pixels"), static=True)
+        dist = cons.peak_dist_pixels[:, j][:, :, valid].mean(axis=1)  # [L, V]: head mean
+        _send_batches(rec, path, cons.blocks, dist)
+    return _consistency_notes(j, cons, top), top
 
 
 def log_query_summaries(rec: rr.RecordingStream, result: CaptureResult, j: int, i: int, kind: str,

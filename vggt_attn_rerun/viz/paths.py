@@ -154,6 +154,14 @@ class Paths:
     def projected(s: int, q: int) -> str:
         return f"world/frames/{s}/image/queries/q{q}/projected"
 
+    @staticmethod
+    def projected_cross(s: int, q: int) -> str:
+        return f"world/frames/{s}/image/queries/q{q}/projected/cross"
+
+    @staticmethod
+    def projected_window(s: int, q: int) -> str:
+        return f"world/frames/{s}/image/queries/q{q}/projected/window"
+
     query_index = "queries/index"
 
 
