@@ -125,7 +125,7 @@ def summarize(rows: AttentionRows, kind: str, top_k: int = 10, head_mean: bool =
     probs = _kind_probs(rows, kind)
     lay = rows.layout
     n_keys = num_keys(rows, kind)
-    k = min(int(top_k), lay.num_tokens)
+    k = min(int(top_k), n_keys)
     l_, q_, h_, s_, _ = probs.shape
     h_out = 1 if head_mean else h_
     out = {name: np.empty((l_, q_, h_out), np.float64) for name in METRICS}
