@@ -20,6 +20,7 @@ from vggt_attn_rerun.batch.progress import LogProgress
 from vggt_attn_rerun.batch.study import run_study
 from vggt_attn_rerun.cli.main import run
 from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.io.atomic import PARTIAL_MARK
 from vggt_attn_rerun.testing import synthetic_scene
 
 OPTIONS = StudyOptions(model="tiny", grid=(2, 2), image_size=84, device="cpu")
@@ -165,8 +166,8 @@ def test_ctrl_c_leaves_only_complete_scenes_and_a_rerun_finishes_the_rest(tmp_pa
     original = store.pq.write_table
 
     def interrupted_write(table, where, **kw):
-        if "b.parquet" in str(where):
-            Path(where).write_bytes(b"PAR1 half a file")
+        if table["scene"][0].as_py() == "b":
+            where.write(b"PAR1 half a file")
             raise KeyboardInterrupt
         return original(table, where, **kw)
 
@@ -177,10 +178,13 @@ def test_ctrl_c_leaves_only_complete_scenes_and_a_rerun_finishes_the_rest(tmp_pa
     assert files == ["a.parquet"]
     assert not (tmp_path / "out" / "summary.parquet").exists()
     monkeypatch.setattr(store.pq, "write_table", original)
+    left_by_a_killed_run = tmp_path / "out" / "scenes" / f".c.parquet{PARTIAL_MARK}x1y2"
+    left_by_a_killed_run.write_bytes(b"PAR1 half")
     seen = _calls(monkeypatch)
     run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
     assert seen == ["b", "c"]
     pq.read_table(tmp_path / "out" / "scenes" / "b.parquet")  # whole
+    assert sorted(p.name for p in (tmp_path / "out" / "scenes").iterdir()) == ["a.parquet", "b.parquet", "c.parquet"]
 
 
 def test_resuming_with_other_options_is_refused(done_study):

@@ -8,7 +8,7 @@
     DIR/summary.parquet, DIR/summary.md, DIR/summary.rrd   the aggregate (batch.aggregate)
 
 Every file is written to a temporary name in the same folder and renamed into place
-(``write_atomic``), so readers never see half a file; a re-run skips the scenes whose .parquet
+(``io.atomic.write_file``), so readers never see half a file; a re-run skips the scenes whose .parquet
 exists (and, with --rrd, whose .rrd exists) and retries the failed ones.
 """
 
@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,29 +27,19 @@ import pyarrow.parquet as pq
 from vggt_attn_rerun.batch.inputs import Scene
 from vggt_attn_rerun.batch.job import SCHEMA, SceneOutcome, StudyOptions
 from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.io.atomic import PARTIAL_MARK, write_file
 
 STUDY_FILE = "study.json"
 FAILURES_FILE = "failures.jsonl"
-_TMP_SUFFIX = ".tmp"
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename tmp onto ``path``: the file is complete or absent, also on Ctrl-C."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    write_atomic(path, lambda tmp: tmp.write_bytes(data))
+    write_file(path, lambda f: f.write(data))
 
 
 def write_table_atomic(path: Path, table: pa.Table) -> None:
     """One row group for the whole table (a scene's rows are always read together)."""
-    write_atomic(path, lambda tmp: pq.write_table(table, tmp, row_group_size=max(1, table.num_rows)))
+    write_file(path, lambda f: pq.write_table(table, f, row_group_size=max(1, table.num_rows)))
 
 
 class StudyFolder:
@@ -85,12 +75,12 @@ class StudyFolder:
         """``check()``, then create the folder (and study.json) and drop temp files of a killed run."""
         self.check()
         self.scenes_dir.mkdir(parents=True, exist_ok=True)
-        for stale in [*self.scenes_dir.glob(f".*{_TMP_SUFFIX}"), *self.root.glob(f".*{_TMP_SUFFIX}")]:
+        for stale in [*self.scenes_dir.glob(f".*{PARTIAL_MARK}*"), *self.root.glob(f".*{PARTIAL_MARK}*")]:
             stale.unlink(missing_ok=True)  # never a complete file
         study = self.root / STUDY_FILE
         if not study.exists():
             text = json.dumps({"options": self.options.identity()}, indent=2) + "\n"
-            write_atomic(study, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            write_bytes_atomic(study, text.encode("utf-8"))
 
     def table_path(self, scene: Scene) -> Path:
         return self.scenes_dir / f"{scene.key}.parquet"
@@ -148,10 +138,10 @@ class StudyFolder:
         """``scenes.parquet``: every done scene, one row group per scene, in scene order."""
         path = self.root / "scenes.parquet"
 
-        def write(tmp: Path) -> None:
-            with pq.ParquetWriter(tmp, SCHEMA) as writer:
+        def write(f: BinaryIO) -> None:
+            with pq.ParquetWriter(f, SCHEMA) as writer:
                 for table in tables:
                     writer.write_table(table, row_group_size=max(1, table.num_rows))
 
-        write_atomic(path, write)
+        write_file(path, write)
         return path
