@@ -26,7 +26,6 @@ import contextlib
 import datetime as dt
 import importlib.metadata as md
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from vggt_attn_rerun.io.atomic import write_file
 
 from .common import machine_info
 from .gpu_exact import step_exact
@@ -210,9 +211,7 @@ def write(res: dict[str, Any], out: Path, name: str) -> tuple[Path, Path]:
         md = f"# GPU check\n\nThe report failed ({type(e).__name__}: {e}); {name}.json holds the results.\n"
     paths = out / f"{name}.json", out / f"{name}.md"
     for path, text in zip(paths, (json.dumps(res, indent=2, default=str) + "\n", md), strict=True):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_file(path, lambda f, text=text: f.write(text.encode()))
     return paths
 
 
