@@ -196,7 +196,7 @@ def test_origin_units():
 def test_click_in_3d_is_projected_into_the_frame(run):
     extr, intr = cameras(run)
     frame, x, y, depth = 1, 30.25, 17.5, 0.8
-    cam = depth * np.linalg.solve(intr[frame], [x, y, 1.0])
+    cam = depth * np.linalg.solve(intr[frame], [x - 0.5, y - 0.5, 1.0])  # VGGT samples pixel j at u = j
     world = extr[frame, :, :3].T @ (cam - extr[frame, :, 3])
     click = click_from_selection(
         Paths.overlay(frame, 0, "global"), list(world), run.layout, units="world", world_cameras=(extr, intr)
@@ -260,7 +260,7 @@ def test_unknown_view_units(run, scene_images):
         1, 30.0, 20.0, Paths.image(1)
     )
     extr, intr = cameras(run)
-    cam = 0.5 * np.linalg.solve(intr[1], [30.0, 20.0, 1.0])
+    cam = 0.5 * np.linalg.solve(intr[1], [29.5, 19.5, 1.0])  # continuous (30, 20) is VGGT's u, v = 29.5, 19.5
     world = extr[1, :, :3].T @ (cam - extr[1, :, 3])
     for view in ("my 3D view", "3D"):
         click = session.click_from_item(Paths.image(1), list(world), view)

@@ -150,11 +150,15 @@ def test_camera_poses_equal_predicted_extrinsics(run):
         np.testing.assert_allclose(t, extr[s, :, 3].numpy(), atol=1e-6)
 
 
-def test_pinhole_equals_predicted_intrinsics(run):
+def test_pinhole_is_the_predicted_intrinsics_with_pixel_centres_at_half_integers(run):
+    # VGGT samples pixel j at u = j; Rerun draws pixel j's centre at j + 0.5.
     result, recording, _ = run
     _, intr = pose_encoding_to_cameras(result.predictions["pose_enc"][0].double(), result.layout.image_size)
     k = np.asarray(recording.static(Paths.image(1), "Pinhole:image_from_camera")[0]).reshape(3, 3).T
-    np.testing.assert_allclose(k, intr[1].numpy(), rtol=1e-6)
+    want = intr[1].numpy().copy()
+    want[0, 2] += 0.5
+    want[1, 2] += 0.5
+    np.testing.assert_allclose(k, want, rtol=1e-6)
 
 
 # -- the maps ---------------------------------------------------------------------------------

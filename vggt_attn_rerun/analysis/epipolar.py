@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vggt_attn_rerun.analysis.scene import continuous_intrinsics
 from vggt_attn_rerun.analysis.visibility import prediction_array, query_patches
 from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
 from vggt_attn_rerun.core.rows import AttentionRows
@@ -116,8 +117,7 @@ def fundamental_matrices(extrinsics: np.ndarray, intrinsics: np.ndarray) -> tupl
         views a and b, and ``baseline [S, S]``, the distance between the camera centres.
     """
     ext = np.asarray(extrinsics, np.float64)
-    k = np.array(intrinsics, np.float64)
-    k[:, :2, 2] += 0.5  # continuous convention: x = u + 0.5
+    k = continuous_intrinsics(intrinsics)
     rot, t = ext[:, :, :3], ext[:, :, 3]
     rel = np.einsum("bij,akj->abik", rot, rot)  # R_b R_a^T
     trans = t[None, :] - np.einsum("abij,aj->abi", rel, t)  # t_b - R t_a

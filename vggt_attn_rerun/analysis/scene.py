@@ -52,6 +52,18 @@ def cameras(result: CaptureResult) -> tuple[np.ndarray, np.ndarray]:
     return extr.numpy(), intr.numpy()
 
 
+def continuous_intrinsics(intrinsics: np.ndarray) -> np.ndarray:
+    """``[..., 3, 3]`` VGGT intrinsics -> the same camera in continuous pixels (a copy, float64).
+
+    VGGT samples pixel ``j`` at ``u = j`` (its unprojection convention); tokens.py, Rerun's 2D
+    views and this package put pixel ``j``'s centre at ``j + 0.5``: the principal point moves
+    by half a pixel, ``(cx + 0.5, cy + 0.5)``.
+    """
+    k = np.array(intrinsics, np.float64)
+    k[..., :2, 2] += 0.5
+    return k
+
+
 def point_map(result: CaptureResult, options: PointMapChoice) -> PointMap:
     """The point map chosen by ``options.points``, with the confidence filter applied."""
     pred, s = result.predictions, result.layout.num_frames

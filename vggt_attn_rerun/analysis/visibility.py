@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vggt_attn_rerun.analysis.scene import continuous_intrinsics
 from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
 from vggt_attn_rerun.core.images import FrameTransform
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
@@ -185,10 +186,11 @@ def _project(
     num_views = extrinsics.shape[0]
     cam = np.einsum("sij,qj->qsi", extrinsics[:, :, :3], points) + extrinsics[None, :, :, 3]  # [Q, S, 3]
     z = cam[..., 2]
-    fx, fy, cx, cy = intrinsics[:, 0, 0], intrinsics[:, 1, 1], intrinsics[:, 0, 2], intrinsics[:, 1, 2]
+    k = continuous_intrinsics(intrinsics)  # VGGT samples pixel j at u = j: +0.5 is its centre
+    fx, fy, cx, cy = k[:, 0, 0], k[:, 1, 1], k[:, 0, 2], k[:, 1, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        x = fx * cam[..., 0] / z + cx + 0.5  # VGGT samples pixel j at u = j: +0.5 is its centre
-        y = fy * cam[..., 1] / z + cy + 0.5
+        x = fx * cam[..., 0] / z + cx
+        y = fy * cam[..., 1] / z + cy
     has_point = np.isfinite(points).all(-1)[:, None] & np.ones((1, num_views), bool)
     in_front = has_point & (z > 0)
     x = np.where(in_front, x, np.nan)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vggt_attn_rerun.analysis.scene import continuous_intrinsics
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.paths import clean_path, head_grid_query, image_frame, in_patch_units
@@ -51,12 +52,13 @@ def _clicked_frame(path: str, units: Units, grid_frames: Mapping[int, int] | Non
 
 
 def _project(point: Sequence[float], frame: int, world_cameras: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
-    """Pixel (x, y) of a world point in ``frame``; NaN when it is behind the camera or not finite."""
+    """Continuous pixel (x, y) of a world point in ``frame`` (VGGT's cameras: ``extrinsics [S, 3, 4]``,
+    ``intrinsics [S, 3, 3]``); NaN when it is behind the camera or not finite."""
     extr, intr = world_cameras
     cam = extr[frame, :, :3] @ np.asarray(point, np.float64) + extr[frame, :, 3]
     if not np.isfinite(cam).all() or cam[2] <= 0:
         return float("nan"), float("nan")
-    u = intr[frame] @ cam
+    u = continuous_intrinsics(intr[frame]) @ cam
     return float(u[0] / u[2]), float(u[1] / u[2])
 
 

@@ -42,6 +42,7 @@ from vggt_attn_rerun.analysis.scene import (
     build_scene,
     camera_is_valid,
     cameras,
+    continuous_intrinsics,
     logged_cloud,
     query_point,
 )
@@ -109,7 +110,9 @@ def _log_scene(rec: rr.RecordingStream, result: CaptureResult, rgb: np.ndarray, 
                 translation=extr[s, :, 3], mat3x3=extr[s, :, :3], relation=rr.TransformRelation.ChildFromParent
             )
             rec.log(Paths.frame(s), transform, static=True)
-            pinhole = rr.Pinhole(image_from_camera=intr[s], resolution=[w, h], image_plane_distance=0.15 * scale)
+            # Rerun puts pixel j's centre at j + 0.5, VGGT at j: the principal point moves by half a pixel.
+            k = continuous_intrinsics(intr[s])
+            pinhole = rr.Pinhole(image_from_camera=k, resolution=[w, h], image_plane_distance=0.15 * scale)
             rec.log(Paths.image(s), pinhole, static=True)
         else:
             # One non-finite camera (e.g. a zero field of view from an untrained model) makes the
