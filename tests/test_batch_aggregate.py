@@ -125,3 +125,19 @@ def test_summary_md_ranks_heads_by_correspondence_gain(study):
     first_row = [ln for ln in table.splitlines() if ln.startswith("| ") and ln[2].isdigit()][0]
     assert first_row.startswith(f"| {_np(summary, 'block')[best]} | {_np(summary, 'head')[best]} |")
     assert "# Dataset study: 3 scenes" in text
+
+
+def test_the_dataset_blueprint_has_the_same_ids_every_time():
+    import rerun.blueprint as rrb
+
+    from vggt_attn_rerun.viz.log_dataset import DatasetCurve, DatasetMatrix, dataset_blueprint
+
+    matrices = [DatasetMatrix("global", "entropy", np.zeros((2, 3)), 0.0, 1.0)]
+    curves = [DatasetCurve("global", "entropy", *np.zeros((3, 2)))]
+
+    def ids(node):
+        children = node.contents if isinstance(node, rrb.Container) else []
+        return [str(node.id)] + [i for child in children for i in ids(child)]
+
+    a, b = (dataset_blueprint(["global"], matrices, curves).root_container for _ in range(2))
+    assert ids(a) == ids(b) and len(set(ids(a))) == len(ids(a)) > 3

@@ -178,18 +178,19 @@ def _query_picker(num_frames: int, queries: int, columns: int | None) -> rrb.Hor
     return rrb.Horizontal(grid, index, column_shares=[3, 2], name="queries")
 
 
-def _with_stable_ids(node: rrb.Container | rrb.View, path: str) -> None:
-    """Replace the random uuid4 ids with ids derived from the node's place in the layout."""
-    node.id = uuid.uuid5(_ID_NAMESPACE, path)
+def with_stable_ids(node: rrb.Container | rrb.View, path: str, namespace: uuid.UUID = _ID_NAMESPACE) -> None:
+    """Replace the random uuid4 ids with ids derived from the node's place in the layout
+    (``path``, e.g. "default/0/2") in ``namespace``: the same layout always gets the same ids."""
+    node.id = uuid.uuid5(namespace, path)
     if isinstance(node, rrb.View):
         # Archetype overrides become visualizers with random ids unless given one.
         for entity, override in node.visualizer_overrides.items():
             if isinstance(override, rr.EncodedImage):
                 override = override.visualizer()
-                override.id = uuid.uuid5(_ID_NAMESPACE, f"{path}/overrides/{entity}")
+                override.id = uuid.uuid5(namespace, f"{path}/overrides/{entity}")
                 node.visualizer_overrides[entity] = override
     for j, child in enumerate(getattr(node, "contents", None) if isinstance(node, rrb.Container) else ()):
-        _with_stable_ids(child, f"{path}/{j}")
+        with_stable_ids(child, f"{path}/{j}", namespace)
 
 
 def shown_queries_for(queries: int, shown: Sequence[int] | None = None) -> tuple[int, ...]:
@@ -222,7 +223,7 @@ def _blueprint(
     if queries > MANY_QUERIES:
         pairs.append(_query_picker(num_frames, queries, columns))
     root = pairs[0] if len(pairs) == 1 else rrb.Tabs(*pairs)
-    _with_stable_ids(root, "compact" if compact else "default")
+    with_stable_ids(root, "compact" if compact else "default")
     return rrb.Blueprint(root, rrb.TimePanel(state="collapsed", timeline="block"), collapse_panels=True)
 
 

@@ -30,7 +30,7 @@ from vggt_attn_rerun.analysis.summaries import block_head_matrix
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import LoadedImages
 from vggt_attn_rerun.viz import colormap
-from vggt_attn_rerun.viz.blueprint import default_blueprint_for
+from vggt_attn_rerun.viz.blueprint import default_blueprint_for, with_stable_ids
 from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
@@ -112,15 +112,8 @@ def dataset_blueprint(kinds: Sequence[str], matrices: Sequence[DatasetMatrix], c
         )
     tabs.append(rrb.TextDocumentView(origin=SUMMARY_PATH, name="summary"))
     root = rrb.Tabs(*tabs)
-    _stable_ids(root, "dataset")
+    with_stable_ids(root, "dataset", _ID_NAMESPACE)  # the same study gives the same blueprint
     return rrb.Blueprint(root, rrb.TimePanel(state="collapsed", timeline="block"), collapse_panels=True)
-
-
-def _stable_ids(node: rrb.Container | rrb.View, path: str) -> None:
-    """Ids from the node's place in the layout: the same study gives the same blueprint."""
-    node.id = uuid.uuid5(_ID_NAMESPACE, path)
-    for j, child in enumerate(node.contents if isinstance(node, rrb.Container) else ()):
-        _stable_ids(child, f"{path}/{j}")
 
 
 def _legend(blocks: Sequence[int], num_heads: int, matrices: Sequence[DatasetMatrix], cmap: str) -> str:
