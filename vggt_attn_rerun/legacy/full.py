@@ -29,7 +29,11 @@ def full_matrix_bytes(layout: TokenLayout, num_heads: int, kinds: Sequence[str],
 
 
 class FullCollector:
-    """on_qk consumer that builds full matrices in chunks of query rows."""
+    """on_qk consumer that builds full attention matrices in chunks of query rows.
+
+    ``maps[(kind, block)]``: fp32 CPU softmax probabilities ``[B, H, N, N]`` (B = S, N = P for
+    frame attention; B = 1, N = S * P for global attention), ``chunk_rows`` query rows at a time.
+    """
 
     def __init__(self, blocks: Sequence[int], chunk_rows: int = 1024) -> None:
         self.blocks = tuple(blocks)

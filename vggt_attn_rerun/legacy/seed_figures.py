@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import Tensor
 
+from vggt_attn_rerun.core.tokens import VGGT_PATCH_SIZE
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.legacy.seed_values import (
     MEAN,
@@ -116,7 +117,7 @@ def visualize_attention_on_image(
     figsize: tuple[float, float] | None = None,
     *,
     frame_idx: int | None = None,
-    patch_size: int = 14,
+    patch_size: int = VGGT_PATCH_SIZE,
 ) -> Figure:
     """One token's attention over the images (the seed's figure).
 
@@ -161,7 +162,7 @@ def visualize_frame_attention(
     alpha: float = 0.6,
     figsize: tuple[float, float] = (12, 5),
     *,
-    patch_size: int = 14,
+    patch_size: int = VGGT_PATCH_SIZE,
 ) -> Figure:
     """Frame attention ``[S, H, P, P]`` of one token over its frame (the seed's figure).
 
@@ -189,7 +190,7 @@ def visualize_all_frames_attention(
     alpha: float = 0.6,
     figsize: tuple[float, float] | None = None,
     *,
-    patch_size: int = 14,
+    patch_size: int = VGGT_PATCH_SIZE,
 ) -> Figure:
     """Frame attention of the token at the same place in several frames, one colour scale
     (``get_all_frames_attention``; 2 rows: the images, the maps over them)."""

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from vggt_attn_rerun.core.images import batched_images
 from vggt_attn_rerun.core.introspect import check_kinds
-from vggt_attn_rerun.core.tokens import TokenLayout
+from vggt_attn_rerun.core.tokens import VGGT_PATCH_SIZE, TokenLayout
 from vggt_attn_rerun.errors import UserError
 
 RESIZE_MODE = "bilinear"  # as the seed; align_corners=False puts each patch value at its patch centre
@@ -139,7 +139,7 @@ def get_attention_values(
     *,
     frame_idx: int | None = None,
     renormalize: bool = True,
-    patch_size: int = 14,
+    patch_size: int = VGGT_PATCH_SIZE,
 ) -> dict[str, Any]:
     """The attention of one query token over the patches of the images, as numpy arrays.
 
@@ -156,7 +156,7 @@ def get_attention_values(
         frame_idx: the frame of ``token_idx`` when it is an index within a frame (None: global).
         renormalize: divide by the mass on patches (the seed's behaviour), so the maps sum to 1
             over all patches of all frames; False keeps the raw softmax probabilities.
-        patch_size: pixels per patch side (VGGT: 14).
+        patch_size: pixels per patch side (VGGT: core.tokens.VGGT_PATCH_SIZE).
 
     Returns:
         ``attention_maps``: frame ``[gh, gw]``, global ``[S, gh, gw]`` (float32);
@@ -185,8 +185,12 @@ def get_attention_values(
         "attention_maps": maps.numpy(),
         "attention_maps_resized": resized.numpy(),
         "images": imgs.detach().permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy(),
-        "metadata": {**_metadata(layout, token_idx, head), "attention_type": kind, "frame_idx": frame,
-                     "local_idx": local},  # fmt: skip
+        "metadata": {
+            **_metadata(layout, token_idx, head),
+            "attention_type": kind,
+            "frame_idx": frame,
+            "local_idx": local,
+        },
     }
 
 
@@ -199,7 +203,7 @@ def get_all_frames_attention(
     frame_indices: Sequence[int] | None = None,
     *,
     renormalize: bool = True,
-    patch_size: int = 14,
+    patch_size: int = VGGT_PATCH_SIZE,
 ) -> dict[str, Any]:
     """Frame attention of the token at the same place in each of several frames.
 
