@@ -41,6 +41,7 @@ from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import LoadedImages, expand_image_paths, load_images
 from vggt_attn_rerun.core.introspect import check_kinds, model_depth, model_patch_size
 from vggt_attn_rerun.core.models import DEFAULT_MODEL, load_model
+from vggt_attn_rerun.core.resources import DTYPES, resolve_device
 from vggt_attn_rerun.core.tokens import parse_index_list
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.log_dataset import scene_recording_bytes
@@ -63,7 +64,6 @@ SCHEMA = pa.schema(
     + [(c, pa.int32()) for c in COUNT_COLUMNS]
     + [(m, pa.float64()) for m in METRIC_COLUMNS]
 )
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -109,18 +109,6 @@ class StudyOptions:
 
     def recording_options(self) -> RecordingOptions:
         return RecordingOptions(kinds=self.kinds, top_k=self.top_k, consistency_radius=self.radius)
-
-
-def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype | None]:
-    """(torch device, autocast dtype or None). ``auto``: CUDA when present; bf16 on Ampere or newer."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dtype == "auto":
-        if dev.type != "cuda":
-            return str(dev), None
-        return str(dev), torch.bfloat16 if torch.cuda.get_device_capability(dev)[0] >= 8 else torch.float16
-    return str(dev), None if dtype == "float32" else getattr(torch, dtype)
 
 
 def scene_images(scene: Scene, options: StudyOptions, patch_size: int) -> LoadedImages:

@@ -15,6 +15,7 @@ import click
 
 from vggt_attn_rerun.core.images import MODES
 from vggt_attn_rerun.core.models import DEFAULT_MODEL, SPEC_SYNTAX
+from vggt_attn_rerun.core.resources import DTYPES
 from vggt_attn_rerun.core.tokens import VGGT_PATCH_SIZE
 from vggt_attn_rerun.errors import UserError
 
@@ -98,7 +99,7 @@ def _plan(o: dict[str, Any]) -> Any:
 @click.option("--top-k", default=10, show_default=True, type=int, help="k of the top-k mass summary.")
 @click.option("--radius", default=1, show_default=True, type=int, help="Correspondence window radius (patches).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda (ray: each worker's own).")
-@click.option("--dtype", type=click.Choice(("auto", "float32", "bfloat16", "float16")), default="auto",
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True, help="Autocast dtype (auto: bf16 on Ampere+ GPUs, fp32 on CPU).")  # fmt: skip
 @click.option("--rrd", is_flag=True, help="Also write each scene's recording (scenes/{scene}.rrd).")
 @click.option("--engine", type=click.Choice(("local", "ray")), default="local", show_default=True)

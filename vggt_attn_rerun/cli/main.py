@@ -23,6 +23,7 @@ from vggt_attn_rerun.cli.batch import batch
 from vggt_attn_rerun.cli.progress import progress
 from vggt_attn_rerun.core.images import MAX_IMAGE_SIZE, MODES
 from vggt_attn_rerun.core.models import DEFAULT_MODEL
+from vggt_attn_rerun.core.resources import DTYPES
 from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, VGGT_IMAGE_SIZE
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.colormap import COLORMAPS
@@ -31,7 +32,6 @@ from vggt_attn_rerun.viz.sinks import DEFAULT_URL, WEB_PORT
 
 PROG = "vggt-attn-rerun"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 _EXAMPLES = (
     ("photos/", "open the viewer on every image in photos/"),

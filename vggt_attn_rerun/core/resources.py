@@ -166,6 +166,17 @@ def available_memory_bytes(device: str | torch.device) -> int | None:
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def autocast_dtype_for(device: torch.device) -> torch.dtype | None:
+    """The ``auto`` autocast dtype: bfloat16 on Ampere or newer CUDA, float16 on older CUDA, none on CPU."""
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
 def resolve_device(device: str, dtype: str = "auto") -> tuple[str, torch.dtype | None]:
     """``--device`` and ``--dtype`` -> (a device the model can run on, the autocast dtype or None).
 
@@ -191,12 +202,9 @@ def resolve_device(device: str, dtype: str = "auto") -> tuple[str, torch.dtype |
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {device}: MPS is not available; use --device cpu")
     if dtype == "auto":
-        if dev.type != "cuda":
-            return str(dev), None
-        major, _ = torch.cuda.get_device_capability(dev)
-        return str(dev), torch.bfloat16 if major >= 8 else torch.float16
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"--dtype {dtype}: valid are auto, float32, bfloat16, float16")
+        return str(dev), autocast_dtype_for(dev)
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: valid are {', '.join(DTYPES)}")
     return str(dev), None if dtype == "float32" else getattr(torch, dtype)
 
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from vggt_attn_rerun.core.images import LoadedImages
 from vggt_attn_rerun.core.introspect import KINDS, check_blocks, check_kinds, model_heads, model_layout
+from vggt_attn_rerun.core.resources import autocast_dtype_for
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.legacy.seed import (
     DEFAULT_BUDGET_BYTES,
@@ -36,13 +37,6 @@ __all__ = ["demo_single_layer_attention", "demo_visualize_token_attention"]
 
 ImagesArg = Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | Tensor | LoadedImages
 MODES = ("visualize", "data")
-
-
-def _demo_dtype(device: torch.device) -> torch.dtype | None:
-    # The seed's choice: bf16 on Ampere or newer, fp16 before; CPU stays fp32.
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
 def _setup(model: nn.Module | None, image_paths: ImagesArg) -> tuple[nn.Module, Tensor]:
@@ -90,7 +84,7 @@ def demo_visualize_token_attention(
     check_head(head_idx, model_heads(model))
     check_blocks(model, [block_idx])
 
-    result = extract_both_attentions(model, images, block_idx, _demo_dtype(images.device), budget_bytes)
+    result = extract_both_attentions(model, images, block_idx, autocast_dtype_for(images.device), budget_bytes)
     figures = []
     for kind in KINDS:  # the seed's order: frame, then global
         if kind in kinds:
@@ -149,7 +143,7 @@ def demo_single_layer_attention(
     layer_name = f"{kind}_block_{int(block_idx)}"
     with AttentionExtractor(model, budget_bytes) as extractor:
         extractor.register_hooks(block_indices=[block_idx], attention_types=[kind])
-        with torch.no_grad(), autocast_like_seed(images.device, _demo_dtype(images.device)):
+        with torch.no_grad(), autocast_like_seed(images.device, autocast_dtype_for(images.device)):
             model(images)
         data = extractor.get_attention_maps()[layer_name]
     if mode == "data":
