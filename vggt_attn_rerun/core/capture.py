@@ -1,16 +1,10 @@
 """Capture the attention of chosen query tokens during one forward pass of VGGT or a relative.
 
-How: the model's adapter (core.adapters) says where its frame and global attention modules
-are and how it is called; hooks read the q and k each of those modules really uses, right
-where the module computes them (outputs of ``q_norm``/``k_norm`` and of the shared ``rope``,
-which gets positions by keyword from the block), and the attention mask it got, if any. When
-the module returns, its query rows are rebuilt as ``softmax(scale * q_rows @ k^T + mask)`` in
-fp32, stored, and q/k are released. So:
-
-- exact: the same q/k (norms and RoPE included), scale and mask as the module, softmax in fp32;
-- light: one ``[Q, H, N]`` row block per module, never an ``N x N`` matrix, and no second
-  qkv projection; the fused SDPA path of the model stays on;
-- faithful: hooks only read; they are removed on exit, also when the forward raises.
+``capture`` runs the model once under ``core.hooks.qk_hooks`` (which hand over the q, k and
+mask each selected attention module really used: see its docstring for how) and feeds them to
+``core.rows.RowCollector``, which keeps only the query rows ``softmax(scale * q_rows @ k^T + mask)``
+in fp32, ``[Q, H, N]`` per module, never an ``N x N`` matrix. The model's predictions are
+returned untouched; ``keep_qk`` also keeps q/k (``core.qk_cache``) for later queries.
 """
 
 from __future__ import annotations

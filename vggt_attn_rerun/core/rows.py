@@ -12,7 +12,7 @@ from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 
 
-def attention_logits_rows(q_rows: Tensor, k: Tensor, scale: float, bias: Tensor | None = None) -> Tensor:
+def softmax_rows(q_rows: Tensor, k: Tensor, scale: float, bias: Tensor | None = None) -> Tensor:
     """fp32 softmax of ``scale * q_rows @ k^T + bias``: q_rows ``[H, Q, D]``, k ``[H, N, D]`` -> ``[H, Q, N]``.
 
     ``bias``: ``[Q, H, N]`` additive mask rows (``mask_rows``), or None.
@@ -177,7 +177,7 @@ class RowCollector:
             elif kind == "global":
                 idx = self._globals.to(q.device)
                 bias = None if mask is None else mask_rows(mask, torch.zeros_like(idx), idx, q.shape[1])
-                rows = attention_logits_rows(q[0][:, idx], k[0], scale, bias)  # [H, Q, S*P]
+                rows = softmax_rows(q[0][:, idx], k[0], scale, bias)  # [H, Q, S*P]
                 out.copy_(rows.transpose(0, 1).reshape(out.shape))
             else:
                 out[torch.arange(len(self._frames)), :, self._frames] = self._frame_rows(q, k, scale, mask).to(out)
@@ -204,7 +204,7 @@ class RowCollector:
             return
         idx = (self._frames[special] * ps + self._locals[special]).to(q.device)  # index in the S*ps sequence
         bias = None if mask is None else mask_rows(mask, torch.zeros_like(idx), idx, q.shape[1])
-        rows = attention_logits_rows(q[0][:, idx], k[0], scale, bias)  # [H, Qs, S*ps]
+        rows = softmax_rows(q[0][:, idx], k[0], scale, bias)  # [H, Qs, S*ps]
         out[special, :, :, :ps] = rows.transpose(0, 1).reshape(len(special), -1, lay.num_frames, ps).to(out)
 
     def result(self) -> AttentionRows:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from vggt_attn_rerun.core.hooks import qk_hooks
 from vggt_attn_rerun.core.images import batched_images
 from vggt_attn_rerun.core.introspect import KINDS, check_blocks, check_kinds, model_heads, model_layout
-from vggt_attn_rerun.core.rows import attention_logits_rows
+from vggt_attn_rerun.core.rows import softmax_rows
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
 
@@ -46,7 +46,7 @@ class FullCollector:
         with torch.no_grad():
             for i in range(b):
                 for s in range(0, n, self.chunk_rows):
-                    rows = attention_logits_rows(q[i, :, s : s + self.chunk_rows], k[i], float(attn.scale))
+                    rows = softmax_rows(q[i, :, s : s + self.chunk_rows], k[i], float(attn.scale))
                     out[i, :, s : s + rows.shape[1]] = rows.cpu()
         self.maps[(kind, block)] = out
 
