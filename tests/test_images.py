@@ -170,9 +170,7 @@ def vggt_loader(monkeypatch):
 
         class ToTensor:  # torchvision's: uint8 HWC -> float32 CHW / 255
             def __call__(self, pic):
-                return (
-                    torch.from_numpy(np.array(pic, np.uint8)).permute(2, 0, 1).contiguous().float().div(255)
-                )
+                return torch.from_numpy(np.array(pic, np.uint8)).permute(2, 0, 1).contiguous().float().div(255)
 
         transforms = types.ModuleType("torchvision.transforms")
         transforms.ToTensor = ToTensor

@@ -1,6 +1,5 @@
 """Many queries from the command line: --query-grid / --frame and --queries-file, in one forward pass."""
 
-
 import pytest
 from click.testing import CliRunner
 

@@ -5,7 +5,6 @@ blueprint + ``viz.log_run.log_run``. Images may be LoadedImages, a tensor or ima
 may be Query objects, query strings (core.tokens.QUERY_SYNTAX) or a function of the TokenLayout.
 """
 
-
 from __future__ import annotations
 
 import os

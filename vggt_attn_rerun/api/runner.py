@@ -5,7 +5,6 @@ and the ``--save`` and ``--export`` files committed together (``io.atomic``). Th
 RunOptions and calls ``run`` once.
 """
 
-
 from __future__ import annotations
 
 import os
