@@ -95,16 +95,18 @@ def focus_heads(x: np.ndarray, head: int | None) -> np.ndarray:
     return x.mean(axis=1) if head is None else x[:, head]
 
 
-def masses(probs: np.ndarray, patch_start: int) -> np.ndarray:
-    """probs ``[..., S, P]`` -> ``[..., S + 2]``: patch mass per view, then camera and registers.
+def masses(probs: np.ndarray, patch_start: int, num_cameras: int = 1) -> np.ndarray:
+    """probs ``[..., S, P]`` -> ``[..., S + C + 1]``: patch mass per view, then the camera (C =
+    ``num_cameras``: 1 for VGGT, 0 for models without a camera token such as pi3) and registers.
 
-    The camera and register columns sum over all frames' special tokens, so the S + 2 values
-    sum to 1 for a full attention row.
+    The camera and register columns sum over all frames' special tokens (per frame: the first
+    ``num_cameras`` tokens, then registers up to ``patch_start``), so the values sum to 1 for a
+    full attention row.
     """
     views = probs[..., patch_start:].sum(-1)
-    camera = probs[..., 0].sum(-1, keepdims=True)
-    registers = probs[..., 1:patch_start].sum((-1, -2))[..., None]
-    return np.concatenate([views, camera, registers], axis=-1)
+    cameras = [probs[..., :num_cameras].sum((-1, -2))[..., None]] if num_cameras else []
+    registers = probs[..., num_cameras:patch_start].sum((-1, -2))[..., None]
+    return np.concatenate([views, *cameras, registers], axis=-1)
 
 
 def ray_targets(values: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:

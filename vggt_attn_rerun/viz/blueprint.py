@@ -72,15 +72,16 @@ def _view_grid(num_frames: int, q: int, kind: str, columns: int | None) -> rrb.G
 
 def _scene(num_frames: int, q: int, kind: str) -> rrb.Spatial3DView:
     # Most specific rule wins: drop other queries' and kinds' data, keep this pair's.
-    rules = ["+ world/**", "- world/attention/**", f"+ {Paths.patch_points(q, kind)}/**"]
-    rules += ["- world/queries/**", f"+ {Paths.query_point(q)}"]
+    world = Paths.world
+    rules = [f"+ {world}/**", f"- {world}/attention/**", f"+ {Paths.patch_points(q, kind)}/**"]
+    rules += [f"- {world}/queries/**", f"+ {Paths.query_point(q)}"]
     for s in range(num_frames):
         rules += [f"- {Paths.overlay_root(s)}/**", f"+ {Paths.overlay(s, q, kind)}"]
         rules += [f"- {Paths.image(s)}/queries/**", f"+ {Paths.marker(s, q)}/**"]
     # The photo-colored cloud would bury the heat: hidden here by default (its eye icon in the
     # blueprint panel shows it again); the patch points carry VGGT's geometry meanwhile.
     hidden = {Paths.cloud: rrb.EntityBehavior(visible=False)}
-    return rrb.Spatial3DView(origin="world", name="3D", contents=rules, overrides=hidden)
+    return rrb.Spatial3DView(origin=world, name="3D", contents=rules, overrides=hidden)
 
 
 def _scene_with_scale(num_frames: int, q: int, kind: str) -> rrb.Vertical:

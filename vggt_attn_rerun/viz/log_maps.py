@@ -39,7 +39,7 @@ from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.viz import colormap
 from vggt_attn_rerun.viz.options import RecordingOptions
-from vggt_attn_rerun.viz.paths import MAP_DIMS, Paths, mass_series
+from vggt_attn_rerun.viz.paths import MAP_DIMS, Paths, block_timelines, mass_series
 
 #: 3D point radius = the median half-footprint of a patch x (POINT_MIN + POINT_GAIN * (v / 255) ** 2):
 #: squared so that only the hottest patches grow large (a diffuse map is no wall of spheres)
@@ -99,7 +99,7 @@ class _Rows:
 
 
 def _index(timeline: str, times: Sequence[int]) -> list[rr.TimeColumn]:
-    return [rr.TimeColumn(timeline, sequence=np.asarray(times, np.int64))]
+    return [rr.TimeColumn(name, sequence=np.asarray(t, np.int64)) for name, t in block_timelines(timeline, times).items()]
 
 
 def _seg_format(layout: TokenLayout) -> rr.components.ImageFormat:
@@ -206,9 +206,10 @@ def _log_masses(rec: rr.RecordingStream, result: CaptureResult, j: int, i: int, 
                 focus_block: int) -> None:  # fmt: skip
     rows, lay = result.rows, result.layout
     probs = rows.probs[kind][:, j].detach().double().cpu().numpy()  # [L, H, S, P]
-    per_block = masses(probs.mean(axis=1) if head is None else probs[:, head], lay.patch_start)  # [L, S + 2]
-    per_head = masses(probs[focus_block], lay.patch_start)  # [H, S + 2]
-    for k, series in enumerate(mass_series(lay.num_frames)):
+    focused = probs.mean(axis=1) if head is None else probs[:, head]
+    per_block = masses(focused, lay.patch_start, lay.num_cameras)  # [L, S + C + 1]
+    per_head = masses(probs[focus_block], lay.patch_start, lay.num_cameras)  # [H, S + C + 1]
+    for k, series in enumerate(mass_series(lay.num_frames, lay.num_cameras)):
         path = Paths.mass(i, kind, series)
         rec.log(path, rr.SeriesLines(names=[series.replace("_", " ")]), static=True)
         for timeline, times, values in (("block", rows.blocks, per_block), ("head", range(rows.num_heads), per_head)):

@@ -98,7 +98,7 @@ def _log_scene(rec: rr.RecordingStream, result: CaptureResult, rgb: np.ndarray, 
     lay = result.layout
     h, w = lay.image_size
     extr, intr = cameras(result)
-    rec.log("world", rr.ViewCoordinates.RDF, static=True)
+    rec.log(Paths.world, rr.ViewCoordinates.RDF, static=True)
 
     pick, cloud, scale = logged_cloud(pm, options)
     rec.log(Paths.cloud, rr.Points3D(cloud, colors=rgb.reshape(-1, 3)[pick], radii=-1.5), static=True)

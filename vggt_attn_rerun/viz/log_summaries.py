@@ -33,7 +33,7 @@ from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.viz import colormap
 from vggt_attn_rerun.viz.options import RecordingOptions
-from vggt_attn_rerun.viz.paths import MEAN, Paths
+from vggt_attn_rerun.viz.paths import MEAN, Paths, block_timelines
 
 PROJECTED_COLOR = (255, 0, 255)  # magenta: the query's 3D point seen from another view
 
@@ -62,7 +62,7 @@ def _send_batches(rec: rr.RecordingStream, path: str, blocks: Sequence[int], val
     values = np.ascontiguousarray(values, np.float64)
     rec.send_columns(
         path,
-        indexes=[rr.TimeColumn("block", sequence=np.asarray(blocks, np.int64))],
+        indexes=[rr.TimeColumn(name, sequence=np.asarray(t, np.int64)) for name, t in block_timelines("block", blocks).items()],
         columns=rr.Scalars.columns(scalars=values.reshape(-1)).partition(lengths=[values.shape[1]] * len(values)),
     )
 

@@ -20,7 +20,8 @@ Entity paths (``s`` a frame, ``i`` a query, ``kind`` "frame" or "global", ``h`` 
     queries/q{i}/{kind}                         AnyValues: vmax of every map (flat [block, head, view]), blocks
     queries/q{i}/{kind}/scale                   TextDocument per time: the colour scale of the map on screen
     queries/q{i}/{kind}/maps                    Tensor u8 [block, head, view, y, x] (all maps, static)
-    queries/q{i}/{kind}/mass/{view_s,camera,registers}  Scalars: attention mass per target
+    queries/q{i}/{kind}/mass/{view_s,camera,registers}  Scalars: attention mass per target (no camera:
+                                                a layout without camera token, e.g. pi3)
     queries/q{i}/{kind}/summary/{metric}        Scalars, block timeline: one series per head + "head mean"
     queries/q{i}/{kind}/matrix/{metric}         Image [L*cell, H*cell, 3]: block x head matrix (static)
     queries/q{i}/{kind}/matrix/legend           TextDocument: rows = blocks, columns = heads, color ranges
@@ -41,128 +42,194 @@ them; ``image_frame``, ``head_grid_query`` and ``in_patch_units`` read a selecte
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 APPLICATION_ID = "vggt_attn_rerun"
 #: the dimension names of the ``queries/q{i}/{kind}/maps`` tensor
 MAP_DIMS = ("block", "head", "view", "y", "x")
 
 
-class Paths:
+#: the root of the current model's entities (``compare``: ``models/{name}``); "" = the paths above
+_ROOT: ContextVar[str] = ContextVar("vggt_attn_rerun_entity_root", default="")
+#: the current model's depth (blocks) when rows also go on the DEPTH_TIMELINE; None = block only
+_DEPTH: ContextVar[int | None] = ContextVar("vggt_attn_rerun_depth", default=None)
+
+#: the timeline on which models of different depth line up (``compare``): block b of a model
+#: with L blocks is at ``round(DEPTH_STEPS * b / (L - 1))``, so 0 is every model's first block
+#: and DEPTH_STEPS its last (block 12 of 24 -> 52, block 1 of 2 -> 100)
+DEPTH_TIMELINE = "depth_percent"
+DEPTH_STEPS = 100
+
+
+@contextmanager
+def rooted(root: str, depth: int | None = None) -> Iterator[None]:
+    """Every path built inside the block lies under ``root`` (e.g. ``models/vggt/world/points``).
+
+    The loggers and blueprints build every name through ``Paths``, so one model's whole recording
+    (log_run, log_maps, log_summaries, blueprint) moves under its root without a parameter
+    threaded through each of them; outside the block, and with ``root=""``, paths are unchanged.
+    ``depth``: the model's number of blocks; rows on the ``block`` timeline are then also put on
+    DEPTH_TIMELINE (``block_timelines``). The parsers below read unrooted paths only.
+    """
+    if depth is not None and depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    tokens = _ROOT.set(clean_path(root)), _DEPTH.set(depth)
+    try:
+        yield
+    finally:
+        _ROOT.reset(tokens[0])
+        _DEPTH.reset(tokens[1])
+
+
+def depth_steps(blocks: Sequence[int], depth: int) -> list[int]:
+    """Blocks of a model with ``depth`` blocks on DEPTH_TIMELINE: ``round(DEPTH_STEPS * b / (depth - 1))``."""
+    return [round(DEPTH_STEPS * int(b) / max(depth - 1, 1)) for b in blocks]
+
+
+def block_timelines(timeline: str, times: Sequence[int]) -> dict[str, list[int]]:
+    """Timeline name -> times of rows indexed by ``times`` on ``timeline``: the timeline itself,
+    plus DEPTH_TIMELINE for ``block`` rows inside ``rooted(..., depth=L)``."""
+    out = {timeline: [int(t) for t in times]}
+    depth = _DEPTH.get()
+    if timeline == "block" and depth is not None:
+        out[DEPTH_TIMELINE] = depth_steps(times, depth)
+    return out
+
+
+def _rooted(path: str) -> str:
+    root = _ROOT.get()
+    return f"{root}/{path}" if root else path
+
+
+class _RootedNames(type):
+    # Class attributes that follow the root (``Paths.cloud`` stays an attribute, not a call).
+    @property
+    def world(cls) -> str:
+        return _rooted("world")
+
+    @property
+    def cloud(cls) -> str:
+        return _rooted("world/points")
+
+    @property
+    def query_index(cls) -> str:
+        return _rooted("queries/index")
+
+
+class Paths(metaclass=_RootedNames):
     """The entity path scheme (see the module docstring); blueprints build on the same names."""
 
     @staticmethod
     def frame(s: int) -> str:
-        return f"world/frames/{s}"
+        return _rooted(f"world/frames/{s}")
 
     @staticmethod
     def image(s: int) -> str:
-        return f"world/frames/{s}/image"
+        return _rooted(f"world/frames/{s}/image")
 
     @staticmethod
     def overlay_root(s: int) -> str:
-        return f"world/frames/{s}/image/attention"
+        return _rooted(f"world/frames/{s}/image/attention")
 
     @staticmethod
     def overlay(s: int, q: int, kind: str) -> str:
-        return f"world/frames/{s}/image/attention/q{q}/{kind}"
+        return _rooted(f"world/frames/{s}/image/attention/q{q}/{kind}")
 
     @staticmethod
     def marker(s: int, q: int) -> str:
-        return f"world/frames/{s}/image/queries/q{q}"
-
-    cloud = "world/points"
+        return _rooted(f"world/frames/{s}/image/queries/q{q}")
 
     @staticmethod
     def marker_patch(s: int, q: int) -> str:
-        return f"world/frames/{s}/image/queries/q{q}/patch"
+        return _rooted(f"world/frames/{s}/image/queries/q{q}/patch")
 
     @staticmethod
     def query_point(q: int) -> str:
-        return f"world/queries/q{q}"
+        return _rooted(f"world/queries/q{q}")
 
     @staticmethod
     def patch_points(q: int, kind: str) -> str:
-        return f"world/attention/q{q}/{kind}"
+        return _rooted(f"world/attention/q{q}/{kind}")
 
     @staticmethod
     def rays(q: int, kind: str) -> str:
-        return f"world/attention/q{q}/{kind}/rays"
+        return _rooted(f"world/attention/q{q}/{kind}/rays")
 
     @staticmethod
     def heads_root(q: int) -> str:
-        return f"heads/q{q}"
+        return _rooted(f"heads/q{q}")
 
     @staticmethod
     def heads_backdrop(q: int) -> str:
-        return f"heads/q{q}/image"
+        return _rooted(f"heads/q{q}/image")
 
     @staticmethod
     def heads_marker(q: int) -> str:
-        return f"heads/q{q}/query"
+        return _rooted(f"heads/q{q}/query")
 
     @staticmethod
     def heads_kind(q: int, kind: str) -> str:
-        return f"heads/q{q}/{kind}"
+        return _rooted(f"heads/q{q}/{kind}")
 
     @staticmethod
     def head(q: int, kind: str, h: int) -> str:
-        return f"heads/q{q}/{kind}/{h}"
+        return _rooted(f"heads/q{q}/{kind}/{h}")
 
     @staticmethod
     def info(q: int) -> str:
-        return f"queries/q{q}/info"
+        return _rooted(f"queries/q{q}/info")
 
     @staticmethod
     def scales(q: int, kind: str) -> str:
-        return f"queries/q{q}/{kind}"
+        return _rooted(f"queries/q{q}/{kind}")
 
     @staticmethod
     def scale_note(q: int, kind: str) -> str:
-        return f"queries/q{q}/{kind}/scale"
+        return _rooted(f"queries/q{q}/{kind}/scale")
 
     @staticmethod
     def maps(q: int, kind: str) -> str:
-        return f"queries/q{q}/{kind}/maps"
+        return _rooted(f"queries/q{q}/{kind}/maps")
 
     @staticmethod
     def mass_root(q: int, kind: str) -> str:
-        return f"queries/q{q}/{kind}/mass"
+        return _rooted(f"queries/q{q}/{kind}/mass")
 
     @staticmethod
     def mass(q: int, kind: str, series: str) -> str:
-        return f"queries/q{q}/{kind}/mass/{series}"
+        return _rooted(f"queries/q{q}/{kind}/mass/{series}")
 
     # Summaries and consistency: ``q`` is a query index, or MEAN for the mean over the run's queries.
     @staticmethod
     def summary(q: int | str, kind: str, metric: str) -> str:
-        return f"queries/{_query_name(q)}/{kind}/summary/{metric}"
+        return _rooted(f"queries/{_query_name(q)}/{kind}/summary/{metric}")
 
     @staticmethod
     def matrix(q: int | str, kind: str, metric: str) -> str:
-        return f"queries/{_query_name(q)}/{kind}/matrix/{metric}"
+        return _rooted(f"queries/{_query_name(q)}/{kind}/matrix/{metric}")
 
     @staticmethod
     def matrix_legend(q: int | str, kind: str) -> str:
-        return f"queries/{_query_name(q)}/{kind}/matrix/legend"
+        return _rooted(f"queries/{_query_name(q)}/{kind}/matrix/legend")
 
     @staticmethod
     def consistency(q: int | str, name: str) -> str:
         """``score`` / ``control_score`` (block x head matrices) or ``peak_dist`` (series)."""
-        return f"queries/{_query_name(q)}/global/consistency/{name}"
+        return _rooted(f"queries/{_query_name(q)}/global/consistency/{name}")
 
     @staticmethod
     def projected(s: int, q: int) -> str:
-        return f"world/frames/{s}/image/queries/q{q}/projected"
+        return _rooted(f"world/frames/{s}/image/queries/q{q}/projected")
 
     @staticmethod
     def projected_cross(s: int, q: int) -> str:
-        return f"world/frames/{s}/image/queries/q{q}/projected/cross"
+        return _rooted(f"world/frames/{s}/image/queries/q{q}/projected/cross")
 
     @staticmethod
     def projected_window(s: int, q: int) -> str:
-        return f"world/frames/{s}/image/queries/q{q}/projected/window"
-
-    query_index = "queries/index"
+        return _rooted(f"world/frames/{s}/image/queries/q{q}/projected/window")
 
 
 #: the query name of the means over the run's queries (``queries/mean/...``)
@@ -175,9 +242,10 @@ def _query_name(q: int | str) -> str:
     return q if isinstance(q, str) else f"q{q}"
 
 
-def mass_series(num_frames: int) -> tuple[str, ...]:
-    """Names of the mass series: ``view_0..view_{S-1}`` (patch keys of a view), camera, registers."""
-    return tuple(f"view_{s}" for s in range(num_frames)) + ("camera", "registers")
+def mass_series(num_frames: int, num_cameras: int = 1) -> tuple[str, ...]:
+    """Names of the mass series: ``view_0..view_{S-1}`` (patch keys of a view), ``camera`` (only
+    when the layout has a camera token), ``registers``."""
+    return tuple(f"view_{s}" for s in range(num_frames)) + ("camera",) * bool(num_cameras) + ("registers",)
 
 
 # --------------------------------------------------------------------------------------------
