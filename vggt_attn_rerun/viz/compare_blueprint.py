@@ -1,0 +1,65 @@
+"""The layout of a comparison recording: models side by side (entity roots: ``paths.rooted``).
+
+One tab per shown (query, kind); in it one column per model, each with the model's 3D scene,
+its views with their overlays, and its block x head matrices, so the same place in every
+column shows the same thing for another model. The views are the single-model blueprint's
+(blueprint.py), built under each model's root. When the models differ in depth, the active
+timeline is ``paths.DEPTH_TIMELINE`` (blocks as a percentage of depth), else ``block``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import rerun.blueprint as rrb
+
+from vggt_attn_rerun.core.introspect import check_kinds
+from vggt_attn_rerun.viz.blueprint import _matrices, _scene, _view_grid, _with_stable_ids, shown_queries_for
+from vggt_attn_rerun.viz.paths import DEPTH_TIMELINE, rooted
+
+
+@dataclass(frozen=True)
+class ComparedModel:
+    """What the layout needs of one compared model: its name, entity root and frame count."""
+
+    name: str
+    root: str
+    num_frames: int
+
+
+def _column(model: ComparedModel, q: int, kind: str) -> rrb.Vertical:
+    with rooted(model.root):
+        scene, views = _scene(model.num_frames, q, kind), _view_grid(model.num_frames, q, kind, None)
+        matrices = _matrices(q, kind)
+    for view in (scene, *views.contents, *matrices.contents):
+        view.name = f"{model.name}: {view.name}"  # the tab titles say which model each view shows
+    views.name, matrices.name = f"{model.name}: views", f"{model.name}: block x head"
+    return rrb.Vertical(scene, views, matrices, row_shares=[3, 3, 2], name=model.name)
+
+
+def compare_blueprint(
+    models: Sequence[ComparedModel],
+    kinds: Sequence[str] = ("global",),
+    queries: int = 1,
+    *,
+    by_depth: bool = False,
+    shown_queries: Sequence[int] | None = None,
+) -> rrb.Blueprint:
+    """Per shown (query, kind), the models' columns side by side (3D, views, block x head matrices).
+
+    ``by_depth``: make DEPTH_TIMELINE the active timeline (models of different depth), else ``block``.
+    ``shown_queries``: as in blueprint.default_blueprint (default: all up to MANY_QUERIES, else q0).
+    """
+    if len(models) < 1 or queries < 1:
+        raise ValueError(f"need >= 1 model and query, got {len(models)}, {queries}")
+    kinds = check_kinds(kinds)
+    tabs = [
+        rrb.Horizontal(*(_column(m, q, k) for m in models), name=f"q{q} {k}")
+        for q in shown_queries_for(queries, shown_queries)
+        for k in kinds
+    ]
+    root = tabs[0] if len(tabs) == 1 else rrb.Tabs(*tabs)
+    _with_stable_ids(root, "compare")
+    timeline = DEPTH_TIMELINE if by_depth else "block"
+    return rrb.Blueprint(root, rrb.TimePanel(state="collapsed", timeline=timeline), collapse_panels=True)
