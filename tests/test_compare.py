@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import rerun as rr
 import rerun.blueprint as rrb
 import torch
 
@@ -10,8 +9,8 @@ from tests.test_blueprint import _views
 from tests.test_recording import Recording
 from tools.make_blueprints import blueprint_content
 from vggt_attn_rerun import comparison
-from vggt_attn_rerun.api import record_attention
 from vggt_attn_rerun.analysis.maps import masses
+from vggt_attn_rerun.api import record_attention
 from vggt_attn_rerun.cli import main as cli
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.tokens import Query
@@ -185,3 +184,14 @@ def test_cli_compare_bad_input_is_one_line_and_writes_nothing(scene, tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_pi3_summaries_put_its_special_tokens_in_register_mass(vggt_vs_pi3):
+    from vggt_attn_rerun.analysis.summaries import summarize
+
+    _, compared, _ = vggt_vs_pi3
+    rows = compared[1].result.rows
+    probs = rows.probs["global"].double().numpy()  # [L, Q, H, S, P]
+    summary = summarize(rows, "global")
+    np.testing.assert_allclose(summary.register_mass, probs[..., : rows.layout.patch_start].sum((-1, -2)), atol=1e-9)
+    np.testing.assert_array_equal(summary.camera_mass, 0.0)

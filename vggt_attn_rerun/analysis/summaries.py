@@ -131,7 +131,7 @@ def summarize(rows: AttentionRows, kind: str, top_k: int = 10, head_mean: bool =
     out = {name: np.empty((l_, q_, h_out), np.float64) for name in METRICS}
     view_mass = np.empty((l_, q_, h_out, s_), np.float64)
     own = torch.tensor([qq.frame for qq in rows.queries], dtype=torch.long)
-    ps = lay.patch_start
+    ps, nc = lay.patch_start, lay.num_cameras
     log_n = math.log(n_keys) if n_keys > 1 else 1.0
     with torch.no_grad():
         for li in range(l_):
@@ -144,8 +144,9 @@ def summarize(rows: AttentionRows, kind: str, top_k: int = 10, head_mean: bool =
             view_mass[li] = vm.numpy()
             out["own_view_mass"][li] = own_mass.numpy()
             out["other_views_mass"][li] = (vm.sum(-1) - own_mass).numpy()
-            out["camera_mass"][li] = p[..., 0].sum(-1).numpy()
-            out["register_mass"][li] = p[..., 1:ps].sum((-1, -2)).numpy()
+            # Per frame the first num_cameras tokens (none for pi3: camera_mass 0), then registers.
+            out["camera_mass"][li] = p[..., :nc].sum((-1, -2)).numpy()
+            out["register_mass"][li] = p[..., nc:ps].sum((-1, -2)).numpy()
             out["entropy"][li] = (-torch.special.xlogy(flat, flat).sum(-1) / log_n).numpy()
             out["top_k_mass"][li] = flat.topk(k, dim=-1).values.sum(-1).numpy()
     return Summary(kind, tuple(rows.blocks), int(top_k), n_keys, bool(head_mean), view_mass, **out)

@@ -37,10 +37,21 @@ different depth line up on the depth_percent timeline: block b of L at round(100
               "or module:callable.")  # fmt: skip
 @click.option("--arch", "archs", multiple=True, type=click.Choice(("auto", *TINY_OF)), metavar="ARCH",
               help="Architecture of each --model, in order (once per --model, or never). Default: auto.")  # fmt: skip
-@click.option("--name", "names", multiple=True, metavar="NAME",
-              help="Entity root name of each --model, in order (models/NAME). Default: from the spec.")
-@click.option("-q", "--query", "queries", multiple=True, metavar="QUERY",
-              help=f"Query token, repeatable: {QUERY_SYNTAX}. Default: the centre pixel of frame 0.")
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Entity root name of each --model, in order (models/NAME). Default: from the spec.",
+)
+@click.option(
+    "-q",
+    "--query",
+    "queries",
+    multiple=True,
+    metavar="QUERY",
+    help=f"Query token, repeatable: {QUERY_SYNTAX}. Default: the centre pixel of frame 0.",
+)
 @click.option("--query-grid", metavar="RxC", help="R x C patch queries evenly spread over frame --frame.")
 @click.option("--frame", "grid_frame", type=click.IntRange(min=0), metavar="F", help="The view of --query-grid.")
 @click.option("--blocks", default="all", show_default=True, metavar="LIST", help="Blocks to capture, per model.")

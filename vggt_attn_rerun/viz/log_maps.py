@@ -99,7 +99,8 @@ class _Rows:
 
 
 def _index(timeline: str, times: Sequence[int]) -> list[rr.TimeColumn]:
-    return [rr.TimeColumn(name, sequence=np.asarray(t, np.int64)) for name, t in block_timelines(timeline, times).items()]
+    timelines = block_timelines(timeline, times)  # + the depth timeline inside paths.rooted(..., depth)
+    return [rr.TimeColumn(name, sequence=np.asarray(t, np.int64)) for name, t in timelines.items()]
 
 
 def _seg_format(layout: TokenLayout) -> rr.components.ImageFormat:

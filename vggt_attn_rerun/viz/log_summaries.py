@@ -60,9 +60,10 @@ def _head_series_style(num_heads: int) -> rr.SeriesLines:
 def _send_batches(rec: rr.RecordingStream, path: str, blocks: Sequence[int], values: np.ndarray) -> None:
     """values ``[L, n]``: one row of n scalars (n series of one entity) per block."""
     values = np.ascontiguousarray(values, np.float64)
+    timelines = block_timelines("block", blocks)  # + the depth timeline inside paths.rooted(..., depth)
     rec.send_columns(
         path,
-        indexes=[rr.TimeColumn(name, sequence=np.asarray(t, np.int64)) for name, t in block_timelines("block", blocks).items()],
+        indexes=[rr.TimeColumn(name, sequence=np.asarray(t, np.int64)) for name, t in timelines.items()],
         columns=rr.Scalars.columns(scalars=values.reshape(-1)).partition(lengths=[values.shape[1]] * len(values)),
     )
 
