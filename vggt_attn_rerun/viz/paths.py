@@ -34,6 +34,10 @@ Entity paths (``s`` a frame, ``i`` a query, ``kind`` "frame" or "global", ``h`` 
     queries/mean/global/consistency/{score,control_score}  (means over all valid query-view pairs)
     queries/index                               TextDocument: every query (name, token, frame, patch)
 
+Several models in one recording (comparison.py): inside ``rooted("models/{name}", depth)`` every
+name above is built under that root (``models/{name}/world/points``), and rows on the ``block``
+timeline also go on DEPTH_TIMELINE; outside it every name is exactly as above.
+
 log_run.py, log_maps.py and log_summaries.py log under these names; blueprint.py lays views out on
 them; ``image_frame``, ``head_grid_query`` and ``in_patch_units`` read a selected entity's path back
 (interactive/clicks.py). The parsers are built from the builders, so the two cannot drift apart.
