@@ -8,9 +8,8 @@ import torch
 from tests.test_blueprint import _views
 from tests.test_recording import Recording
 from tools.make_blueprints import blueprint_content
-from vggt_attn_rerun import comparison
 from vggt_attn_rerun.analysis.maps import masses
-from vggt_attn_rerun.api import record_attention
+from vggt_attn_rerun.api import comparison, record_attention
 from vggt_attn_rerun.cli import main as cli
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.tokens import Query

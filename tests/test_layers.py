@@ -20,7 +20,6 @@ RANKS = {
     "io.runfile": 2,
     "viz": 3,
     "api": 4,
-    "comparison": 4,
     "interactive": 5,
     "batch": 5,
     "legacy": 5,

@@ -3,8 +3,11 @@
 - ``record``: ``capture_run`` (one forward pass, every query's rows) and ``record_attention``
   (that, logged into a Rerun recording), ``query_grid``, ``as_loaded_images``.
 - ``runner``: ``run``, one whole command-line run from a typed ``RunOptions`` (checks, model, sinks, files).
+- ``comparison``: ``record_comparison`` and ``compare`` (``CompareOptions``): several models on the
+  same photos and queries in one recording, each under ``models/{name}``.
 """
 
+from vggt_attn_rerun.api.comparison import CompareOptions, compare, record_comparison
 from vggt_attn_rerun.api.record import (
     ImagesLike,
     QueriesLike,
@@ -17,6 +20,7 @@ from vggt_attn_rerun.api.runner import BadInput, RunHooks, RunOptions, RunSummar
 
 __all__ = [
     "BadInput",
+    "CompareOptions",
     "ImagesLike",
     "QueriesLike",
     "RunHooks",
@@ -24,8 +28,10 @@ __all__ = [
     "RunSummary",
     "as_loaded_images",
     "capture_run",
+    "compare",
     "plural",
     "query_grid",
     "record_attention",
+    "record_comparison",
     "run",
 ]

@@ -1,4 +1,4 @@
-"""``vggt-attn-rerun compare IMAGES --model A --model B ...``: flags -> ``comparison.CompareOptions``."""
+"""``vggt-attn-rerun compare IMAGES --model A --model B ...``: flags -> ``api.CompareOptions``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from vggt_attn_rerun import api, comparison
+from vggt_attn_rerun import api
 from vggt_attn_rerun.cli import checks
 from vggt_attn_rerun.cli.progress import progress
 from vggt_attn_rerun.core.images import MODES
@@ -76,16 +76,16 @@ def compare(**f: Any) -> None:
     """Record two or more models on the same photos and queries into one recording, side by side."""
     options = compare_options(**f)
     hooks = api.RunHooks(echo=lambda line: click.echo(" ".join(line.split()), err=True), progress=progress)
-    comparison.compare(options, hooks)
+    api.compare(options, hooks)
 
 
-def compare_options(images: tuple[str, ...], connect: str | None, **f: Any) -> comparison.CompareOptions:
+def compare_options(images: tuple[str, ...], connect: str | None, **f: Any) -> api.CompareOptions:
     """The flags as one typed ``CompareOptions`` (BadInput for the command line's own text)."""
     try:
         images, connect = checks.split_connect(images, connect)
         for spec in f["models"]:
             checks.check_model_file(spec)
-        return comparison.CompareOptions(
+        return api.CompareOptions(
             images=images, models=tuple(f["models"]), archs=tuple(f["archs"]), names=tuple(f["names"]),
             queries=tuple((q, f"--query {q}") for q in f["queries"]),
             query_grid=checks.parse_query_grid(f["query_grid"], f["grid_frame"]), blocks=f["blocks"],

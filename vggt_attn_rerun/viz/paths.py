@@ -34,7 +34,7 @@ Entity paths (``s`` a frame, ``i`` a query, ``kind`` "frame" or "global", ``h`` 
     queries/mean/global/consistency/{score,control_score}  (means over all valid query-view pairs)
     queries/index                               TextDocument: every query (name, token, frame, patch)
 
-Several models in one recording (comparison.py): inside ``rooted("models/{name}", depth)`` every
+Several models in one recording (api/comparison.py): inside ``rooted("models/{name}", depth)`` every
 name above is built under that root (``models/{name}/world/points``), and rows on the ``block``
 timeline also go on DEPTH_TIMELINE; outside it every name is exactly as above.
 

@@ -14,7 +14,7 @@ latest block at or before that fraction of its depth. The ``block`` timeline kee
 own block numbers; the layout makes ``depth_percent`` active when the depths differ.
 
 ``record_comparison``: the Python API (models in memory). ``compare(CompareOptions)``: one
-whole comparison as the command line does it (``vggt-attn-rerun compare``), with ``api.run``'s
+whole comparison as the command line does it (``vggt-attn-rerun compare``), with ``runner.run``'s
 checks, sinks and all-or-nothing files.
 """
 
@@ -30,8 +30,20 @@ import rerun as rr
 import torch
 from torch import nn
 
-from vggt_attn_rerun import api
 from vggt_attn_rerun.analysis.maps import analyze_run
+from vggt_attn_rerun.api.record import ImagesLike, QueriesLike, as_loaded_images, capture_run
+from vggt_attn_rerun.api.runner import (
+    RunHooks,
+    RunOptions,
+    _bad_input,
+    _BlockProgress,
+    _check_against_model,
+    _load_model,
+    _load_photos,
+    _Prepared,
+    _resolve_queries,
+    plural,
+)
 from vggt_attn_rerun.core import resources
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import LoadedImages, check_image_size, expand_image_paths
@@ -125,8 +137,8 @@ def comparison_blueprint(compared: Sequence[Compared], options: RecordingOptions
 
 def record_comparison(
     models: Sequence[tuple[str, nn.Module]],
-    images: api.ImagesLike,
-    queries: api.QueriesLike,
+    images: ImagesLike,
+    queries: QueriesLike,
     *,
     blocks: Sequence[int] | None = None,
     options: RecordingOptions | None = None,
@@ -138,7 +150,7 @@ def record_comparison(
 
     Args:
         models: two or more ``(name, model)``; ``name`` is the entity root ``models/{name}``.
-        images, queries, blocks, options, autocast_dtype: as for ``api.record_attention`` (the
+        images, queries, blocks, options, autocast_dtype: as for ``record.record_attention`` (the
             images must suit every model's patch size; queries are resolved per model layout).
         recording: log into this stream; None: a new ``rr.RecordingStream(APPLICATION_ID)``.
 
@@ -147,10 +159,10 @@ def record_comparison(
     """
     _check_names([n for n, _ in models])
     options = options if options is not None else RecordingOptions()
-    loaded = api.as_loaded_images(images)
+    loaded = as_loaded_images(images)
     compared = []
     for name, model in models:
-        result = api.capture_run(model, loaded, queries, blocks=blocks, options=options, autocast_dtype=autocast_dtype)
+        result = capture_run(model, loaded, queries, blocks=blocks, options=options, autocast_dtype=autocast_dtype)
         compared.append(Compared(name, result, loaded, model_depth(model)))
     rec = recording if recording is not None else rr.RecordingStream(APPLICATION_ID)
     log_comparison(rec, compared, options, send_blueprint)
@@ -164,7 +176,7 @@ def record_comparison(
 
 @dataclass(frozen=True)
 class CompareOptions:
-    """A comparison run: ``api.RunOptions``' fields for the photos, queries and sinks, and
+    """A comparison run: ``RunOptions``' fields for the photos, queries and sinks, and
     several models. ``archs``: one per model, or none (all ``auto``); ``names``: one per model,
     or none (``model_names``)."""
 
@@ -189,9 +201,9 @@ class CompareOptions:
     overwrite: bool = False
     force: bool = False
 
-    def for_model(self, k: int) -> api.RunOptions:
+    def for_model(self, k: int) -> RunOptions:
         """The single-model run options of model ``k`` (no sinks: the comparison has them)."""
-        return api.RunOptions(
+        return RunOptions(
             images=self.images, queries=self.queries, query_grid=self.query_grid, blocks=self.blocks,
             recording=self.recording, model=self.models[k], arch=self.archs[k] if self.archs else "auto",
             device=self.device, dtype=self.dtype, mode=self.mode, image_size=self.image_size, force=self.force,
@@ -209,13 +221,13 @@ def _check_options(options: CompareOptions) -> list[str]:
     return names
 
 
-def _capture_one(k: int, name: str, options: CompareOptions, base: api._Prepared, hooks: api.RunHooks) -> Compared:
+def _capture_one(k: int, name: str, options: CompareOptions, base: _Prepared, hooks: RunHooks) -> Compared:
     """Load model k, check the options against it, capture, and let it go (the next may be big)."""
     run_options = options.for_model(k)
-    model = api._load_model(run_options.model, base.device, hooks, run_options.arch)
-    prep = api._Prepared(base.images, [], base.device, base.autocast, base.sinks, None)
-    with api._bad_input():
-        blocks, queries, recording = api._check_against_model(model, prep, run_options, hooks)
+    model = _load_model(run_options.model, base.device, hooks, run_options.arch)
+    prep = _Prepared(base.images, [], base.device, base.autocast, base.sinks, None)
+    with _bad_input():
+        blocks, queries, recording = _check_against_model(model, prep, run_options, hooks)
     h, w = prep.images.layout_hw
     line = resources.check_forward_memory(
         model, model_layout(model, prep.images.tensor.shape[0], h, w), autocast=prep.autocast, queries=len(queries),
@@ -223,26 +235,26 @@ def _capture_one(k: int, name: str, options: CompareOptions, base: api._Prepared
     )  # fmt: skip
     if line:
         hooks.echo(line)
-    progress = api._BlockProgress(hooks, len(blocks) * len(recording.kinds))
+    progress = _BlockProgress(hooks, len(blocks) * len(recording.kinds))
     try:
         with translate_oom(prep.device):
-            result = api.capture_run(model, prep.images, queries, blocks=blocks, options=recording,
+            result = capture_run(model, prep.images, queries, blocks=blocks, options=recording,
                                      autocast_dtype=prep.autocast, on_block=progress)  # fmt: skip
     finally:
         progress.close()
     return Compared(name, result, prep.images, model_depth(model))
 
 
-def compare(options: CompareOptions, hooks: api.RunHooks | None = None) -> list[Compared]:
+def compare(options: CompareOptions, hooks: RunHooks | None = None) -> list[Compared]:
     """Record two or more models on the same photos and queries into ONE recording.
 
     In order: the checks that need no model (photos, queries, sinks), then per model: load,
     check, capture (the model is let go before the next loads); then everything is logged
     (``log_comparison``) to the sinks and the --save file is committed whole or not at all.
-    Errors: ``api.BadInput`` for what the user asked, UserError for the rest.
+    Errors: ``runner.BadInput`` for what the user asked, UserError for the rest.
     """
-    hooks = hooks if hooks is not None else api.RunHooks()
-    with api._bad_input():
+    hooks = hooks if hooks is not None else RunHooks()
+    with _bad_input():
         names = _check_options(options)
         paths = expand_image_paths(list(options.images))
         check_image_size(options.image_size, VGGT_PATCH_SIZE)
@@ -250,9 +262,9 @@ def compare(options: CompareOptions, hooks: api.RunHooks | None = None) -> list[
         sinks = plan_sinks(options.save, options.connect, options.serve, options.headless, options.overwrite,
                            spawn=options.spawn, stdout=options.stdout)  # fmt: skip
         first = options.for_model(0)
-        images = api._load_photos(paths, first, VGGT_PATCH_SIZE, hooks)
-        api._resolve_queries(first, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)  # syntax, range
-    base = api._Prepared(images, [], device, autocast, sinks, None)
+        images = _load_photos(paths, first, VGGT_PATCH_SIZE, hooks)
+        _resolve_queries(first, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)  # syntax, range
+    base = _Prepared(images, [], device, autocast, sinks, None)
     compared = [_capture_one(k, name, options, base, hooks) for k, name in enumerate(names)]
     pending: list[PendingFile] = []
     rec = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid4())
@@ -268,8 +280,8 @@ def compare(options: CompareOptions, hooks: api.RunHooks | None = None) -> list[
     except BaseException:
         discard(pending)
         raise
-    depths = ", ".join(f"{c.name} ({api.plural(c.depth, 'block')})" for c in compared)
-    hooks.echo(f"{api.plural(len(compared), 'model')} compared: {depths}: {sinks.describe()}")
+    depths = ", ".join(f"{c.name} ({plural(c.depth, 'block')})" for c in compared)
+    hooks.echo(f"{plural(len(compared), 'model')} compared: {depths}: {sinks.describe()}")
     if sinks.serve:
         serve_forever(opened, echo=hooks.echo)
     return compared
