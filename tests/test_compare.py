@@ -194,3 +194,8 @@ def test_pi3_summaries_put_its_special_tokens_in_register_mass(vggt_vs_pi3):
     summary = summarize(rows, "global")
     np.testing.assert_allclose(summary.register_mass, probs[..., : rows.layout.patch_start].sum((-1, -2)), atol=1e-9)
     np.testing.assert_array_equal(summary.camera_mass, 0.0)
+
+
+def test_a_name_that_is_no_entity_name_is_refused():
+    with pytest.raises(UserError, match="is not an entity name"):
+        comparison.record_comparison([("..", tiny_vggt()), ("b", tiny_vggt())], torch.zeros(1, 3, 28, 28), ["0:p0,0"])

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import rerun as rr
+import rerun.blueprint as rrb
 import torch
 from torch import nn
 
@@ -60,7 +61,7 @@ from vggt_attn_rerun.viz.sinks import open_sinks, plan_sinks, serve_forever
 
 #: the parent of every model's entity root: ``models/{name}``
 MODELS_ROOT = "models"
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # no leading dot: "models/.." is no root
 
 
 @dataclass
@@ -107,7 +108,8 @@ def _check_names(names: Sequence[str]) -> None:
         raise UserError(f"a comparison needs at least 2 models, got {len(names)}")
     bad = [n for n in names if not _NAME.fullmatch(n)]
     if bad:
-        raise UserError(f"model name {bad[0]!r} is not an entity name: use letters, digits, '_', '-' and '.'")
+        valid = "use letters, digits, '_', '-' and '.' (not first)"
+        raise UserError(f"model name {bad[0]!r} is not an entity name: {valid}")
     if len(set(names)) != len(names):
         raise UserError(f"model names must differ, got {list(names)}")
 
@@ -125,7 +127,7 @@ def log_comparison(rec: rr.RecordingStream, compared: Sequence[Compared], option
             log_run(rec, c.result, c.images, options, analysis=analysis)
 
 
-def comparison_blueprint(compared: Sequence[Compared], options: RecordingOptions | None = None):
+def comparison_blueprint(compared: Sequence[Compared], options: RecordingOptions | None = None) -> rrb.Blueprint:
     """The side-by-side layout of these captures (viz.compare_blueprint); ``depth_percent`` active
     when the depths differ."""
     options = options if options is not None else RecordingOptions()
