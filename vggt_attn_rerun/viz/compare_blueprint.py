@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import rerun.blueprint as rrb
 
 from vggt_attn_rerun.core.introspect import check_kinds
-from vggt_attn_rerun.viz.blueprint import _matrices, _scene, _view_grid, _with_stable_ids, shown_queries_for
+from vggt_attn_rerun.viz.blueprint import _matrices, _scene, _view_grid, shown_queries_for, with_stable_ids
 from vggt_attn_rerun.viz.paths import DEPTH_TIMELINE, rooted
 
 
@@ -60,6 +60,6 @@ def compare_blueprint(
         for k in kinds
     ]
     root = tabs[0] if len(tabs) == 1 else rrb.Tabs(*tabs)
-    _with_stable_ids(root, "compare")
+    with_stable_ids(root, "compare")
     timeline = DEPTH_TIMELINE if by_depth else "block"
     return rrb.Blueprint(root, rrb.TimePanel(state="collapsed", timeline=timeline), collapse_panels=True)
