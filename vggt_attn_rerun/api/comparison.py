@@ -34,16 +34,16 @@ from torch import nn
 from vggt_attn_rerun.analysis.maps import analyze_run
 from vggt_attn_rerun.api.record import ImagesLike, QueriesLike, as_loaded_images, capture_run
 from vggt_attn_rerun.api.runner import (
+    BlockProgress,
+    Prepared,
     RunHooks,
     RunOptions,
-    _bad_input,
-    _BlockProgress,
-    _check_against_model,
-    _load_model,
-    _load_photos,
-    _Prepared,
-    _resolve_queries,
+    as_bad_input,
+    check_against_model,
+    load_model_for_run,
+    load_photos,
     plural,
+    resolve_queries,
 )
 from vggt_attn_rerun.core import resources
 from vggt_attn_rerun.core.capture import CaptureResult
@@ -223,13 +223,13 @@ def _check_options(options: CompareOptions) -> list[str]:
     return names
 
 
-def _capture_one(k: int, name: str, options: CompareOptions, base: _Prepared, hooks: RunHooks) -> Compared:
+def _capture_one(k: int, name: str, options: CompareOptions, base: Prepared, hooks: RunHooks) -> Compared:
     """Load model k, check the options against it, capture, and let it go (the next may be big)."""
     run_options = options.for_model(k)
-    model = _load_model(run_options.model, base.device, hooks, run_options.arch)
-    prep = _Prepared(base.images, [], base.device, base.autocast, base.sinks, None)
-    with _bad_input():
-        blocks, queries, recording = _check_against_model(model, prep, run_options, hooks)
+    model = load_model_for_run(run_options.model, base.device, hooks, run_options.arch)
+    prep = Prepared(base.images, [], base.device, base.autocast, base.sinks, None)
+    with as_bad_input():
+        blocks, queries, recording = check_against_model(model, prep, run_options, hooks)
     h, w = prep.images.layout_hw
     line = resources.check_forward_memory(
         model, model_layout(model, prep.images.tensor.shape[0], h, w), autocast=prep.autocast, queries=len(queries),
@@ -237,7 +237,7 @@ def _capture_one(k: int, name: str, options: CompareOptions, base: _Prepared, ho
     )  # fmt: skip
     if line:
         hooks.echo(line)
-    progress = _BlockProgress(hooks, len(blocks) * len(recording.kinds))
+    progress = BlockProgress(hooks, len(blocks) * len(recording.kinds))
     try:
         with translate_oom(prep.device):
             result = capture_run(model, prep.images, queries, blocks=blocks, options=recording,
@@ -256,7 +256,7 @@ def compare(options: CompareOptions, hooks: RunHooks | None = None) -> list[Comp
     Errors: ``runner.BadInput`` for what the user asked, UserError for the rest.
     """
     hooks = hooks if hooks is not None else RunHooks()
-    with _bad_input():
+    with as_bad_input():
         names = _check_options(options)
         paths = expand_image_paths(list(options.images))
         check_image_size(options.image_size, VGGT_PATCH_SIZE)
@@ -264,9 +264,9 @@ def compare(options: CompareOptions, hooks: RunHooks | None = None) -> list[Comp
         sinks = plan_sinks(options.save, options.connect, options.serve, options.headless, options.overwrite,
                            spawn=options.spawn, stdout=options.stdout)  # fmt: skip
         first = options.for_model(0)
-        images = _load_photos(paths, first, VGGT_PATCH_SIZE, hooks)
-        _resolve_queries(first, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)  # syntax, range
-    base = _Prepared(images, [], device, autocast, sinks, None)
+        images = load_photos(paths, first, VGGT_PATCH_SIZE, hooks)
+        resolve_queries(first, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)  # syntax, range
+    base = Prepared(images, [], device, autocast, sinks, None)
     compared = [_capture_one(k, name, options, base, hooks) for k, name in enumerate(names)]
     pending: list[PendingFile] = []
     rec = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid4())

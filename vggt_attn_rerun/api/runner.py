@@ -155,7 +155,8 @@ def plural(n: int, word: str, words: str | None = None) -> str:
 
 
 @contextmanager
-def _bad_input() -> Iterator[None]:
+def as_bad_input() -> Iterator[None]:
+    """Turn a UserError raised inside into BadInput (exit code 2): it was caused by what was asked."""
     try:
         yield
     except BadInput:
@@ -165,7 +166,7 @@ def _bad_input() -> Iterator[None]:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
     """What ``run`` checked and loaded before the model."""
 
     images: LoadedImages
@@ -186,11 +187,11 @@ def run(options: RunOptions, hooks: RunHooks | None = None) -> RunSummary:
     asked, UserError for the rest (out of memory, a viewer that went away, a full disk).
     """
     hooks = hooks if hooks is not None else RunHooks()
-    with _bad_input():
+    with as_bad_input():
         prep = _prepare(options, hooks)
-    model = _load_model(options.model, prep.device, hooks, options.arch)
-    with _bad_input():
-        blocks, queries, recording = _check_against_model(model, prep, options, hooks)
+    model = load_model_for_run(options.model, prep.device, hooks, options.arch)
+    with as_bad_input():
+        blocks, queries, recording = check_against_model(model, prep, options, hooks)
     h, w = prep.images.layout_hw
     line = resources.check_forward_memory(
         model, model_layout(model, prep.images.tensor.shape[0], h, w), autocast=prep.autocast, queries=len(queries),
@@ -208,7 +209,7 @@ def run(options: RunOptions, hooks: RunHooks | None = None) -> RunSummary:
     return RunSummary(result, count, outputs)
 
 
-def _prepare(options: RunOptions, hooks: RunHooks) -> _Prepared:
+def _prepare(options: RunOptions, hooks: RunHooks) -> Prepared:
     """Every check that needs no model: inputs first, then where the output goes."""
     paths = expand_image_paths(list(options.images))
     check_image_size(options.image_size, VGGT_PATCH_SIZE)
@@ -225,19 +226,20 @@ def _prepare(options: RunOptions, hooks: RunHooks) -> _Prepared:
     grid_view = options.recording.grid_view
     if grid_view is not None and grid_view >= len(paths):
         raise UserError(f"--grid-view {grid_view}: valid frames are 0..{len(paths) - 1}")
-    images = _load_photos(paths, options, VGGT_PATCH_SIZE, hooks)
+    images = load_photos(paths, options, VGGT_PATCH_SIZE, hooks)
     # Provisional VGGT layout: catches bad and out-of-range queries now; resolved again for the model.
-    queries = _resolve_queries(options, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)
+    queries = resolve_queries(options, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)
     export = check_output_path(options.export, "--export", RUN_SUFFIX, "the run file format",
                                options.overwrite) if options.export else None  # fmt: skip
     sinks = plan_sinks(options.save, options.connect, options.serve, options.headless, options.overwrite,
                        spawn=options.spawn, stdout=options.stdout, allow_none=export is not None)  # fmt: skip
     if options.ask and sinks.empty:
         raise UserError("--ask with --export alone has nowhere to show new queries: add --save, --connect or --serve")
-    return _Prepared(images, queries, device, autocast, sinks, export)
+    return Prepared(images, queries, device, autocast, sinks, export)
 
 
-def _load_photos(paths: Sequence[Path], options: RunOptions, patch: int, hooks: RunHooks) -> LoadedImages:
+def load_photos(paths: Sequence[Path], options: RunOptions, patch: int, hooks: RunHooks) -> LoadedImages:
+    """The photos as model input (``options.mode``, ``options.image_size``); warns about tiny photos."""
     loaded = load_images(paths, mode=options.mode, target_size=options.image_size, patch_size=patch)
     for path, t in zip(paths, loaded.transforms, strict=True):
         if min(t.orig_w, t.orig_h) < patch:  # handled, not refused: vggt's preprocessing upscales too
@@ -248,7 +250,7 @@ def _load_photos(paths: Sequence[Path], options: RunOptions, patch: int, hooks: 
     return loaded
 
 
-def _resolve_queries(options: RunOptions, images: LoadedImages, patch: int, registers: int,
+def resolve_queries(options: RunOptions, images: LoadedImages, patch: int, registers: int,
                      hooks: RunHooks | None, cameras: int = 1) -> list[Query]:  # fmt: skip
     """The queries in order: the texts, then the grid (default: the centre pixel of frame 0).
     A token named twice is used once; ``hooks`` gets one warning line for all repeats."""
@@ -291,7 +293,8 @@ def _resolve_queries(options: RunOptions, images: LoadedImages, patch: int, regi
     return out
 
 
-def _load_model(spec: str, device: str, hooks: RunHooks, arch: str = "auto") -> nn.Module:
+def load_model_for_run(spec: str, device: str, hooks: RunHooks, arch: str = "auto") -> nn.Module:
+    """``models.load_model`` behind a progress line; its warnings become one line each."""
     bar = hooks.progress(f"loading model {spec}", None)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -304,14 +307,14 @@ def _load_model(spec: str, device: str, hooks: RunHooks, arch: str = "auto") -> 
     return model
 
 
-def _check_against_model(
-    model: nn.Module, prep: _Prepared, options: RunOptions, hooks: RunHooks
+def check_against_model(
+    model: nn.Module, prep: Prepared, options: RunOptions, hooks: RunHooks
 ) -> tuple[tuple[int, ...], list[Query], RecordingOptions]:
     """Blocks, heads and queries against the loaded model (a custom model may differ from VGGT)."""
     patch = model_patch_size(model)
     if patch != VGGT_PATCH_SIZE:  # a custom model with another patch size needs its own resize
-        prep.images = _load_photos(prep.images.paths or [], options, patch, RunHooks())
-    queries = _resolve_queries(options, prep.images, patch, model_num_registers(model), hooks, model_num_cameras(model))
+        prep.images = load_photos(prep.images.paths or [], options, patch, RunHooks())
+    queries = resolve_queries(options, prep.images, patch, model_num_registers(model), hooks, model_num_cameras(model))
     depth, heads = model_depth(model), model_heads(model)
     try:
         blocks = parse_index_list(options.blocks, depth)
@@ -330,12 +333,12 @@ def _check_against_model(
     return blocks, queries, rec
 
 
-def _capture_and_log(model: nn.Module, prep: _Prepared, options: RunOptions, blocks: Sequence[int],
+def _capture_and_log(model: nn.Module, prep: Prepared, options: RunOptions, blocks: Sequence[int],
                      queries: list[Query], recording: RecordingOptions,
                      hooks: RunHooks) -> tuple[CaptureResult, int]:  # fmt: skip
     """ONE forward pass, logged to the sinks; then the files, committed together. Returns the
     capture and the number of queries ``hooks.ask`` added."""
-    progress = _BlockProgress(hooks, len(blocks) * len(recording.kinds))
+    progress = BlockProgress(hooks, len(blocks) * len(recording.kinds))
     pending: list[PendingFile] = []
     added = 0
     try:
@@ -384,7 +387,7 @@ def _pending_export(path: Path, result: CaptureResult, images: LoadedImages, ove
     return [produce_pending(path, produce, overwrite=overwrite, action=f"export the run to {path}")]
 
 
-class _BlockProgress:
+class BlockProgress:
     """A bar that advances as each captured attention module runs (capture's ``on_block``),
     then a status line while the run is logged."""
 
