@@ -62,9 +62,10 @@ queries there are, the model runs once; with more than 4 the layout shows q0 (se
 "queries" tab for the others).
 
 \b
-Outputs, as in Rerun's own scripts: --stdout, else --serve, else --connect, else --save;
-a viewer is spawned only when none of them is given (and not --headless), or with --spawn.
---save and --export files appear together when the run succeeds, or neither does.
+Outputs: --save, --connect, --serve and --spawn combine (each gets the whole recording);
+--stdout goes alone. A viewer is spawned only when none of them is given (and not
+--headless), or with --spawn. --save and --export files appear together when the run
+succeeds, or neither does.
 
 \b
 Other commands:
