@@ -7,8 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vggt_attn_rerun import LoadedImages, Query, TokenLayout, UserError, capture, load_images
-from vggt_attn_rerun.core.images import images_from_tensor
+from vggt_attn_rerun import Query, capture, load_images
+from vggt_attn_rerun.core.images import LoadedImages, images_from_tensor
+from vggt_attn_rerun.core.tokens import TokenLayout
+from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.testing import synthetic_scene
 
 

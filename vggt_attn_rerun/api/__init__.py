@@ -16,7 +16,7 @@ from vggt_attn_rerun.api.record import (
     query_grid,
     record_attention,
 )
-from vggt_attn_rerun.api.runner import BadInput, RunHooks, RunOptions, RunSummary, plural, run
+from vggt_attn_rerun.api.runner import BadInput, RunHooks, RunOptions, RunSummary, run
 
 __all__ = [
     "BadInput",
@@ -29,7 +29,6 @@ __all__ = [
     "as_loaded_images",
     "capture_run",
     "compare",
-    "plural",
     "query_grid",
     "record_attention",
     "record_comparison",
