@@ -22,20 +22,9 @@ from torch import Tensor, nn
 from vggt_attn_rerun.core.introspect import KINDS, find_aggregator
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.legacy.full import full_matrix_bytes
+from vggt_attn_rerun.testing.recompute import recompute_attention
 
 _BLOCK_LISTS = {"frame": "frame_blocks", "global": "global_blocks"}
-
-
-def qk_from_input(attn: nn.Module, x: Tensor, pos: Tensor | None) -> tuple[Tensor, Tensor]:
-    """q, k ``[B, H, N, D]`` recomputed from an attention module's input ``x`` ``[B, N, C]``:
-    ``qkv`` projection, ``q_norm``/``k_norm``, then RoPE with ``pos`` (in the caller's autocast)."""
-    b, n, c = x.shape
-    qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
-    q, k, _ = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    if attn.rope is not None:
-        q, k = attn.rope(q, pos), attn.rope(k, pos)
-    return q, k
 
 
 class FullMatrixHooks:
@@ -55,8 +44,7 @@ class FullMatrixHooks:
     @staticmethod
     def full_attention(attn: nn.Module, x: Tensor, pos: Tensor | None) -> Tensor:
         """``softmax(scale * q @ k^T)`` ``[B, H, N, N]`` recomputed from the module input, as scripts do."""
-        q, k = qk_from_input(attn, x, pos)
-        return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return recompute_attention(attn, x, pos, fp32=False)[0]
 
     def _hook(self, kind: str, block: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:

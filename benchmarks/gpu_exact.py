@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.introspect import _BLOCK_LISTS, KINDS, find_aggregator, model_depth, model_layout
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
+from vggt_attn_rerun.testing.recompute import recompute_qkv
 
-from .baseline import qk_from_input
 from .common import DTYPES, autocast_context, make_images, plain_forward, spread_queries
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def recompute_rows(
     Frame attention: each query's row covers its own frame, other frames are 0 (as in AttentionRows).
     """
     with torch.no_grad(), autocast_context(x.device, autocast_dtype):
-        q, k = qk_from_input(attn, x, pos)  # [B', H, N, D]
+        q, k, _ = recompute_qkv(attn, x, pos)  # [B', H, N, D]
     q, k = q.float(), k.float()
     scale = q.shape[-1] ** -0.5
     s, p = layout.num_frames, layout.tokens_per_frame

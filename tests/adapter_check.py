@@ -3,6 +3,7 @@
 import torch
 
 from vggt_attn_rerun.core.adapters import ModelAdapter
+from vggt_attn_rerun.testing.recompute import recompute_attention, rope_of
 
 
 class ModuleRecorder:
@@ -21,31 +22,9 @@ class ModuleRecorder:
 
     def explicit(self):
         """``(A [B', H, N, N], v [B', H, N, D])``: softmax in fp32 of scale * q k^T + mask."""
-        a, x = self.attn, self.x
-        b, n, c = x.shape
-        heads = a.num_heads
-        q, k, v = a.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        q, k = a.q_norm(q), a.k_norm(k)
-        pos = self.kwargs.get(self.adapter.pos_kwarg)
-        if pos is not None and self.adapter.name == "vggt-omega":
-            q, k = _dinov3_rope(q, pos), _dinov3_rope(k, pos)
-        elif pos is not None:
-            q, k = a.rope(q, pos), a.rope(k, pos)
-        logits = (q.float() * a.scale) @ k.float().transpose(-2, -1)
-        mask = self.kwargs.get("attn_mask")
-        if mask is not None:
-            logits = logits + (mask.float() if mask.dtype != torch.bool else (~mask).float() * -torch.inf)
-        return logits.softmax(-1), v
-
-
-def _dinov3_rope(x, rope):
-    """RoPE of the patch tokens only (the special-token prefix untouched), in the tables' dtype."""
-    sin, cos = rope
-    prefix = x.shape[-2] - sin.shape[-2]
-    body = x[:, :, prefix:].to(sin.dtype)
-    d = body.shape[-1] // 2
-    rotated = torch.cat([-body[..., d:], body[..., :d]], dim=-1)
-    return torch.cat([x[:, :, :prefix], (body * cos + rotated * sin).to(x.dtype)], dim=-2)
+        rope = rope_of(self.attn, self.adapter.name)
+        pos, mask = self.kwargs.get(self.adapter.pos_kwarg), self.kwargs.get("attn_mask")
+        return recompute_attention(self.attn, self.x, pos, mask=mask, rope=rope)
 
 
 def check_rows_and_output(rec: ModuleRecorder, res, atol=1e-5):

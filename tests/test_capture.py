@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from vggt_attn_rerun.core.capture import capture
-from vggt_attn_rerun.core.introspect import model_layout
+from vggt_attn_rerun.core.introspect import find_aggregator, model_layout
 from vggt_attn_rerun.core.qk_cache import model_qk_cache_bytes, qk_cache_bytes_per_frame
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.legacy.full import capture_full, full_matrix_bytes
 from vggt_attn_rerun.testing import tiny_vggt
+from vggt_attn_rerun.testing.recompute import recompute_attention
 
 from .recorder import AttentionRecorder as _Recorder
 
@@ -83,9 +84,7 @@ def test_rope_matters_so_the_test_above_could_fail(tiny_model, scene_images):
     finally:
         rec.remove()
     a = rec.attn
-    b, n, _ = rec.x.shape
-    q, k, _ = rec.qkv.reshape(b, n, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    no_rope = torch.softmax((a.q_norm(q) * a.scale) @ a.k_norm(k).transpose(-2, -1), -1)
+    no_rope, _ = recompute_attention(a, rec.x, pos=None)  # no position: no RoPE
     tok = res.rows.queries[0].token(res.layout)
     assert rope is not None
     assert (no_rope[0, :, tok] - res.rows.probs["global"][0, 0].reshape(a.num_heads, -1)).abs().max() > 1e-3
@@ -233,3 +232,14 @@ def test_qk_cache_memory_formula_matches_the_cache_kept(tiny_model, scene_images
     assert model_qk_cache_bytes(tiny_model, run.layout, 4, 2) == run.qk_cache.nbytes()
     vggt = qk_cache_bytes_per_frame(TokenLayout(1, 37, 37), embed_dim=1024, num_blocks=24)
     assert vggt == 2 * 1374 * 1024 * 4 * 48 and round(vggt / 1e6) == 540
+
+
+def test_the_explicit_recomputation_reads_a_boolean_mask_as_where_attention_may_go(tiny_model):
+    attn = find_aggregator(tiny_model).global_blocks[0].attn
+    x = torch.randn(1, 6, attn.qkv.in_features)
+    allowed = torch.tril(torch.ones(6, 6, dtype=torch.bool))  # token i sees tokens 0..i
+    additive = torch.zeros(6, 6).masked_fill(~allowed, -torch.inf)
+    by_bool, _ = recompute_attention(attn, x, mask=allowed)
+    by_add, _ = recompute_attention(attn, x, mask=additive)
+    torch.testing.assert_close(by_bool, by_add)
+    assert by_bool[0, :, 0, 1:].abs().max() == 0 and by_bool[0, :, -1, :].min() > 0
