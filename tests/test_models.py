@@ -246,3 +246,14 @@ def test_find_aggregator_of_an_aggregator():
 def test_find_aggregator_refuses_other_modules():
     with pytest.raises(UserError, match="frame_blocks and .global_blocks"):
         find_aggregator(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("command", ["main", "compare"])
+def test_the_arch_option_offers_the_registrys_architectures_and_not_its_tiny_builders(command):
+    from vggt_attn_rerun.cli.compare import compare
+    from vggt_attn_rerun.cli.main import cli
+    from vggt_attn_rerun.core.model_archs import ARCHS, TINY_OF
+
+    option = next(p for p in (cli if command == "main" else compare).params if p.name in ("arch", "archs"))
+    assert set(option.type.choices) == {"auto"} | set(ARCHS) - set(TINY_OF.values())
+    assert {"vggt", "pi3", "pi3x", "streamvggt", "vggt-omega"} <= set(option.type.choices)

@@ -48,7 +48,7 @@ from vggt_attn_rerun.api.runner import (
 from vggt_attn_rerun.core import resources
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import LoadedImages, check_image_size, expand_image_paths
-from vggt_attn_rerun.core.introspect import model_depth, model_layout
+from vggt_attn_rerun.core.introspect import model_adapter, model_depth, model_layout
 from vggt_attn_rerun.core.resources import resolve_device, translate_oom
 from vggt_attn_rerun.core.tokens import VGGT_IMAGE_SIZE, VGGT_NUM_REGISTERS, VGGT_PATCH_SIZE
 from vggt_attn_rerun.errors import UserError
@@ -227,13 +227,15 @@ def _capture_one(k: int, name: str, options: CompareOptions, base: Prepared, hoo
     """Load model k, check the options against it, capture, and let it go (the next may be big)."""
     run_options = options.for_model(k)
     model = load_model_for_run(run_options.model, base.device, hooks, run_options.arch)
+    adapter = model_adapter(model)  # resolved once per model
     prep = Prepared(base.images, [], base.device, base.autocast, base.sinks, None)
     with as_bad_input():
-        blocks, queries, recording = check_against_model(model, prep, run_options, hooks)
+        blocks, queries, recording = check_against_model(model, prep, run_options, hooks, adapter)
     h, w = prep.images.layout_hw
     line = resources.check_forward_memory(
-        model, model_layout(model, prep.images.tensor.shape[0], h, w), autocast=prep.autocast, queries=len(queries),
-        blocks=len(blocks), kinds=recording.kinds, device=prep.device, keep_qk=False, force=options.force,
+        model, model_layout(model, prep.images.tensor.shape[0], h, w, adapter), autocast=prep.autocast,
+        queries=len(queries), blocks=len(blocks), kinds=recording.kinds, device=prep.device, keep_qk=False,
+        force=options.force, arch=adapter,
     )  # fmt: skip
     if line:
         hooks.echo(line)
@@ -241,10 +243,10 @@ def _capture_one(k: int, name: str, options: CompareOptions, base: Prepared, hoo
     try:
         with translate_oom(prep.device):
             result = capture_run(model, prep.images, queries, blocks=blocks, options=recording,
-                                     autocast_dtype=prep.autocast, on_block=progress)  # fmt: skip
+                                     autocast_dtype=prep.autocast, on_block=progress, arch=adapter)  # fmt: skip
     finally:
         progress.close()
-    return Compared(name, result, prep.images, model_depth(model))
+    return Compared(name, result, prep.images, model_depth(model, adapter))
 
 
 def compare(options: CompareOptions, hooks: RunHooks | None = None) -> list[Compared]:

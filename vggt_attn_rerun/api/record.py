@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vggt_attn_rerun.analysis.maps import analyze_run
+from vggt_attn_rerun.core.adapters import ModelAdapter
 from vggt_attn_rerun.core.capture import CaptureResult, capture
 from vggt_attn_rerun.core.images import (
     LoadedImages,
@@ -86,18 +87,20 @@ def capture_run(
     autocast_dtype: torch.dtype | None = None,
     keep_qk: bool = False,
     on_block: Callable[[str, int], None] | None = None,
+    arch: str | ModelAdapter | None = None,
 ) -> CaptureResult:
     """The capture part of record_attention: ONE forward pass for all queries, nothing logged.
 
     ``keep_qk``: keep every block's q/k (``capture.QKCache``: VGGT-1B at 518x518 costs 540 MB per
     frame in fp32) so that ``interactive.QuerySession`` can add queries without a forward pass.
     ``on_block(kind, block)``: called as each captured attention module has run (progress).
+    ``arch``: the model's adapter, by name or already resolved (``core.capture.capture``).
     """
     options = options if options is not None else RecordingOptions()
     loaded = as_loaded_images(images)
     tensor = loaded.tensor.to(model_device(model))
     return capture(model, tensor, _query_factory(queries, loaded), blocks=blocks, kinds=options.kinds,
-                   autocast_dtype=autocast_dtype, keep_qk=keep_qk, on_block=on_block)  # fmt: skip
+                   autocast_dtype=autocast_dtype, keep_qk=keep_qk, on_block=on_block, arch=arch)  # fmt: skip
 
 
 def record_attention(
@@ -113,6 +116,7 @@ def record_attention(
     send_blueprint: bool = True,
     keep_qk: bool = False,
     on_block: Callable[[str, int], None] | None = None,
+    arch: str | ModelAdapter | None = None,
 ) -> tuple[CaptureResult, rr.RecordingStream]:
     """Run the model once, capture the queries' attention, and log it all into a recording.
 
@@ -130,6 +134,7 @@ def record_attention(
             False, pass it yourself: ``rec.save(path, default_blueprint=default_blueprint_for(...))``.
         keep_qk: keep the q/k cache in the result (see capture_run) for later queries.
         on_block: progress callback, see capture_run.
+        arch: the model's adapter, by name or already resolved (default: from the model).
 
     Returns:
         (CaptureResult, the RecordingStream).
@@ -137,7 +142,7 @@ def record_attention(
     options = options if options is not None else RecordingOptions()
     loaded = as_loaded_images(images)
     result = capture_run(model, loaded, queries, blocks=blocks, options=options, autocast_dtype=autocast_dtype,
-                         keep_qk=keep_qk, on_block=on_block)  # fmt: skip
+                         keep_qk=keep_qk, on_block=on_block, arch=arch)  # fmt: skip
     rec = recording if recording is not None else rr.RecordingStream(application_id)
     if send_blueprint:
         rec.send_blueprint(default_blueprint_for(result, options), make_active=True, make_default=True)

@@ -22,6 +22,7 @@ from torch import nn
 
 from vggt_attn_rerun.api.record import capture_run, query_grid, record_attention
 from vggt_attn_rerun.core import models, resources
+from vggt_attn_rerun.core.adapters import ModelAdapter
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import (
     LoadedImages,
@@ -30,6 +31,7 @@ from vggt_attn_rerun.core.images import (
     load_images,
 )
 from vggt_attn_rerun.core.introspect import (
+    model_adapter,
     model_depth,
     model_heads,
     model_layout,
@@ -190,17 +192,19 @@ def run(options: RunOptions, hooks: RunHooks | None = None) -> RunSummary:
     with as_bad_input():
         prep = _prepare(options, hooks)
     model = load_model_for_run(options.model, prep.device, hooks, options.arch)
+    adapter = model_adapter(model)  # resolved once; every step below reads the model through it
     with as_bad_input():
-        blocks, queries, recording = check_against_model(model, prep, options, hooks)
+        blocks, queries, recording = check_against_model(model, prep, options, hooks, adapter)
     h, w = prep.images.layout_hw
     line = resources.check_forward_memory(
-        model, model_layout(model, prep.images.tensor.shape[0], h, w), autocast=prep.autocast, queries=len(queries),
-        blocks=len(blocks), kinds=recording.kinds, device=prep.device, keep_qk=options.ask, force=options.force,
+        model, model_layout(model, prep.images.tensor.shape[0], h, w, adapter), autocast=prep.autocast,
+        queries=len(queries), blocks=len(blocks), kinds=recording.kinds, device=prep.device, keep_qk=options.ask,
+        force=options.force, arch=adapter,
     )  # fmt: skip
     if line:
         hooks.echo(line)
     with translate_oom(prep.device):
-        result, added = _capture_and_log(model, prep, options, blocks, queries, recording, hooks)
+        result, added = _capture_and_log(model, prep, options, blocks, queries, recording, hooks, adapter)
     count = len(queries) + added
     outputs = ", ".join(p for p in (prep.sinks.describe(), f"exported {prep.export}" if prep.export else "") if p)
     views, kinds = prep.images.tensor.shape[0], "+".join(recording.kinds)
@@ -308,14 +312,16 @@ def load_model_for_run(spec: str, device: str, hooks: RunHooks, arch: str = "aut
 
 
 def check_against_model(
-    model: nn.Module, prep: Prepared, options: RunOptions, hooks: RunHooks
+    model: nn.Module, prep: Prepared, options: RunOptions, hooks: RunHooks, adapter: ModelAdapter | None = None
 ) -> tuple[tuple[int, ...], list[Query], RecordingOptions]:
-    """Blocks, heads and queries against the loaded model (a custom model may differ from VGGT)."""
-    patch = model_patch_size(model)
+    """Blocks, heads and queries against the loaded model (a custom model may differ from VGGT).
+    ``adapter``: the model's, if already resolved."""
+    patch = model_patch_size(model, adapter)
     if patch != VGGT_PATCH_SIZE:  # a custom model with another patch size needs its own resize
         prep.images = load_photos(prep.images.paths or [], options, patch, RunHooks())
-    queries = resolve_queries(options, prep.images, patch, model_num_registers(model), hooks, model_num_cameras(model))
-    depth, heads = model_depth(model), model_heads(model)
+    registers, cameras = model_num_registers(model, adapter), model_num_cameras(model, adapter)
+    queries = resolve_queries(options, prep.images, patch, registers, hooks, cameras)
+    depth, heads = model_depth(model, adapter), model_heads(model, adapter)
     try:
         blocks = parse_index_list(options.blocks, depth)
     except UserError as e:
@@ -334,8 +340,8 @@ def check_against_model(
 
 
 def _capture_and_log(model: nn.Module, prep: Prepared, options: RunOptions, blocks: Sequence[int],
-                     queries: list[Query], recording: RecordingOptions,
-                     hooks: RunHooks) -> tuple[CaptureResult, int]:  # fmt: skip
+                     queries: list[Query], recording: RecordingOptions, hooks: RunHooks,
+                     adapter: ModelAdapter) -> tuple[CaptureResult, int]:  # fmt: skip
     """ONE forward pass, logged to the sinks; then the files, committed together. Returns the
     capture and the number of queries ``hooks.ask`` added."""
     progress = BlockProgress(hooks, len(blocks) * len(recording.kinds))
@@ -344,7 +350,7 @@ def _capture_and_log(model: nn.Module, prep: Prepared, options: RunOptions, bloc
     try:
         if prep.sinks.empty:  # --export alone: capture, no recording
             result = capture_run(model, prep.images, queries, blocks=blocks, options=recording,
-                                 autocast_dtype=prep.autocast, on_block=progress)  # fmt: skip
+                                 autocast_dtype=prep.autocast, on_block=progress, arch=adapter)  # fmt: skip
         else:
             rec = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid4())
             # No default blueprint on the sinks: record_attention sends its layout into the stream as
@@ -352,7 +358,7 @@ def _capture_and_log(model: nn.Module, prep: Prepared, options: RunOptions, bloc
             with open_sinks(rec, prep.sinks) as sinks:
                 result, _ = record_attention(
                     model, prep.images, queries, blocks=blocks, options=recording, recording=rec,
-                    autocast_dtype=prep.autocast, keep_qk=options.ask, on_block=progress,
+                    autocast_dtype=prep.autocast, keep_qk=options.ask, on_block=progress, arch=adapter,
                 )  # fmt: skip
                 progress.close()
                 if options.ask and hooks.ask is not None:

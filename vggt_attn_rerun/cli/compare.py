@@ -10,7 +10,7 @@ from vggt_attn_rerun import api
 from vggt_attn_rerun.cli import checks
 from vggt_attn_rerun.cli.progress import progress
 from vggt_attn_rerun.core.images import MODES
-from vggt_attn_rerun.core.model_archs import TINY_OF
+from vggt_attn_rerun.core.model_archs import ARCH_CHOICES
 from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, VGGT_IMAGE_SIZE
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.options import RecordingOptions
@@ -35,7 +35,7 @@ different depth line up on the depth_percent timeline: block b of L at round(100
 @click.option("--model", "models", multiple=True, required=True, metavar="SPEC",
               help="A model to compare, repeatable (at least 2): tiny, random, a Hub id, a folder or file, "
               "or module:callable.")  # fmt: skip
-@click.option("--arch", "archs", multiple=True, type=click.Choice(("auto", *TINY_OF)), metavar="ARCH",
+@click.option("--arch", "archs", multiple=True, type=click.Choice(("auto", *ARCH_CHOICES)), metavar="ARCH",
               help="Architecture of each --model, in order (once per --model, or never). Default: auto.")  # fmt: skip
 @click.option(
     "--name",

@@ -23,6 +23,7 @@ from vggt_attn_rerun.cli.batch import batch
 from vggt_attn_rerun.cli.compare import compare
 from vggt_attn_rerun.cli.progress import progress
 from vggt_attn_rerun.core.images import MAX_IMAGE_SIZE, MODES
+from vggt_attn_rerun.core.model_archs import ARCH_CHOICES
 from vggt_attn_rerun.core.models import DEFAULT_MODEL
 from vggt_attn_rerun.core.resources import DTYPES
 from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, VGGT_IMAGE_SIZE
@@ -207,7 +208,7 @@ _OPTIONS = (
                  help="Block whose heads the head timeline shows. Default: the last captured block."),
     click.option("--model", default=DEFAULT_MODEL, show_default=True, metavar="SPEC",
                  help="tiny, random, a Hub id, a local folder or checkpoint file, or module:callable."),
-    click.option("--arch", type=click.Choice(("auto", "vggt", "pi3", "pi3x", "streamvggt", "vggt-omega")),
+    click.option("--arch", type=click.Choice(("auto", *ARCH_CHOICES)),
                  default="auto", show_default=True,
                  help="Architecture of --model (checkpoints, random, tiny). auto: from a known Hub id or the "
                  "model's type, else vggt."),

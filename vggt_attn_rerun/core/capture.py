@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from vggt_attn_rerun.core.adapters import adapter_for
+from vggt_attn_rerun.core.adapters import ModelAdapter, adapter_for
 from vggt_attn_rerun.core.hooks import qk_hooks
 from vggt_attn_rerun.core.images import LoadedImages, batched_images
 from vggt_attn_rerun.core.introspect import KINDS, check_blocks, check_kinds, model_heads, model_layout
@@ -76,7 +76,7 @@ def capture(
     store_dtype: torch.dtype = torch.float32,
     keep_qk: bool = False,
     on_block: Callable[[str, int], None] | None = None,
-    arch: str | None = None,
+    arch: str | ModelAdapter | None = None,
 ) -> CaptureResult:
     """Run the model once (``ModelAdapter.run``) and capture the attention rows of ``queries``.
 
@@ -98,7 +98,8 @@ def capture(
             queries can be answered later without a forward pass.
         on_block: called as ``on_block(kind, block)`` when a captured attention module has run
             (progress reporting: ``len(blocks) * len(kinds)`` calls per forward pass).
-        arch: the model's adapter (``core.adapters``: vggt, pi3, streamvggt, vggt-omega); default:
+        arch: the model's adapter (``core.adapters``: vggt, pi3, streamvggt, vggt-omega), by name or
+            as a ModelAdapter already resolved for this model; default:
             chosen from the model's type.
 
     Returns:
@@ -107,10 +108,10 @@ def capture(
     pixel_maps = images.transforms if isinstance(images, LoadedImages) and images.paths is not None else None
     images = batched_images(images)
     adapter = adapter_for(model, arch)
-    layout = model_layout(model, images.shape[1], images.shape[3], images.shape[4], adapter.name)
+    layout = model_layout(model, images.shape[1], images.shape[3], images.shape[4], adapter)
     qs = _queries(queries, layout, pixel_maps)
-    kinds, blocks = check_kinds(kinds), check_blocks(model, blocks, adapter.name)
-    collector = RowCollector(layout, qs, blocks, kinds, model_heads(model, adapter.name), store_dtype=store_dtype)
+    kinds, blocks = check_kinds(kinds), check_blocks(model, blocks, adapter)
+    collector = RowCollector(layout, qs, blocks, kinds, model_heads(model, adapter), store_dtype=store_dtype)
     cache = QKCache() if keep_qk else None
 
     def on_qk(kind: str, block: int, q: Tensor, k: Tensor, attn: nn.Module, mask: Tensor | None = None) -> None:

@@ -1,7 +1,8 @@
 """Where a VGGT-like model keeps its attention: read through its adapter (core.adapters).
 
-Every function takes an optional ``arch`` (an adapter name); without it the adapter is the
-one ``load_model`` tagged the model with, else the one its type matches.
+Every function takes an optional ``arch``: an adapter name, or the ModelAdapter a caller already
+resolved (``model_adapter``), which is then used as it is; without it the adapter is the one
+``load_model`` tagged the model with, else the one its type matches.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ KINDS = ("frame", "global")
 _BLOCK_LISTS = {"frame": "frame_blocks", "global": "global_blocks"}
 
 
-def model_adapter(model: nn.Module, arch: str | None = None) -> ModelAdapter:
+def model_adapter(model: nn.Module, arch: str | ModelAdapter | None = None) -> ModelAdapter:
     return adapter_for(model, arch)
 
 
@@ -36,7 +37,7 @@ class NamedBlocks(nn.Module):
         self.global_blocks = nn.ModuleList(global_blocks)
 
 
-def find_aggregator(model: nn.Module, arch: str | None = None) -> nn.Module:
+def find_aggregator(model: nn.Module, arch: str | ModelAdapter | None = None) -> nn.Module:
     """The module that owns the model's ``frame_blocks`` and ``global_blocks`` (VGGT's aggregator).
 
     For models that name them otherwise (VGGT-Omega's ``inter_frame_blocks``, pi3's one decoder
@@ -49,35 +50,37 @@ def find_aggregator(model: nn.Module, arch: str | None = None) -> nn.Module:
     return NamedBlocks(adapter.blocks(root, "frame"), adapter.blocks(root, "global"))
 
 
-def attention_module(model: nn.Module, kind: str, block: int, arch: str | None = None) -> nn.Module:
+def attention_module(model: nn.Module, kind: str, block: int, arch: str | ModelAdapter | None = None) -> nn.Module:
     """The attention module of ``block`` of ``kind`` ("frame" or "global")."""
     return adapter_for(model, arch).attention(model, kind, block)
 
 
-def model_patch_size(model: nn.Module, arch: str | None = None) -> int:
+def model_patch_size(model: nn.Module, arch: str | ModelAdapter | None = None) -> int:
     """Pixels per patch side of the model's patch embedding (14 for VGGT, 16 for VGGT-Omega)."""
     adapter = adapter_for(model, arch)
     return int(adapter.patch_size(adapter.root(model)))
 
 
-def model_num_registers(model: nn.Module, arch: str | None = None) -> int:
+def model_num_registers(model: nn.Module, arch: str | ModelAdapter | None = None) -> int:
     """Register tokens per frame: the special tokens before the patches, less the camera token."""
     adapter = adapter_for(model, arch)
     return int(adapter.num_registers(adapter.root(model)))
 
 
-def model_num_cameras(model: nn.Module, arch: str | None = None) -> int:
+def model_num_cameras(model: nn.Module, arch: str | ModelAdapter | None = None) -> int:
     """Camera tokens per frame: 1, or 0 for models without one (pi3)."""
     return adapter_for(model, arch).num_cameras
 
 
-def model_embed_dim(model: nn.Module, arch: str | None = None) -> int:
+def model_embed_dim(model: nn.Module, arch: str | ModelAdapter | None = None) -> int:
     """Channels of the aggregator's tokens (all heads together): 1024 for VGGT-1B."""
     attn = attention_module(model, "frame", 0, arch)
     return int(attn.qkv.in_features) if hasattr(attn, "qkv") else int(attn.num_heads * attn.head_dim)
 
 
-def model_layout(model: nn.Module, num_frames: int, height: int, width: int, arch: str | None = None) -> TokenLayout:
+def model_layout(
+    model: nn.Module, num_frames: int, height: int, width: int, arch: str | ModelAdapter | None = None
+) -> TokenLayout:
     """The token layout the model will use for S frames of ``height x width`` pixels."""
     adapter = adapter_for(model, arch)
     root = adapter.root(model)
@@ -87,11 +90,11 @@ def model_layout(model: nn.Module, num_frames: int, height: int, width: int, arc
     )  # fmt: skip
 
 
-def model_depth(model: nn.Module, arch: str | None = None) -> int:
+def model_depth(model: nn.Module, arch: str | ModelAdapter | None = None) -> int:
     return adapter_for(model, arch).depth(model)
 
 
-def model_heads(model: nn.Module, arch: str | None = None) -> int:
+def model_heads(model: nn.Module, arch: str | ModelAdapter | None = None) -> int:
     return int(attention_module(model, "frame", 0, arch).num_heads)
 
 
@@ -109,7 +112,9 @@ def check_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
     return kinds
 
 
-def check_blocks(model: nn.Module, blocks: Iterable[int] | None, arch: str | None = None) -> tuple[int, ...]:
+def check_blocks(
+    model: nn.Module, blocks: Iterable[int] | None, arch: str | ModelAdapter | None = None
+) -> tuple[int, ...]:
     depth = model_depth(model, arch)
     if blocks is None:
         return tuple(range(depth))

@@ -68,6 +68,9 @@ ARCHS: dict[str, Arch] = {
 # The toy model of each family, for ``--model tiny --arch ARCH``.
 TINY_OF = {"vggt": "tiny", "pi3": "tiny-pi3", "pi3x": "tiny-pi3", "streamvggt": "tiny-streamvggt",
            "vggt-omega": "tiny-vggt-omega"}  # fmt: skip
+# What --arch accepts: every architecture of the registry but the tiny models' builders
+# (``--model tiny --arch pi3`` picks those through TINY_OF).
+ARCH_CHOICES = tuple(name for name in ARCHS if name not in TINY_OF.values())
 
 
 def get_arch(name: str) -> Arch:

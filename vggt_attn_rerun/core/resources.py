@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from vggt_attn_rerun.core.adapters import ModelAdapter
 from vggt_attn_rerun.core.introspect import find_aggregator, model_embed_dim, model_heads
 from vggt_attn_rerun.core.qk_cache import qk_cache_bytes_per_frame
 from vggt_attn_rerun.core.tokens import VGGT_NUM_REGISTERS, VGGT_PATCH_SIZE, TokenLayout
@@ -242,18 +243,19 @@ def check_memory(needed: int, available: int | None, device: str | torch.device,
 
 def check_forward_memory(model: torch.nn.Module, layout: TokenLayout, *, autocast: torch.dtype | None, queries: int,
                          blocks: int, kinds: Sequence[str], device: str, keep_qk: bool = False,
-                         force: bool = False) -> str | None:  # fmt: skip
+                         force: bool = False, arch: str | ModelAdapter | None = None) -> str | None:  # fmt: skip
     """``check_memory`` of one capture with ``model`` (already loaded) on ``layout``'s frames.
 
     The weights are already resident, so only what the forward pass adds is compared with the
     memory available on ``device``. Returns the warning line, if any; UserError when it will not fit.
+    ``arch``: the model's adapter (``core.introspect``).
     """
     h, w = layout.image_size
-    attn = find_aggregator(model).frame_blocks[0].attn
+    attn = find_aggregator(model, arch).frame_blocks[0].attn
     estimate = estimate_memory(
         num_frames=layout.num_frames, height=h, width=w, dtype=autocast,
         num_params=sum(p.numel() for p in model.parameters()), queries=queries, blocks=blocks, kinds=kinds,
-        heads=model_heads(model), embed_dim=model_embed_dim(model), patch_size=layout.patch_size,
+        heads=model_heads(model, arch), embed_dim=model_embed_dim(model, arch), patch_size=layout.patch_size,
         num_registers=layout.num_registers, fused_attention=bool(getattr(attn, "fused_attn", True)), keep_qk=keep_qk,
     )  # fmt: skip
     return check_memory(estimate.transient, available_memory_bytes(device), device, force)

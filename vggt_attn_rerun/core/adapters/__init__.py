@@ -98,11 +98,15 @@ def adapter_named(name: str) -> ModelAdapter:
     return adapters[key]
 
 
-def adapter_for(model: nn.Module, arch: str | None = None) -> ModelAdapter:
+def adapter_for(model: nn.Module, arch: str | ModelAdapter | None = None) -> ModelAdapter:
     """The adapter named ``arch``, else the one ``load_model`` tagged the model with, else by type.
 
-    A named adapter must find its blocks in the model: a mismatch raises UserError.
+    A named adapter must find its blocks in the model: a mismatch raises UserError. An adapter
+    already resolved for this model (``arch`` a ModelAdapter) is returned as it is, so that a run
+    resolves it once and hands it down.
     """
+    if isinstance(arch, ModelAdapter):
+        return arch
     _refuse_token_merging(model)
     arch = arch or getattr(model, ARCH_ATTR, None)
     if arch and arch != "auto":
