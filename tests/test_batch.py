@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from vggt_attn_rerun.batch import store
 from vggt_attn_rerun.batch.inputs import Scene, discover_scenes
@@ -21,19 +20,11 @@ from vggt_attn_rerun.batch.study import run_study
 from vggt_attn_rerun.cli.main import run
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.atomic import PARTIAL_MARK
-from vggt_attn_rerun.testing import synthetic_scene
 
-OPTIONS = StudyOptions(model="tiny", grid=(2, 2), image_size=84, device="cpu")
+from .helpers import STUDY_OPTIONS, make_scenes
+
+OPTIONS = STUDY_OPTIONS
 ROWS_PER_SCENE = 2 * 4 * 4  # kinds x blocks x heads
-
-
-def make_scenes(root: Path, names, frames=2) -> Path:
-    for i, name in enumerate(names):
-        folder = root / name
-        folder.mkdir(parents=True)
-        for k, img in enumerate(synthetic_scene(frames, 56, 84, seed=i)):
-            Image.fromarray(img).save(folder / f"{k:02d}.png")
-    return root
 
 
 def _calls(monkeypatch):

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import rerun as rr
 
-from tests.test_batch import OPTIONS, make_scenes
+from tests.helpers import STUDY_OPTIONS as OPTIONS
+from tests.helpers import make_scenes
 from vggt_attn_rerun.batch.aggregate import HEAD_MEAN, aggregate, mean_interval, t_quantile
 from vggt_attn_rerun.batch.job import METRIC_COLUMNS, SCHEMA
 from vggt_attn_rerun.batch.study import run_study

@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_batch import OPTIONS, make_scenes
+from tests.helpers import STUDY_OPTIONS as OPTIONS
+from tests.helpers import make_scenes
 from vggt_attn_rerun.batch.engines import RaySettings
 from vggt_attn_rerun.batch.job import StudyOptions
 from vggt_attn_rerun.batch.study import run_study

@@ -15,14 +15,8 @@ from vggt_attn_rerun.viz.blueprint import compact_blueprint, default_blueprint, 
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID, Paths
 
-
-def _views(node) -> list:
-    """Every view of a blueprint or container, depth first."""
-    if isinstance(node, rrb.Blueprint):
-        return _views(node.root_container)
-    if isinstance(node, rrb.Container):
-        return [v for child in node.contents for v in _views(child)]
-    return [node]
+from .helpers import blueprint_values
+from .helpers import views as views_of
 
 
 def _rules(view) -> list[str]:
@@ -65,13 +59,12 @@ def test_rbl_app_id_is_the_recordings(tmp_path):
 
 
 def test_default_blueprint_makes_block_the_active_timeline():
-    rows = blueprint_content(BLUEPRINT_DIR / "default_tiny_s3.rbl")
-    panel = [value for entity, value in rows if entity == "/time_panel"]
-    assert any("('TimePanelBlueprint:timeline', ['block'])" in v for v in panel)
+    timelines = blueprint_values(BLUEPRINT_DIR / "default_tiny_s3.rbl", "/time_panel", "TimePanelBlueprint:timeline")
+    assert ["block"] in timelines
 
 
 def test_default_blueprint_has_views_heads_mass_and_tensor():
-    views = _views(default_blueprint(4, ("global",), num_heads=16))
+    views = views_of(default_blueprint(4, ("global",), num_heads=16))
     origins = [str(v.origin) for v in views]
     assert [o for o in origins if o.startswith("world/frames/")] == [Paths.image(s) for s in range(4)]
     assert origins.count(Paths.heads_root(0)) == 16
@@ -81,7 +74,7 @@ def test_default_blueprint_has_views_heads_mass_and_tensor():
 
 
 def test_compact_blueprint_is_3d_its_scale_note_and_views_only():
-    views = _views(compact_blueprint(3))
+    views = views_of(compact_blueprint(3))
     assert [type(v) for v in views] == [rrb.Spatial3DView, rrb.TextDocumentView] + [rrb.Spatial2DView] * 3
 
 
@@ -94,25 +87,25 @@ def _overrides(view) -> dict[str, str]:
 
 
 def test_3d_view_shows_the_attention_and_hides_the_photo_cloud_by_default():
-    scene = _views(default_blueprint(3, ("global",), num_heads=4))[0]
+    scene = views_of(default_blueprint(3, ("global",), num_heads=4))[0]
     assert isinstance(scene, rrb.Spatial3DView)
     assert f"+ {Paths.patch_points(0, 'global')}/**" in _rules(scene)  # heat points and rays
     assert _overrides(scene) == {Paths.cloud: "EntityBehavior"}
 
 
 def test_2d_views_dim_the_photo_under_the_overlay():
-    views = [v for v in _views(default_blueprint(3, ("global",), num_heads=4)) if str(v.origin) == Paths.image(1)]
+    views = [v for v in views_of(default_blueprint(3, ("global",), num_heads=4)) if str(v.origin) == Paths.image(1)]
     assert _overrides(views[0]) == {Paths.image(1): "EncodedImage"}
 
 
 def test_the_colour_scale_note_sits_with_the_3d_view():
-    origins = [str(v.origin) for v in _views(default_blueprint(3, ("global",), num_heads=4))]
+    origins = [str(v.origin) for v in views_of(default_blueprint(3, ("global",), num_heads=4))]
     assert origins[:2] == ["world", Paths.scale_note(0, "global")]
 
 
 def test_content_rules_use_explicit_paths():
     # Globs in the middle of a path do not match in Rerun 0.41: only a trailing /** may appear.
-    for view in _views(default_blueprint(3, ("frame", "global"), num_heads=4, queries=2)):
+    for view in views_of(default_blueprint(3, ("frame", "global"), num_heads=4, queries=2)):
         for rule in _rules(view):
             assert "*" not in rule.removesuffix("/**"), rule
 
@@ -126,23 +119,23 @@ def test_one_dashboard_per_query_and_kind_then_the_query_means():
 
 
 def test_details_have_summaries_matrices_and_consistency_for_global():
-    views = _views(default_blueprint(3, ("frame", "global"), num_heads=4))
+    views = views_of(default_blueprint(3, ("frame", "global"), num_heads=4))
     origins = {str(v.origin) for v in views}
     for kind in ("frame", "global"):
         assert {Paths.summary(0, kind, "entropy"), Paths.matrix(0, kind, "top_k_mass")} <= origins
         assert Paths.matrix_legend(0, kind) in origins
     assert {Paths.consistency(0, "score"), Paths.consistency(0, "control_score")} <= origins
     assert Paths.consistency(0, "peak_dist") in origins
-    frame_only = {str(v.origin) for v in _views(default_blueprint(3, ("frame",), num_heads=4))}
+    frame_only = {str(v.origin) for v in views_of(default_blueprint(3, ("frame",), num_heads=4))}
     assert not any("/consistency/" in o for o in frame_only)
 
 
 def test_many_queries_show_q0_the_means_and_a_query_picker():
     bp = default_blueprint(3, ("global",), num_heads=16, queries=64)
     assert [c.name for c in bp.root_container.contents] == ["q0 global", "all queries global", "queries"]
-    views = _views(bp)
+    views = views_of(bp)
     assert len(views) < 100  # one dashboard (about 60 views), not 64 of them
-    picker = [v for v in _views(bp.root_container.contents[2]) if isinstance(v, rrb.Spatial2DView)]
+    picker = [v for v in views_of(bp.root_container.contents[2]) if isinstance(v, rrb.Spatial2DView)]
     assert [str(v.origin) for v in picker] == [Paths.image(s) for s in range(3)]
     assert f"+ {Paths.marker(1, 63)}" in _rules(picker[1])
     shown = default_blueprint(3, ("global",), num_heads=16, queries=64, shown_queries=[7])
@@ -151,6 +144,6 @@ def test_many_queries_show_q0_the_means_and_a_query_picker():
 
 def test_default_blueprint_for_is_sized_by_the_run(tiny_model, scene_images):
     result = capture(tiny_model, scene_images, lambda lay: [Query(0, 5), Query(1, 0)], blocks=[3], kinds=("global",))
-    views = _views(default_blueprint_for(result, RecordingOptions()))
+    views = views_of(default_blueprint_for(result, RecordingOptions()))
     assert sum(str(v.origin) == Paths.heads_root(1) for v in views) == result.rows.num_heads
     assert sum(str(v.origin).startswith("world/frames/") for v in views) == 2 * result.layout.num_frames

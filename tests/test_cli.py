@@ -21,6 +21,8 @@ from vggt_attn_rerun.core.models import VGGT_COMMIT
 from vggt_attn_rerun.io.runfile import load_run
 from vggt_attn_rerun.viz import sinks
 
+from .helpers import entities, info_text
+
 RERUN = Path(sys.executable).with_name("rerun")
 FAST = ["--model", "tiny", "--image-size", "84"]  # 84x56 input: a 6x4 patch grid
 
@@ -55,17 +57,6 @@ def no_viewer(monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     monkeypatch.setattr(sinks.OpenSinks, "_spawn", lambda *a: pytest.fail("no viewer may be spawned"))
-
-
-def entities(path: Path) -> set[str]:
-    return {str(ch.entity_path) for ch in rr.chunk.RrdReader(path).stream()}
-
-
-def info_text(path: Path, query: int) -> str:
-    for ch in rr.chunk.RrdReader(path).stream().filter(content=f"/queries/q{query}/info"):
-        rb = ch.to_record_batch()
-        return rb.column(rb.schema.get_field_index("TextDocument:text")).to_pylist()[0][0]
-    raise AssertionError(f"no info for query {query}")
 
 
 def test_headless_save_writes_a_valid_recording(scene, tmp_path):

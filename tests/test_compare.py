@@ -5,9 +5,8 @@ import pytest
 import rerun.blueprint as rrb
 import torch
 
-from tests.test_blueprint import _views
-from tests.test_recording import Recording
-from tools.make_blueprints import blueprint_content
+from tests.helpers import Recording, blueprint_strings, blueprint_values
+from tests.helpers import views as views_of
 from vggt_attn_rerun.analysis.maps import masses
 from vggt_attn_rerun.api import comparison, record_attention
 from vggt_attn_rerun.cli import main as cli
@@ -107,11 +106,11 @@ def test_masses_count_the_camera_column_only_for_layouts_with_a_camera():
 
 def test_blueprint_in_the_file_shows_both_models_side_by_side(vggt_vs_pi3):
     _, _, path = vggt_vs_pi3
-    content = " ".join(value for _, value in blueprint_content(path))
+    content = blueprint_strings(path)
     for name in ("vggt", "pi3"):
         with rooted(f"models/{name}"):
             shown = [Paths.world, Paths.image(0), Paths.image(1), Paths.matrix(0, "global", "entropy")]
-        assert all(f"'{p}'" in content for p in shown), name
+        assert all(p in content for p in shown), name
 
 
 def test_layout_columns_are_one_per_model_with_3d_views_and_matrices(vggt_vs_pi3):
@@ -119,7 +118,7 @@ def test_layout_columns_are_one_per_model_with_3d_views_and_matrices(vggt_vs_pi3
     tab = comparison.comparison_blueprint(compared).root_container
     assert [c.name for c in tab.contents] == ["vggt", "pi3"]
     for column, name in zip(tab.contents, ("vggt", "pi3"), strict=True):
-        views = _views(column)
+        views = views_of(column)
         assert {type(v) for v in views} == {rrb.Spatial3DView, rrb.Spatial2DView, rrb.TextDocumentView}
         assert all(str(v.origin).startswith(f"models/{name}/") for v in views)
         assert all(str(v.name).startswith(f"{name}: ") for v in views)
@@ -138,14 +137,12 @@ def test_models_of_different_depth_line_up_on_the_depth_timeline(images, tmp_pat
             entity = Paths.summary(0, "global", "entropy")
         assert _timeline_times(recording, entity, "block") == blocks
         assert _timeline_times(recording, entity, DEPTH_TIMELINE) == steps
-    panel = [v for e, v in blueprint_content(path) if e == "/time_panel"]
-    assert any(f"('TimePanelBlueprint:timeline', ['{DEPTH_TIMELINE}'])" in v for v in panel)
+    assert [DEPTH_TIMELINE] in blueprint_values(path, "/time_panel", "TimePanelBlueprint:timeline")
 
 
 def test_models_of_equal_depth_keep_block_as_the_active_timeline(vggt_vs_pi3):
     _, _, path = vggt_vs_pi3
-    panel = [v for e, v in blueprint_content(path) if e == "/time_panel"]
-    assert any("('TimePanelBlueprint:timeline', ['block'])" in v for v in panel)
+    assert ["block"] in blueprint_values(path, "/time_panel", "TimePanelBlueprint:timeline")
 
 
 def test_rooted_paths_move_under_the_root_and_come_back_after():

@@ -15,7 +15,7 @@ from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import Paths
 
-from .test_recording import Recording
+from .helpers import Recording
 
 
 def _importer(*args):

@@ -10,7 +10,7 @@ from vggt_attn_rerun.core import models
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
 
-from .test_cli import entities, info_text
+from .helpers import entities, info_text
 
 FAST = ["--model", "tiny", "--image-size", "84"]  # 84x56 input: 4 rows x 6 columns of patches
 GRID_2X3 = [(1, 1), (1, 3), (1, 5), (3, 1), (3, 3), (3, 5)]  # band centres: rows (k + .5) * 4 / 2, cols * 6 / 3

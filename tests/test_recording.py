@@ -21,47 +21,12 @@ from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID, MAP_DIMS, Paths, mass_series
 
+from .helpers import Recording
+
 KINDS = ("frame", "global")
 MAX_POINTS = 500
 PATCH_QUERY = (1, 2, 3)  # frame, row, col
 RERUN = shutil.which("rerun") or str(Path(sys.executable).with_name("rerun"))
-
-
-class Recording:
-    """Every chunk of an .rrd, by entity path."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.reader = rr.chunk.RrdReader(path)
-        self.chunks: dict[str, list] = {}
-        for ch in self.reader.stream():
-            self.chunks.setdefault(ch.entity_path.lstrip("/"), []).append((ch.is_static, ch.to_record_batch()))
-
-    def entities(self) -> set[str]:
-        return set(self.chunks)
-
-    def static(self, entity: str, component: str):
-        """The last static value (a batch, as a Python list) of a component."""
-        values = [
-            v
-            for is_static, rb in self.chunks.get(entity, [])
-            if is_static and component in rb.schema.names
-            for v in rb.column(component).to_pylist()
-            if v is not None
-        ]
-        assert values, f"no static {component} at {entity}"
-        return values[-1]
-
-    def temporal(self, entity: str, component: str, timeline: str) -> dict[int, list]:
-        """time -> value of a component on one timeline."""
-        out = {}
-        for is_static, rb in self.chunks.get(entity, []):
-            if is_static or component not in rb.schema.names or timeline not in rb.schema.names:
-                continue
-            for t, v in zip(rb.column(timeline).to_pylist(), rb.column(component).to_pylist(), strict=True):
-                if t is not None and v is not None:
-                    out[t] = v
-        return out
 
 
 def _record(tmp_path, model, images, options, queries=None, blocks=None) -> tuple:

@@ -11,7 +11,7 @@ from vggt_attn_rerun.testing import matching_vggt
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import Paths
 
-from .test_recording import Recording
+from .helpers import Recording
 
 QUERY = (1, 2, 3)  # frame, row, col
 K = 3

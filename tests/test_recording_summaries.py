@@ -20,7 +20,7 @@ from vggt_attn_rerun.viz.log_run import log_queries
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID, MEAN, Paths
 
-from .test_recording import Recording
+from .helpers import Recording
 
 # Frame 0 patch (1, 0): on the synthetic scene its point projects into view 1 and falls outside
 # view 2 (checked below, so that a changed tiny model shows up as such and not as a wrong marker).
