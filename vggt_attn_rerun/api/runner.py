@@ -213,6 +213,7 @@ def run(options: RunOptions, hooks: RunHooks | None = None) -> RunSummary:
 
 def _prepare(options: RunOptions, hooks: RunHooks) -> Prepared:
     """Every check that needs no model: inputs first, then where the output goes."""
+    models.check_model_spec(options.model)
     paths = expand_image_paths(list(options.images))
     check_image_size(options.image_size, VGGT_PATCH_SIZE)
     try:
