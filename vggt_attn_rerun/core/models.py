@@ -299,10 +299,6 @@ def _from_callable(spec: str) -> nn.Module:
         raise UserError(
             f"model {spec!r} exited (SystemExit {e.code!r}) instead of returning a torch.nn.Module"
         ) from None
-    except (KeyboardInterrupt, UserError):
-        raise
-    except Exception as e:
-        raise UserError(f"model {spec!r} failed: {_first_line(e)}") from e
     if not isinstance(model, nn.Module):
         raise UserError(f"model {spec!r} returned a {type(model).__name__}: expected a torch.nn.Module")
     return model
