@@ -125,12 +125,14 @@ class StudyFolder:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
                 who = f" (process {holder})" if holder.isdigit() else ""
                 raise UserError(
                     f"{where}: another batch run is using this folder{who}; wait for it to end, or use another --out"
                 ) from None
+            except OSError:  # a file system without locks (some network mounts): run as before, unlocked
+                pass
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
