@@ -63,8 +63,6 @@ def check_stdout(option: str = "--stdout") -> None:
     poller = select.poll()
     poller.register(STDOUT_FD, select.POLLOUT)
     events = dict(poller.poll(0)).get(STDOUT_FD, 0)
-    if events & select.POLLNVAL:
-        raise UserError(f"{option}: standard output is closed; {_HINT}")
     if events & select.POLLERR:  # the write end of a pipe whose read end is closed
         raise StdoutFailed(f"{option}: nothing reads standard output (the command after | exited or was not found)")
     try:
