@@ -148,10 +148,11 @@ def test_a_reader_leaving_mid_stream_ends_the_run_in_one_line(scene):
     try:
         assert len(proc.stdout.read(100)) == 100  # `| head -c 100`
         proc.stdout.close()
+        code = proc.wait(timeout=SUBPROCESS_TIMEOUT_S)  # a hang fails here (TimeoutExpired)
         err = proc.stderr.read().decode()
-        code = proc.wait(timeout=SUBPROCESS_TIMEOUT_S)
     finally:
         proc.kill()
+        proc.stderr.close()
     assert code == 1, err
     assert err.splitlines() == [
         "error: --stdout: the recording could not be written to standard output: "
