@@ -87,7 +87,8 @@ def point_map(result: CaptureResult, options: PointMapChoice) -> PointMap:
         thr = float(options.conf_threshold)
     else:
         thr = float(np.percentile(conf[finite], options.conf_percentile)) if finite.any() else np.inf
-    return PointMap(pts, conf, finite & (conf >= thr), thr)
+    # Compared in float64: a threshold beyond float32 (1e300) keeps nothing, with no overflow warning.
+    return PointMap(pts, conf, finite & (conf >= np.float64(thr)), thr)
 
 
 def subsample(count: int, max_points: int, seed: int = 0) -> np.ndarray:
@@ -109,7 +110,7 @@ def patch_centroids(pm: PointMap, layout: TokenLayout) -> tuple[np.ndarray, np.n
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN patches are expected: dropped below
         centroids = np.nanmean(pts, axis=(2, 4))
     conf = pm.conf.reshape(s, gh, ps, gw, ps).mean(axis=(2, 4))
-    return centroids.astype(np.float32), np.isfinite(centroids).all(-1) & (conf >= pm.threshold)
+    return centroids.astype(np.float32), np.isfinite(centroids).all(-1) & (conf >= np.float64(pm.threshold))
 
 
 def patch_radii(centroids: np.ndarray, result: CaptureResult) -> np.ndarray:

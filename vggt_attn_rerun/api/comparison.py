@@ -49,6 +49,7 @@ from vggt_attn_rerun.core import resources
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import LoadedImages, check_image_size, expand_image_paths
 from vggt_attn_rerun.core.introspect import model_adapter, model_depth, model_layout
+from vggt_attn_rerun.core.models import check_model_spec
 from vggt_attn_rerun.core.resources import resolve_device, translate_oom
 from vggt_attn_rerun.core.tokens import VGGT_IMAGE_SIZE, VGGT_NUM_REGISTERS, VGGT_PATCH_SIZE
 from vggt_attn_rerun.errors import UserError
@@ -260,6 +261,8 @@ def compare(options: CompareOptions, hooks: RunHooks | None = None) -> list[Comp
     hooks = hooks if hooks is not None else RunHooks()
     with as_bad_input():
         names = _check_options(options)
+        for spec in options.models:  # every model before the first one runs
+            check_model_spec(spec)
         paths = expand_image_paths(list(options.images))
         check_image_size(options.image_size, VGGT_PATCH_SIZE)
         device, autocast = resolve_device(options.device, options.dtype)

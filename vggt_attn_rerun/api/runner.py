@@ -52,6 +52,7 @@ from vggt_attn_rerun.core.tokens import (
 )
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.atomic import PendingFile, commit, discard, produce_pending
+from vggt_attn_rerun.io.pipe import StdoutFailed
 from vggt_attn_rerun.io.runfile import RUN_SUFFIX, save_run
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
@@ -158,10 +159,11 @@ def plural(n: int, word: str, words: str | None = None) -> str:
 
 @contextmanager
 def as_bad_input() -> Iterator[None]:
-    """Turn a UserError raised inside into BadInput (exit code 2): it was caused by what was asked."""
+    """Turn a UserError raised inside into BadInput (exit code 2): it was caused by what was asked
+    (not a standard output that fails: io.pipe.StdoutFailed stays an error while running)."""
     try:
         yield
-    except BadInput:
+    except (BadInput, StdoutFailed):
         raise
     except UserError as e:
         raise BadInput(str(e)) from e
@@ -215,6 +217,7 @@ def run(options: RunOptions, hooks: RunHooks | None = None) -> RunSummary:
 
 def _prepare(options: RunOptions, hooks: RunHooks) -> Prepared:
     """Every check that needs no model: inputs first, then where the output goes."""
+    models.check_model_spec(options.model)
     paths = expand_image_paths(list(options.images))
     check_image_size(options.image_size, VGGT_PATCH_SIZE)
     try:

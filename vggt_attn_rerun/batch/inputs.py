@@ -32,15 +32,19 @@ class Scene:
 
     @property
     def key(self) -> str:
-        """The name if it is a safe file name, else a safe form of it plus a hash (stays unique)."""
+        """The name if it is a safe file name, else a safe form of it plus a hash (stays unique).
+        A key never starts with "-" or ".": other tools would read it as an option or hide it."""
         if _SAFE.fullmatch(self.name) and len(self.name) <= 120:
             return self.name
         digest = hashlib.sha1(self.name.encode()).hexdigest()[:10]
-        return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', self.name).strip('._')[:80]}-{digest}"
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", self.name).strip("._-")[:80]
+        return f"{safe}-{digest}" if safe else f"scene-{digest}"
 
 
 def _from_folder(root: Path) -> list[Scene]:
-    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # A symbolic link that loops or points nowhere is no folder, but it was meant as a scene: kept,
+    # so that the study reports it (study.check_scenes) instead of skipping it without a word.
+    subs = sorted(p for p in root.iterdir() if (p.is_dir() or p.is_symlink()) and not p.name.startswith("."))
     if not subs:
         raise UserError(
             f"SCENES {root}: no scene folders in it; give a folder of scene folders (one folder of photos "
@@ -51,17 +55,28 @@ def _from_folder(root: Path) -> list[Scene]:
 
 def _from_csv(text: str, base: Path, where: str) -> list[Scene]:
     reader = csv.DictReader(io.StringIO(text))
-    fields = [f.strip() for f in reader.fieldnames or []]
+    try:
+        fields = [f.strip() for f in reader.fieldnames or []]
+    except csv.Error as e:
+        raise UserError(f"{where} line {reader.line_num}: not CSV ({e})") from None
     if fields[:2] != ["scene", "path"]:
-        raise UserError(f"{where}: a CSV manifest needs the header scene,path, got {','.join(fields)}")
+        shown = ",".join(fields)
+        shown = shown if len(shown) <= 80 else shown[:80] + "..."
+        raise UserError(f"{where}: a CSV manifest needs the header scene,path, got {shown}")
     out = []
-    for n, row in enumerate(reader, start=2):
+    while True:
+        try:
+            row = next(reader, None)
+        except csv.Error as e:
+            raise UserError(f"{where} line {reader.line_num}: not CSV ({e})") from None
+        if row is None:
+            return out
         values = list(row.values())
         name, path = (str(v or "").strip() for v in values[:2])
         if not name or not path:
-            raise UserError(f"{where} line {n}: needs a scene name and a path")
+            # line_num: the file line the row ends on (blank lines and quoted line breaks count)
+            raise UserError(f"{where} line {reader.line_num}: needs a scene name and a path")
         out.append(Scene(name, base / Path(path).expanduser()))
-    return out
 
 
 def _from_lines(text: str, base: Path, where: str) -> list[Scene]:
@@ -85,7 +100,7 @@ def discover_scenes(source: str | Path) -> list[Scene]:
     elif root.is_file():
         where = f"manifest {root}"
         try:
-            text = root.read_text(encoding="utf-8")
+            text = root.read_text(encoding="utf-8-sig")  # -sig: a BOM (Windows editors) is not text
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{where}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ import torch
 from vggt_attn_rerun.analysis.consistency import geometric_consistency
 from vggt_attn_rerun.analysis.epipolar import epipolar_consistency
 from vggt_attn_rerun.analysis.summaries import METRICS, summarize
-from vggt_attn_rerun.api import capture_run, query_grid
+from vggt_attn_rerun.api import BadInput, capture_run, query_grid
 from vggt_attn_rerun.batch.inputs import Scene
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import LoadedImages, expand_image_paths, load_images
@@ -111,14 +112,49 @@ class StudyOptions:
         return RecordingOptions(kinds=self.kinds, top_k=self.top_k, consistency_radius=self.radius)
 
 
-def scene_images(scene: Scene, options: StudyOptions, patch_size: int) -> LoadedImages:
-    """The scene's photos as model input (the first ``options.frames`` by name when set)."""
-    paths = expand_image_paths([scene.path])
+def scene_photos(scene: Scene, options: StudyOptions) -> list[Path]:
+    """The photos of the scene that a study uses (the first ``options.frames`` by name when set);
+    UserError when the folder cannot give them (missing, empty, fewer than --frames or --frame
+    needs). Reads the folder, not the photos: cheap enough to check every scene before the model."""
+    if not scene.path.is_dir():
+        if scene.path.is_symlink():
+            raise UserError(f"scene {scene.name}: {scene.path} is a symbolic link that loops or points nowhere")
+        what = "is not a folder" if scene.path.exists() else "does not exist"
+        raise UserError(f"scene {scene.name}: {scene.path} {what}")
+    try:
+        paths = expand_image_paths([scene.path])
+    except OSError as e:
+        raise UserError(f"scene {scene.name}: cannot read {scene.path} ({e.strerror or e})") from None
     if options.frames is not None:
         if len(paths) < options.frames:
             raise UserError(f"scene {scene.name} has {len(paths)} photos, --frames {options.frames} needs that many")
         paths = paths[: options.frames]
+    if options.frame >= len(paths):
+        raise UserError(f"scene {scene.name} has {len(paths)} photos: --frame {options.frame} is not one of them")
+    return paths
+
+
+def scene_images(scene: Scene, options: StudyOptions, patch_size: int) -> LoadedImages:
+    """The scene's photos as model input (``scene_photos``)."""
+    paths = scene_photos(scene, options)
     return load_images(paths, mode=options.mode, target_size=options.image_size, patch_size=patch_size)
+
+
+def check_against_model(model: torch.nn.Module, options: StudyOptions) -> None:
+    """What the options ask of the model, checked once before any scene (BadInput): the blocks
+    exist, and the query grid fits the largest patch grid a photo can have at --image-size."""
+    depth = model_depth(model)
+    try:
+        parse_index_list(options.blocks, depth)
+    except UserError as e:
+        raise BadInput(f"--blocks {options.blocks}: {e}") from None
+    most = options.image_size // model_patch_size(model)
+    rows, cols = options.grid
+    if rows > most or cols > most:
+        raise BadInput(
+            f"--query-grid {rows}x{cols}: at --image-size {options.image_size} a frame has at most {most}x{most} "
+            f"patches (rows x columns); use at most {most}x{most}"
+        )
 
 
 def capture_scene(model: torch.nn.Module, images: LoadedImages, options: StudyOptions,
@@ -196,6 +232,7 @@ class SceneRunner:
         self.options = options
         self.device, self.autocast = resolve_device(options.device, options.dtype)
         self.model = model if model is not None else load_model(options.model, device=self.device)
+        check_against_model(self.model, options)
 
     def __call__(self, scene: Scene) -> SceneOutcome:
         start = time.perf_counter()

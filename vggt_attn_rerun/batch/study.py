@@ -1,6 +1,8 @@
 """A dataset study from start to end: scenes -> per-scene tables -> the dataset table and recording.
 
-``run_study`` finds the scenes, skips the done ones (resume), runs the others on an engine and
+``run_study`` finds the scenes, skips the done ones (resume; a damaged table is run again),
+checks the folders of the others before the model loads (``check_scenes``: the ones that cannot
+run are failures at once, in one warning line), runs the rest on an engine and
 saves each as it arrives (a failure goes to failures.jsonl and the others go on), shows progress
 (scenes/s and an ETA), then aggregates every done scene: ``scenes.parquet``, ``summary.parquet``,
 ``summary.md`` and ``summary.rrd`` (store.py lists the files). Ctrl-C stops at once: the scenes
@@ -12,16 +14,19 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vggt_attn_rerun.api import BadInput
 from vggt_attn_rerun.batch.aggregate import aggregate, dataset_views, summary_markdown
 from vggt_attn_rerun.batch.engines import ENGINES, RaySettings, run_local, run_ray
 from vggt_attn_rerun.batch.inputs import Scene, discover_scenes
-from vggt_attn_rerun.batch.job import StudyOptions
+from vggt_attn_rerun.batch.job import SceneOutcome, StudyOptions, scene_photos
 from vggt_attn_rerun.batch.progress import progress as progress_bar
-from vggt_attn_rerun.batch.store import StudyFolder, write_bytes_atomic, write_table_atomic
+from vggt_attn_rerun.batch.store import FAILURES_FILE, StudyFolder, write_bytes_atomic, write_table_atomic
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.log_dataset import dataset_recording_bytes
 
@@ -60,6 +65,29 @@ def write_aggregate(folder: StudyFolder, scenes: list[Scene]) -> int:
     return len(tables)
 
 
+def check_scenes(scenes: Sequence[Scene], options: StudyOptions) -> tuple[list[Scene], list[SceneOutcome]]:
+    """The scenes whose folders can give the study its photos, and a failed outcome for each of the
+    others (missing, not a folder, a looping link, no photos, fewer than --frames or --frame
+    needs). Reads folders only: a manifest of 100,000 wrong paths fails in seconds, not after the model."""
+    usable, unusable = [], []
+    for scene in scenes:
+        try:
+            scene_photos(scene, options)
+        except UserError as e:
+            unusable.append(SceneOutcome(scene, error=str(e)))
+        else:
+            usable.append(scene)
+    return usable, unusable
+
+
+def _examples(outcomes: Sequence[SceneOutcome]) -> str:
+    o = outcomes[0]
+    first = o.error or ""
+    if not first.startswith(f"scene {o.scene.name}"):
+        first = f"scene {o.scene.name}: {first}"
+    return first if len(outcomes) == 1 else f"{first}; ..."
+
+
 def prepare(source: str | Path, out: str | Path, options: StudyOptions) -> tuple[list[Scene], StudyFolder]:
     """The scenes and the output folder, checked and nothing written (UserError on bad input)."""
     scenes = discover_scenes(source)
@@ -94,30 +122,55 @@ def run_study(
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r}: valid are {', '.join(ENGINES)}")
     scenes, folder = prepare(source, out, options)
-    folder.open()
-    pending = folder.pending(scenes)
-    report = StudyReport(folder.root, len(scenes), len(scenes) - len(pending), 0)
-    if pending:
-        folder.start_run()
-        if engine == "local":
-            outcomes = run_local(pending, options, model)
-        else:
-            outcomes = run_ray(pending, options, ray or RaySettings())
-        start = time.perf_counter()
-        with contextlib.closing(outcomes), progress_bar(len(pending), progress) as bar:
-            for outcome in outcomes:
-                t0 = time.perf_counter()
-                if not report.first_seconds:
-                    report.first_seconds = t0 - start
+    with folder.locked():
+        folder.open()
+        damaged = folder.damaged(scenes)
+        if damaged:
+            scene, why = damaged[0]
+            more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
+            warnings.warn(f"the table of finished scene {scene.name}{more} could not be read back ({why}): "
+                          "removed, the scene runs again", stacklevel=2)  # fmt: skip
+        pending = folder.pending(scenes)
+        report = StudyReport(folder.root, len(scenes), len(scenes) - len(pending), 0)
+        if pending:
+            folder.start_run()
+            pending, unusable = check_scenes(pending, options)
+            for outcome in unusable:
                 folder.save(outcome)
-                report.table_seconds += time.perf_counter() - t0
-                if outcome.error is None:
-                    report.done += 1
-                else:
-                    report.failed.append(outcome.scene.name)
-                    bar.write(f"warning: scene {outcome.scene.name} failed: {outcome.error}", file=sys.stderr)
-                bar.update(1)
-                bar.set_postfix(failed=len(report.failed), refresh=False)
-        report.seconds = time.perf_counter() - start
-    write_aggregate(folder, scenes)
+            report.failed += [o.scene.name for o in unusable]
+            if unusable and not pending and not report.skipped:
+                raise BadInput(f"no scene can run: {_examples(unusable)} (every scene is a line of "
+                               f"{folder.root / FAILURES_FILE})")  # fmt: skip
+            if unusable:
+                warnings.warn(f"{len(unusable)} of {len(scenes)} scenes cannot run ({_examples(unusable)}): each is a "
+                              f"line of {folder.root / FAILURES_FILE}", stacklevel=2)  # fmt: skip
+        if pending:
+            _run_pending(folder, pending, options, engine, ray, model, progress, report)
+        write_aggregate(folder, scenes)
     return report
+
+
+def _run_pending(folder: StudyFolder, pending: list[Scene], options: StudyOptions, engine: str,
+                 ray: RaySettings | None, model: Any, progress: bool, report: StudyReport) -> None:  # fmt: skip
+    """Run the pending scenes on the engine, saving each as it comes back; updates ``report``."""
+    if engine == "local":
+        outcomes = run_local(pending, options, model)
+    else:
+        outcomes = run_ray(pending, options, ray or RaySettings())
+    start = time.perf_counter()
+    with contextlib.closing(outcomes), progress_bar(len(pending), progress) as bar:
+        for outcome in outcomes:
+            t0 = time.perf_counter()
+            if not report.first_seconds:
+                report.first_seconds = t0 - start
+            folder.save(outcome)
+            report.table_seconds += time.perf_counter() - t0
+            if outcome.error is None:
+                report.done += 1
+            else:
+                report.failed.append(outcome.scene.name)
+                bar.write(f"warning: scene {outcome.scene.name} failed: {outcome.error}", file=sys.stderr)
+            # Before update: the line update prints (the last one above all) counts this scene.
+            bar.set_postfix(failed=len(report.failed), refresh=False)
+            bar.update(1)
+    report.seconds = time.perf_counter() - start

@@ -1,8 +1,10 @@
 """``vggt-attn-rerun batch SCENES --out DIR``: dataset mode on the command line (batch.study).
 
 Everything that needs no model (options, the scenes, the output folder, the engine) is checked
-first; a problem there is a usage error (exit 2). Then the study runs: failed scenes are warnings
-and lines of DIR/failures.jsonl; the exit code is 1 only when no scene at all is in the table.
+first; a problem there is a usage error (exit 2), and so are options the loaded model cannot
+take (--blocks, --query-grid: checked once, before the scenes). Then the study runs: failed
+scenes are warnings and lines of DIR/failures.jsonl; the exit code is 1 only when no scene at all
+is in the table.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from typing import Any
 
 import click
 
+from vggt_attn_rerun.cli.checks import check_model_file
 from vggt_attn_rerun.core.images import MODES
 from vggt_attn_rerun.core.models import DEFAULT_MODEL, SPEC_SYNTAX
 from vggt_attn_rerun.core.resources import DTYPES
-from vggt_attn_rerun.core.tokens import VGGT_PATCH_SIZE
+from vggt_attn_rerun.core.tokens import VGGT_PATCH_SIZE, parse_index_list
 from vggt_attn_rerun.errors import UserError
 
 PROG = "vggt-attn-rerun batch"
+# Any depth a real model could have: the syntax of --blocks is checked before the model loads.
+_ANY_DEPTH = 1 << 20
 _EPILOG = """\b
 Examples:
   vggt-attn-rerun batch scenes/ --out study/
@@ -71,6 +76,14 @@ def _plan(o: dict[str, Any]) -> Any:
         raise UserError(f"--image-size {size}: must be a positive multiple of {VGGT_PATCH_SIZE} (VGGT uses 518)")
     if o["frame"] < 0:
         raise UserError(f"--frame {o['frame']}: must be >= 0")
+    if o["frames"] is not None and o["frame"] >= o["frames"] >= 1:
+        raise UserError(f"--frame {o['frame']}: --frames {o['frames']} keeps frames 0..{o['frames'] - 1}")
+    try:
+        parse_index_list(o["blocks"], _ANY_DEPTH)  # the syntax; the range once the model is known
+    except UserError:
+        syntax = "use e.g. 0-23, 0,12,23, -1 (the last) or all"
+        raise UserError(f"cannot parse --blocks {o['blocks']!r}: {syntax}") from None
+    check_model_file(o["model"])
     _check_engine(o)
     options = StudyOptions(
         model=o["model"], grid=_grid(o["query_grid"]), frame=o["frame"], kinds=tuple(o["kinds"].split(",")),

@@ -14,12 +14,18 @@ from typing import Any
 
 import click
 
-from vggt_attn_rerun.core.models import SPEC_SYNTAX
+from vggt_attn_rerun.core.models import SPEC_SYNTAX, check_model_spec
+from vggt_attn_rerun.core.tokens import QUERY_SYNTAX
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.sinks import DEFAULT_URL
 
 # More queries than anyone types; a grid's cells are also bounded by the patch grid later.
 _MAX_DIGITS = 6
+# A queries file is read whole: bounded, so that /dev/zero or a wrong file fails at once. 16 MiB
+# holds about a million queries; a query is a few characters, a line with its comment a few dozen.
+MAX_QUERIES_FILE_BYTES = 16 << 20
+MAX_QUERY_LINE_CHARS = 1000
+_MAX_QUERY_CHARS = 100
 
 
 def read_queries_file(path: str | Path) -> list[tuple[str, str]]:
@@ -31,7 +37,12 @@ def read_queries_file(path: str | Path) -> list[tuple[str, str]]:
     """
     p = Path(path).expanduser()
     try:
-        text = p.read_text(encoding="utf-8-sig")  # -sig: a BOM (Windows editors) is not text
+        with open(p, "rb") as f:  # not read_text: /dev/zero or a FIFO never ends
+            data = f.read(MAX_QUERIES_FILE_BYTES + 1)
+        if len(data) > MAX_QUERIES_FILE_BYTES:
+            raise UserError(f"--queries-file {path}: larger than {MAX_QUERIES_FILE_BYTES >> 20} MiB; "
+                            "give a text file of queries, one per line")  # fmt: skip
+        text = data.decode("utf-8-sig")  # -sig: a BOM (Windows editors) is not text
     except FileNotFoundError:
         raise UserError(f"--queries-file {path}: file does not exist") from None
     except IsADirectoryError:
@@ -40,9 +51,14 @@ def read_queries_file(path: str | Path) -> list[tuple[str, str]]:
         raise UserError(f"--queries-file {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     out = []
     for n, line in enumerate(text.splitlines(), start=1):
+        where = f"--queries-file {path} line {n}"
+        if len(line) > MAX_QUERY_LINE_CHARS:  # never echoed: it may be megabytes
+            raise UserError(f"{where}: {len(line)} characters, more than {MAX_QUERY_LINE_CHARS}; one query per line")
         query = line.split("#", 1)[0].strip()
+        if len(query) > _MAX_QUERY_CHARS:
+            raise UserError(f"{where}: {len(query)} characters is no query; expected {QUERY_SYNTAX}")
         if query:
-            out.append((query, f"--queries-file {path} line {n}"))
+            out.append((query, where))
     if not out:
         raise UserError(f"--queries-file {path}: no queries in it (one per line, # starts a comment)")
     return out
@@ -63,7 +79,9 @@ def parse_query_grid(text: str | None, frame: int | None) -> tuple[int, int, int
 
 
 def check_model_file(spec: str) -> None:
-    """A file given as --model must look like a checkpoint; reading 4 GB to find out it is not is slow."""
+    """A --model path must exist, and a file must look like a checkpoint; reading 4 GB to find
+    out it is not is slow."""
+    check_model_spec(spec)
     path = Path(spec).expanduser()
     if not path.is_file():
         return

@@ -84,10 +84,24 @@ def _arch_builder(arch: str) -> Callable[..., nn.Module]:
     return arch_builder(get_arch(arch))
 
 
-def _build(builder: Callable[..., nn.Module], config: Mapping[str, Any]) -> nn.Module:
-    """Call ``builder`` with the entries of ``config`` that it accepts (hub configs carry extras)."""
+def _build(builder: Callable[..., nn.Module], config: Mapping[str, Any], source: str = "") -> nn.Module:
+    """Call ``builder`` with the entries of ``config`` that it accepts (hub configs carry extras).
+    A config the constructor cannot take (a string for a size, a negative depth) is a UserError
+    naming ``source``, the config's file."""
     params = inspect.signature(builder).parameters
-    return builder(**{k: v for k, v in config.items() if k in params})
+    accepted = {k: v for k, v in config.items() if k in params}
+    try:
+        return builder(**accepted)
+    except (KeyboardInterrupt, UserError):
+        raise
+    except Exception as e:  # TypeError, ValueError, RuntimeError, ... from the constructor
+        name = getattr(builder, "__name__", "the model")
+        if not source:
+            raise UserError(f"cannot build {name} ({_first_line(e)})") from e
+        keys = ", ".join(sorted(accepted)) or "none"
+        raise UserError(
+            f"cannot build {name} from model config {source} ({_first_line(e)}); entries used: {keys}"
+        ) from e
 
 
 # -- reading checkpoints ----------------------------------------------------------------------------
@@ -131,7 +145,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     obj = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
     while isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) for k in ("model", "state_dict")):
         obj = obj["model"] if isinstance(obj.get("model"), Mapping) else obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj:
+    if isinstance(obj, Mapping) and not obj:
+        raise UserError(f"{path} is not a checkpoint: it holds no tensors (an empty state dict)")
+    if not isinstance(obj, Mapping):
         raise UserError(f"{path} is not a checkpoint: expected a dict of tensors, got {type(obj).__name__}")
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
@@ -199,7 +215,8 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _from_file(path: Path, arch: str, strict: bool, config: Mapping[str, Any] | None = None) -> nn.Module:
+def _from_file(path: Path, arch: str, strict: bool, config: Mapping[str, Any] | None = None,
+               config_source: str = "") -> nn.Module:  # fmt: skip
     if get_arch(arch).safetensors_only and path.suffix != ".safetensors":
         raise UserError(
             f"{path}: checkpoints of --arch {arch} are read from .safetensors files only (a {path.suffix or 'pickle'} "
@@ -207,7 +224,7 @@ def _from_file(path: Path, arch: str, strict: bool, config: Mapping[str, Any] | 
         )
     builder = _arch_builder(arch)
     sd = read_state_dict(path)
-    model = _build(builder, config or {})
+    model = _build(builder, config or {}, config_source)
     _load_state_dict_into(model, sd, strict, str(path))
     return model
 
@@ -218,7 +235,7 @@ def _from_dir(folder: Path, arch: str, strict: bool) -> nn.Module:
         raise UserError(f"model folder {folder} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
     config_path = folder / "config.json"
     config = _read_config(config_path) if config_path.is_file() else {}
-    return _from_file(weights, arch, strict, config)
+    return _from_file(weights, arch, strict, config, str(config_path))
 
 
 def _download(repo_id: str, filename: str) -> str:
@@ -259,7 +276,7 @@ def _from_hub(repo_id: str, arch: str, strict: bool) -> nn.Module:
     except Exception:  # the config is optional: VGGT's defaults are VGGT-1B's
         config = {}
     sd = read_state_dict(weights)
-    model = _build(builder, config)
+    model = _build(builder, config, f"config.json of {repo_id}")
     _load_state_dict_into(model, sd, strict, repo_id)
     return model
 
@@ -276,10 +293,27 @@ def _from_callable(spec: str) -> nn.Module:
         obj = getattr(obj, part)
     if not callable(obj):
         raise UserError(f"model {spec!r} is not callable: expected a function that returns an nn.Module")
-    model = obj()
+    try:
+        model = obj()
+    except SystemExit as e:  # exit() or sys.exit() in the callable: not a model, and not our exit code
+        raise UserError(
+            f"model {spec!r} exited (SystemExit {e.code!r}) instead of returning a torch.nn.Module"
+        ) from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model {spec!r} returned a {type(model).__name__}: expected a torch.nn.Module")
     return model
+
+
+def check_model_spec(spec: str) -> None:
+    """The checks of ``spec`` that load nothing: a path that names no file or folder (UserError).
+
+    Run before the images and the other models load, so that a typo costs a second.
+    """
+    path = Path(spec).expanduser()
+    if spec in ("tiny", "random") or path.exists() or _CALLABLE.fullmatch(spec):
+        return
+    if path.suffix.lower() in _CHECKPOINT_SUFFIXES or spec.startswith((".", "/", "~")):
+        raise UserError(f"model file {spec} does not exist: give an existing path, or one of: {SPEC_SYNTAX}")
 
 
 def _resolve(spec: str, arch: str, strict: bool) -> nn.Module:
@@ -294,8 +328,7 @@ def _resolve(spec: str, arch: str, strict: bool) -> nn.Module:
         return _from_file(path, arch, strict)
     if _CALLABLE.fullmatch(spec):
         return _from_callable(spec)
-    if path.suffix.lower() in _CHECKPOINT_SUFFIXES or spec.startswith((".", "/", "~")):
-        raise UserError(f"model file {spec} does not exist: give an existing path, or one of: {SPEC_SYNTAX}")
+    check_model_spec(spec)
     if _HUB_ID.fullmatch(spec):
         return _from_hub(spec, arch, strict)
     raise UserError(f"unknown model {spec!r}: valid are {SPEC_SYNTAX}")

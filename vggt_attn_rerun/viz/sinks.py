@@ -29,6 +29,7 @@ from urllib.parse import quote, urlsplit
 
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.atomic import PARTIAL_MARK, PendingFile, write_pending
+from vggt_attn_rerun.io.pipe import StdoutFailed, StdoutRelay, check_stdout
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
 
 if TYPE_CHECKING:  # rerun is imported where it is used: the checks above need none of it
@@ -188,9 +189,9 @@ def find_viewer() -> str:
 
 
 def check_stdout_is_a_pipe() -> None:
-    """Refuse --stdout on a terminal: Rerun would buffer the recording and show nothing."""
-    if sys.stdout.isatty():
-        raise UserError("--stdout: standard output is a terminal; pipe it into the viewer: ... --stdout | rerun -")
+    """Refuse --stdout on a terminal (Rerun would buffer the recording and show nothing), and on a
+    standard output that cannot take it: closed, a pipe nobody reads, a full device (io.pipe)."""
+    check_stdout("--stdout")
 
 
 def plan_sinks(
@@ -267,6 +268,7 @@ class OpenSinks:
         self.plan = plan
         self.blueprint = blueprint
         self.buffer: Any = None  # rr.BinaryStream holding the recording for --save
+        self.relay: StdoutRelay | None = None  # --stdout: Rerun writes into it (io.pipe)
         self.server_uri: str | None = None
 
     def start(self) -> None:
@@ -274,6 +276,7 @@ class OpenSinks:
 
         plan = self.plan
         if plan.stdout:
+            self.relay = StdoutRelay("--stdout")
             self.recording.stdout(default_blueprint=self.blueprint)
             return
         sinks: list[Any] = []
@@ -331,6 +334,9 @@ class OpenSinks:
         except RuntimeError as e:  # Rerun reports a timeout as a plain RuntimeError
             where = "to the viewer (did it close?)" if not self.plan.stdout else "down the pipe"
             raise UserError(f"the recording could not be delivered {where} within {FLUSH_TIMEOUT_S:g} s ({e})") from e
+        if self.relay is not None:
+            self.recording.disconnect()  # Rerun writes the stream's footer into the relay now
+            self.relay.close(timeout=FLUSH_TIMEOUT_S)
         if self.buffer is None:
             return []
         data = self.buffer.read(flush=True, flush_timeout_sec=FLUSH_TIMEOUT_S) or b""
@@ -342,6 +348,8 @@ class OpenSinks:
     def abort(self) -> None:
         """Close every sink (on any error or Ctrl-C); nothing was written under --save."""
         self.recording.disconnect()
+        if self.relay is not None:
+            self.relay.close(drop=True)
         if self.buffer is not None:
             # Drained after the disconnect: Rerun logs a warning (a coloured Rust log line) for
             # every buffer it drops unread.
@@ -370,8 +378,10 @@ def open_sinks(
     try:
         sinks.start()
         yield sinks
-    except BaseException:
+    except BaseException as e:
         sinks.abort()
+        if isinstance(e, KeyboardInterrupt) and sinks.relay is not None and sinks.relay.failed:
+            raise StdoutFailed(sinks.relay.message()) from None  # the relay stopped the run, not Ctrl-C
         raise
 
 
