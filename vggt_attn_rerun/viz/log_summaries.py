@@ -136,7 +136,9 @@ def _log_projected(rec: rr.RecordingStream, i: int, s: int, xy: np.ndarray, patc
     ps, gh, gw = lay.patch_size, lay.grid_h, lay.grid_w
     (x, y), (pr, pc) = (float(v) for v in xy), (int(v) for v in patch)
     size = max(2.0, 0.3 * ps)
-    dot = rr.Points2D([[x, y]], radii=max(1.5, 0.1 * ps), colors=[PROJECTED_COLOR], labels=[f"q{i}"],
+    # No box of the query's size and no bare "q{i}" label: this marks where the query's 3D point
+    # lands in another view, and must not look like the query itself (cyan dot + patch box).
+    dot = rr.Points2D([[x, y]], radii=max(1.0, 0.05 * ps), colors=[PROJECTED_COLOR], labels=[f"q{i} projected"],
                       draw_order=31.0)  # fmt: skip
     cross = [[[x - size, y - size], [x + size, y + size]], [[x - size, y + size], [x + size, y - size]]]
     r0, r1, c0, c1 = max(0, pr - radius), min(gh - 1, pr + radius), max(0, pc - radius), min(gw - 1, pc + radius)
