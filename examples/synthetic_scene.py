@@ -5,8 +5,10 @@ Runs without network, GPU or vggt. By default the model is CONSTRUCTED (``testin
 the random tiny VGGT whose global block 2 was hand-made to match appearance across views (k = q
 weights, large q/k norm gains), so that scrubbing to block 2 shows what a correspondence head looks
 like: a peaked map in every view, hot patches and rays on the same surface in 3D. Nothing in it is
-learned; the model carries its CONSTRUCTED label and every view of the recording shows it. ``--model tiny`` is the plain random tiny model (diffuse
-maps: the machinery, RoPE, special tokens). Run `my_photos.py` with VGGT-1B for learned attention.
+learned; the model carries its CONSTRUCTED label and the recording shows it. ``--model tiny`` is
+the plain random tiny model (diffuse maps: the machinery, RoPE, special tokens). Run
+`my_photos.py` with VGGT-1B for learned attention. ``vggt-attn-rerun demo`` is this demo as a
+command.
 
     python examples/synthetic_scene.py                  # spawn the viewer
     python examples/synthetic_scene.py --save demo.rrd  # write a recording instead

@@ -152,15 +152,23 @@ def _summary_series(q: int | str, kind: str) -> rrb.Grid:
 
 
 def _matrix_view(path: str, name: str) -> rrb.Spatial2DView:
-    return rrb.Spatial2DView(origin=path, name=f"{name} [block x head]")
+    return rrb.Spatial2DView(origin=path, name=name)
 
 
-def _matrices(q: int | str, kind: str, consistency: bool = False) -> rrb.Grid:
+def _matrix_views(q: int | str, kind: str, consistency: bool = False) -> tuple[list, rrb.TextDocumentView]:
+    """The block x head matrices (titled by metric: rows = blocks, columns = heads, the axes are
+    labelled in the views) and their legend."""
     views = [_matrix_view(Paths.matrix(q, kind, m), m) for m in METRICS]
     if consistency:
         views += [_matrix_view(Paths.consistency(q, m), m) for m in CONSISTENCY_MATRICES]
-    legend = rrb.TextDocumentView(origin=Paths.matrix_legend(q, kind), name="legend")
-    return rrb.Grid(*views, legend, grid_columns=4 if consistency else 3, name="block x head")
+    return views, rrb.TextDocumentView(origin=Paths.matrix_legend(q, kind), name="legend")
+
+
+def _matrices(q: int | str, kind: str, consistency: bool = False) -> rrb.Horizontal:
+    """The matrices' grid beside their legend (a column of its own, so that it is read whole)."""
+    views, legend = _matrix_views(q, kind, consistency)
+    grid = rrb.Grid(*views, grid_columns=4 if consistency else 3, name="matrices")
+    return rrb.Horizontal(grid, legend, column_shares=[3, 1], name="block x head")
 
 
 def _consistency(q: int) -> rrb.Grid:
