@@ -104,3 +104,10 @@ def test_peaks_keep_at_most_k_per_view(rng):
     got = peak_patches(p, u8, 2)
     assert got.sum() <= 2
     assert set(np.flatnonzero(got)) <= set(np.argsort(-p.ravel())[:2])
+
+
+def test_block_x_head_matrices_have_labelled_axes(run):
+    result, recording, _ = run
+    labels = recording.static(f"{Paths.matrix(0, 'global', 'entropy')}/axes", "Points2D:labels")
+    last_head = result.rows.num_heads - 1
+    assert {"block 1", "block 2", "head 0", f"head {last_head}"} <= set(labels)

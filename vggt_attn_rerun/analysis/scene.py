@@ -144,7 +144,7 @@ def logged_cloud(pm: PointMap, options: PointMapChoice) -> tuple[np.ndarray, np.
 EXTENT_PERCENTILES = (2.0, 98.0)
 #: 3D sizes as fractions of the extent: the camera frusta's image plane distance, and the bounds
 #: of a patch point's radius around the nominal ``0.5 * extent / max(grid_h, grid_w)``
-CAMERA_PLANE, POINT_BOUNDS = 0.08, (0.5, 2.0)
+CAMERA_PLANE, POINT_BOUNDS = 0.08, (0.25, 1.0)
 #: the query's 3D point as a fraction of the extent; the peak boxes' half-size in units of the
 #: patch point radius (a hot point's radius is 3.35 of them: viz/log_maps.py)
 QUERY_FRACTION, PEAK_GAIN = 0.04, 3.4

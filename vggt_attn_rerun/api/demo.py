@@ -24,10 +24,10 @@ from vggt_attn_rerun.viz.options import RecordingOptions
 DEMO_MODEL = "vggt_attn_rerun.testing:matching_vggt"
 #: the constructed global block of matching_vggt: the `head` timeline walks its heads
 DEMO_BLOCK = 2
-#: the generated photos (pixels) and the model input width: 18 x 12 patches of 14 pixels
-DEMO_SIZE = (168, 252)
-#: a patch on a textured part of frame 0 (row, col of the 12 x 18 grid)
-DEMO_QUERY = "0:p6,8"
+#: the generated photos (height, width in pixels), also the model input: 8 x 12 patches of 14 pixels
+DEMO_SIZE = (112, 168)
+#: a patch of frame 0 whose match in the other views is clear at the constructed block (row, col)
+DEMO_QUERY = "0:p2,4"
 DEMO_FRAMES = 4
 
 

@@ -201,6 +201,8 @@ def _log_rays(rec: rr.RecordingStream, path: str, origin: np.ndarray, frame: int
 
 #: the colour of the peak outlines: white stands out on every colormap here and on the photos
 PEAK_COLOR = (255, 255, 255)
+#: the 3D boxes are half transparent: around the large hot points they must not hide the scene
+PEAK_ALPHA_3D = 120
 
 
 def _log_peaks(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout, scene: Scene, rows: Sequence[_Rows],
@@ -223,8 +225,8 @@ def _log_peaks(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout, sce
             half = np.full((len(idx), 3), scene.sizes.peak, np.float32)
             columns = rr.Boxes3D.columns(
                 centers=scene.centroids[idx].astype(np.float32).reshape(-1, 3), half_sizes=half,
-                colors=np.tile(np.array(PEAK_COLOR, np.uint8), (len(idx), 1)),
-                radii=np.full(len(idx), -0.75, np.float32),
+                colors=np.tile(np.array([*PEAK_COLOR, PEAK_ALPHA_3D], np.uint8), (len(idx), 1)),
+                radii=np.full(len(idx), -0.5, np.float32),
             ).partition(lengths=np.bincount(t_idx, minlength=len(r.times)).tolist())  # fmt: skip
             rec.send_columns(Paths.peaks_3d(i, kind), indexes=_index(r.timeline, r.times), columns=columns)
 
