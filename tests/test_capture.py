@@ -1,5 +1,7 @@
 """Capture (core.capture) is exact, light and faithful."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -233,3 +235,25 @@ def test_qk_cache_memory_formula_matches_the_cache_kept(tiny_model, scene_images
     assert model_qk_cache_bytes(tiny_model, run.layout, 4, 2) == run.qk_cache.nbytes()
     vggt = qk_cache_bytes_per_frame(TokenLayout(1, 37, 37), embed_dim=1024, num_blocks=24)
     assert vggt == 2 * 1374 * 1024 * 4 * 48 and round(vggt / 1e6) == 540
+
+
+def test_vggts_deprecated_cuda_amp_warning_is_not_shown(scene_images):
+    # vggt's heads call torch.cuda.amp.autocast(enabled=False) on every device: noise on a CPU.
+    model = tiny_vggt()
+    forward = model.forward
+
+    def warning_forward(*args, **kwargs):
+        warnings.warn(
+            "`torch.cuda.amp.autocast(args...)` is deprecated. Please use `torch.amp.autocast('cuda', args...)` "
+            "instead.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        warnings.warn("any other warning", FutureWarning, stacklevel=2)
+        return forward(*args, **kwargs)
+
+    model.forward = warning_forward
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        capture(model, scene_images, ["0:p1,1"], blocks=[0])
+    assert [str(w.message) for w in caught] == ["any other warning"]
