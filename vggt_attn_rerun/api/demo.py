@@ -3,7 +3,7 @@
 Needs no network, no GPU, no vggt and no photos: ``testing.synthetic_scene`` draws the views (a
 camera sliding over one textured surface), ``testing.matching_vggt`` is the model (the random
 tiny VGGT whose global block DEMO_BLOCK is made of hand-made appearance matchers; it carries its
-CONSTRUCTED label, so every view of the recording says what it is), and ``runner.run`` does the
+CONSTRUCTED label, so the recording says what it is: 3D view title, legend, notes), and ``runner.run`` does the
 rest as for photos: the same checks, sinks and atomic ``--save``.
 """
 

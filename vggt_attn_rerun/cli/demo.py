@@ -17,8 +17,8 @@ No network, GPU, vggt or photos needed. The views are generated (a camera slidin
 textured surface); the model is the tiny random VGGT whose global block {DEMO_BLOCK} was made
 by hand to match appearance across views: scrub the block timeline to {DEMO_BLOCK} to see a
 correspondence head (peaked maps, rays onto the same surface in 3D). Nothing in it is learned:
-every view of the recording says so. For learned attention, run the main command on your
-photos with VGGT-1B.
+the 3D view's title, the legend and the notes say so. For learned attention, run the main
+command on your photos with VGGT-1B.
 """
 
 _EPILOG = """\b
