@@ -2,10 +2,12 @@
 """Click a pixel in the notebook viewer: it becomes a new query, with no second forward pass.
 
 Needs the notebook viewer: ``pip install "rerun-sdk[notebook]==0.41.*"`` (package rerun-notebook).
-In a Jupyter cell (paste this file, or ``%run examples/interactive_notebook.py``)::
+In a Jupyter cell, ``%run examples/interactive_notebook.py`` (or pasting this file) already
+runs ``main()`` on the tiny random-weight model, offline, and leaves ``viewer`` and ``session``
+defined: do not call ``main()`` again for that (a second call opens a second viewer). For your
+photos, run this file with ``%run -n`` (defines ``main`` without running it), then::
 
-    viewer, session = main()                       # the tiny random-weight model, offline
-    viewer, session = main(["photos/*.jpg"], model="facebook/VGGT-1B")   # your photos
+    viewer, session = main(["photos/*.jpg"], model="facebook/VGGT-1B")
 
 Then click a pixel of any view (the image or its overlay): the patch under it becomes ``q1``,
 ``q2``, ... and the layout switches to its dashboards. A line under the viewer says how long it took.

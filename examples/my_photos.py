@@ -41,6 +41,8 @@ def main() -> None:
     mass = rows.frame_mass("global")[:, 0].mean(1)  # [L, S]: head-mean mass per view, first query
     print("global attention mass per view at the last block:", [f"{m:.2f}" for m in mass[-1].tolist()])
     rr.script_teardown(args)
+    if args.save:
+        print(f"wrote {args.save}: open it with  rerun {args.save}")
 
 
 if __name__ == "__main__":

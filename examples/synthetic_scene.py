@@ -5,8 +5,10 @@ Runs without network, GPU or vggt. By default the model is CONSTRUCTED (``testin
 the random tiny VGGT whose global block 2 was hand-made to match appearance across views (k = q
 weights, large q/k norm gains), so that scrubbing to block 2 shows what a correspondence head looks
 like: a peaked map in every view, hot patches and rays on the same surface in 3D. Nothing in it is
-learned; the recording's notes say so. ``--model tiny`` is the plain random tiny model (diffuse
-maps: the machinery, RoPE, special tokens). Run `my_photos.py` with VGGT-1B for learned attention.
+learned; the model carries its CONSTRUCTED label and the recording shows it. ``--model tiny`` is
+the plain random tiny model (diffuse maps: the machinery, RoPE, special tokens). Run
+`my_photos.py` with VGGT-1B for learned attention. ``vggt-attn-rerun demo`` is this demo as a
+command.
 
     python examples/synthetic_scene.py                  # spawn the viewer
     python examples/synthetic_scene.py --save demo.rrd  # write a recording instead
@@ -21,7 +23,7 @@ import torch
 
 from vggt_attn_rerun import RecordingOptions, record_attention
 from vggt_attn_rerun.core.images import images_from_tensor
-from vggt_attn_rerun.testing import CONSTRUCTED_NOTE, matching_vggt, synthetic_scene, tiny_vggt
+from vggt_attn_rerun.testing import matching_vggt, synthetic_scene, tiny_vggt
 from vggt_attn_rerun.viz.sinks import script_setup
 
 
@@ -39,13 +41,14 @@ def main() -> None:
     constructed = args.model == "constructed"
     model = matching_vggt() if constructed else tiny_vggt()
     # The `head` timeline walks the heads of the focus block: the constructed one, when there is one.
-    options = RecordingOptions(kinds=("global", "frame"), focus_block=2 if constructed else None,
-                               note=CONSTRUCTED_NOTE if constructed else "")  # fmt: skip
+    options = RecordingOptions(kinds=("global", "frame"), focus_block=2 if constructed else None)
     # The standard Rerun sink flags (--save/--connect/--serve/--headless); spawning is the default.
     # rr.script_setup, but no display to spawn a viewer on ends in one line and exit code 1.
     rec = script_setup(args)
     record_attention(model, images, [args.query], recording=rec, options=options)
     rr.script_teardown(args)
+    if args.save:
+        print(f"wrote {args.save}: open it with  rerun {args.save}")
 
 
 if __name__ == "__main__":

@@ -73,9 +73,10 @@ def test_default_blueprint_has_views_heads_mass_and_tensor():
     assert {rrb.Spatial3DView, rrb.Spatial2DView, rrb.TimeSeriesView, rrb.TensorView} <= kinds
 
 
-def test_compact_blueprint_is_3d_its_scale_note_and_views_only():
+def test_compact_blueprint_is_3d_its_legend_and_views_only():
     views = views_of(compact_blueprint(3))
-    assert [type(v) for v in views] == [rrb.Spatial3DView, rrb.TextDocumentView] + [rrb.Spatial2DView] * 3
+    legend = [rrb.Spatial2DView, rrb.TextDocumentView, rrb.TextDocumentView]  # colour bar, legend, notes
+    assert [type(v) for v in views] == [rrb.Spatial3DView, *legend] + [rrb.Spatial2DView] * 3
 
 
 def _overrides(view) -> dict[str, str]:
@@ -98,9 +99,28 @@ def test_2d_views_dim_the_photo_under_the_overlay():
     assert _overrides(views[0]) == {Paths.image(1): "EncodedImage"}
 
 
-def test_the_colour_scale_note_sits_with_the_3d_view():
+def test_the_colour_bar_legend_and_notes_sit_under_the_3d_view():
     origins = [str(v.origin) for v in views_of(default_blueprint(3, ("global",), num_heads=4))]
-    assert origins[:2] == ["world", Paths.scale_note(0, "global")]
+    assert origins[:4] == ["world", Paths.colorbar, Paths.scale_note(0, "global"), Paths.notes]
+
+
+def test_the_3d_view_title_carries_the_models_label():
+    scene = views_of(default_blueprint(3, ("global",), num_heads=4, title="RANDOM weights"))[0]
+    assert scene.name == "3D: RANDOM weights"
+    assert views_of(default_blueprint(3, ("global",), num_heads=4))[0].name == "3D"
+
+
+def test_frames_without_a_camera_are_left_out_of_the_3d_view():
+    # 2D content with no pinhole above it cannot be placed in 3D: the viewer flags the view as an error.
+    rules = _rules(views_of(default_blueprint(3, ("global",), num_heads=4, no_camera=(1,)))[0])
+    assert f"- {Paths.frame(1)}/**" in rules
+    assert not any(r.startswith("+") and Paths.frame(1) in r for r in rules)
+    assert f"+ {Paths.overlay(0, 0, 'global')}" in rules
+
+
+def test_2d_views_show_the_peak_outlines():
+    view = [v for v in views_of(default_blueprint(3, ("global",), num_heads=4)) if str(v.origin) == Paths.image(2)][0]
+    assert f"+ {Paths.peaks(2, 0, 'global')}" in _rules(view)
 
 
 def test_content_rules_use_explicit_paths():

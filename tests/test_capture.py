@@ -1,5 +1,7 @@
 """Capture (core.capture) is exact, light and faithful."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -243,3 +245,25 @@ def test_the_explicit_recomputation_reads_a_boolean_mask_as_where_attention_may_
     by_add, _ = recompute_attention(attn, x, mask=additive)
     torch.testing.assert_close(by_bool, by_add)
     assert by_bool[0, :, 0, 1:].abs().max() == 0 and by_bool[0, :, -1, :].min() > 0
+
+
+def test_vggts_deprecated_cuda_amp_warning_is_not_shown(scene_images):
+    # vggt's heads call torch.cuda.amp.autocast(enabled=False) on every device: noise on a CPU.
+    model = tiny_vggt()
+    forward = model.forward
+
+    def warning_forward(*args, **kwargs):
+        warnings.warn(
+            "`torch.cuda.amp.autocast(args...)` is deprecated. Please use `torch.amp.autocast('cuda', args...)` "
+            "instead.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        warnings.warn("any other warning", FutureWarning, stacklevel=2)
+        return forward(*args, **kwargs)
+
+    model.forward = warning_forward
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        capture(model, scene_images, ["0:p1,1"], blocks=[0])
+    assert [str(w.message) for w in caught] == ["any other warning"]

@@ -8,6 +8,7 @@ import torch
 from tests.helpers import Recording, blueprint_strings, blueprint_values
 from tests.helpers import views as views_of
 from vggt_attn_rerun.analysis.maps import masses
+from vggt_attn_rerun.analysis.summaries import METRICS
 from vggt_attn_rerun.api import comparison, record_attention
 from vggt_attn_rerun.cli import main as cli
 from vggt_attn_rerun.core.capture import capture
@@ -121,7 +122,13 @@ def test_layout_columns_are_one_per_model_with_3d_views_and_matrices(vggt_vs_pi3
         views = views_of(column)
         assert {type(v) for v in views} == {rrb.Spatial3DView, rrb.Spatial2DView, rrb.TextDocumentView}
         assert all(str(v.origin).startswith(f"models/{name}/") for v in views)
-        assert all(str(v.name).startswith(f"{name}: ") for v in views)
+        # Matrix views are titled by their metric alone (short enough to fit); their tab names the model.
+        assert all(str(v.name).startswith(f"{name}: ") or str(v.name) in METRICS for v in views)
+        assert f"{name}: block x head" in [c.name for c in _containers(column)]
+
+
+def _containers(node) -> list:
+    return [node] + [c for child in node.contents if isinstance(child, rrb.Container) for c in _containers(child)]
 
 
 def _timeline_times(recording: Recording, entity: str, timeline: str) -> list[int]:

@@ -379,7 +379,7 @@ def test_a_degenerate_camera_is_left_out_with_a_warning(tmp_path, tiny_model, sc
     rec = rr.RecordingStream(APPLICATION_ID)
     path = tmp_path / "degenerate.rrd"
     rec.save(path)
-    with pytest.warns(UserWarning, match="view 1: the predicted camera is degenerate"):
+    with pytest.warns(UserWarning, match="Degenerate camera in view 1"):
         log_run(rec, result, images_from_tensor(scene_images), RecordingOptions(max_points=100))
     rec.flush()
     rec.disconnect()

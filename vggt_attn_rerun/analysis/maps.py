@@ -125,6 +125,34 @@ def ray_targets(values: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarra
     return idx[order]
 
 
+#: a peak is at least this value on the u8 scale (half the map's scale: hot on screen)
+PEAK_MIN_U8 = 128
+
+
+def peak_patches(p: np.ndarray, u8: np.ndarray, k: int, self_patch: tuple[int, int, int] | None = None
+                 ) -> np.ndarray:  # fmt: skip
+    """The ``k`` hottest patches of each view: ``p``, ``u8`` ``[T, S, gh, gw]`` -> bool ``[T, S, gh, gw]``.
+
+    Per map and view, the (at most) ``k`` largest probabilities among the patches that are hot
+    on screen (``u8 >= PEAK_MIN_U8``) and above the view's mean probability, the query's own
+    patch (``self_patch``: frame, row, col) left out. A flat view (uniform attention) has none:
+    no patch is above its mean. Ties: the lower patch index first.
+    """
+    p = np.asarray(p, np.float64)
+    t, s, gh, gw = p.shape
+    flat = p.reshape(t, s, -1)
+    ok = (np.asarray(u8).reshape(t, s, -1) >= PEAK_MIN_U8) & (flat > flat.mean(-1, keepdims=True))
+    if self_patch is not None:
+        f, r, c = self_patch
+        ok[:, f, r * gw + c] = False
+    out = np.zeros_like(ok)
+    k = min(int(k), gh * gw)
+    if k > 0:
+        order = np.argsort(-np.where(ok, flat, -np.inf), axis=-1, kind="stable")[..., :k]  # [T, S, k]
+        np.put_along_axis(out, order, np.take_along_axis(ok, order, axis=-1), axis=-1)
+    return out.reshape(t, s, gh, gw)
+
+
 @dataclass
 class QueryMaps:
     """The maps of one query and kind, as u8 with their scales (shapes in the field comments)."""

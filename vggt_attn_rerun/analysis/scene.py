@@ -1,8 +1,13 @@
 """The run's scene in numbers (numpy, no Rerun): cameras, point map, logged cloud, patch centroids.
 
 What viz/log_run.py shows of the scene and where it places the 3D attention points: the predicted
-cameras, VGGT's point map with the confidence filter, the (subsampled) cloud and its scale, each
-patch's mean 3D point and footprint radius, the query's 3D point, and the input images as u8.
+cameras, VGGT's point map with the confidence filter, the (subsampled) cloud, each patch's mean
+3D point and footprint radius, the query's 3D point, and the input images as u8.
+
+Sizes in the 3D view follow the scene's own extent (``scene_sizes``), never fixed world units:
+VGGT-1B's scenes span a few units, a random-weight model's a few hundredths, and the picture
+must read the same on both. What cannot be drawn (degenerate cameras or points) is said in
+``Scene.warnings``.
 """
 
 from __future__ import annotations
@@ -128,13 +133,64 @@ def images_u8(images: LoadedImages) -> np.ndarray:
     return (t.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def logged_cloud(pm: PointMap, options: PointMapChoice) -> tuple[np.ndarray, np.ndarray, float]:
-    """The logged cloud: flat pixel indices, positions, and the scene scale (median point distance)."""
+def logged_cloud(pm: PointMap, options: PointMapChoice) -> tuple[np.ndarray, np.ndarray]:
+    """The logged cloud: flat pixel indices and positions (at most ``options.max_points``)."""
     flat = np.flatnonzero(pm.keep.reshape(-1))
     pick = flat[subsample(flat.size, int(options.max_points))]
-    cloud = pm.points.reshape(-1, 3)[pick]
-    scale = float(np.median(np.linalg.norm(cloud, axis=1))) if cloud.size else 1.0
-    return pick, cloud, (scale if np.isfinite(scale) and scale > 0 else 1.0)
+    return pick, pm.points.reshape(-1, 3)[pick]
+
+
+#: the extent is the diagonal of the box between these percentiles of the points, per axis:
+#: a few stray points (an untrained model's, or sky at infinity) do not set the scale
+EXTENT_PERCENTILES = (2.0, 98.0)
+#: 3D sizes as fractions of the extent: the camera frusta's image plane distance, and the bounds
+#: of a patch point's radius around the nominal ``0.5 * extent / max(grid_h, grid_w)``
+CAMERA_PLANE, POINT_BOUNDS = 0.08, (0.25, 1.0)
+#: the query's 3D point as a fraction of the extent; the peak boxes' half-size in units of the
+#: patch point radius (a hot point's radius is 3.35 of them: viz/log_maps.py)
+QUERY_FRACTION, PEAK_GAIN = 0.04, 3.4
+
+
+def scene_extent(points: np.ndarray) -> float:
+    """Robust size of a point set ``[N, 3]``: the diagonal of the box between the
+    EXTENT_PERCENTILES of each axis (0 when there are no finite points)."""
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    pts = pts[np.isfinite(pts).all(-1)]
+    if not len(pts):
+        return 0.0
+    low, high = np.percentile(pts, EXTENT_PERCENTILES, axis=0)
+    return float(np.linalg.norm(high - low))
+
+
+@dataclass(frozen=True)
+class SceneSizes:
+    """3D sizes of one scene, all proportional to its extent (world units).
+
+    Attributes:
+        extent: ``scene_extent`` of the kept points (1.0 when they have none: see Scene.warnings).
+        point: radius of a cold 3D attention point: the median half-footprint of a patch
+            (``patch_radii``), kept within POINT_BOUNDS x ``0.5 * extent / max(grid_h, grid_w)``
+            so that a degenerate camera cannot make it vanish or fill the view.
+        query: radius of the query's 3D point (QUERY_FRACTION x extent).
+        peak: half-size of the boxes around the hottest 3D points (PEAK_GAIN x point).
+        camera: image plane distance of the camera frusta (CAMERA_PLANE x extent).
+    """
+
+    extent: float
+    point: float
+    query: float
+    peak: float
+    camera: float
+
+
+def scene_sizes(extent: float, footprints: np.ndarray, layout: TokenLayout) -> SceneSizes:
+    """SceneSizes from the extent and the patches' half-footprints ``[n]`` (see SceneSizes)."""
+    extent = extent if np.isfinite(extent) and extent > 0 else 1.0
+    nominal = 0.5 * extent / max(layout.grid_h, layout.grid_w)
+    good = footprints[np.isfinite(footprints) & (footprints > 0)]
+    median = float(np.median(good)) if good.size else nominal
+    point = float(np.clip(median, POINT_BOUNDS[0] * nominal, POINT_BOUNDS[1] * nominal))
+    return SceneSizes(extent, point, QUERY_FRACTION * extent, PEAK_GAIN * point, CAMERA_PLANE * extent)
 
 
 def camera_is_valid(extrinsics: np.ndarray, intrinsics: np.ndarray) -> bool:
@@ -154,23 +210,54 @@ def query_point(pm: PointMap, lay: TokenLayout, q: Query) -> np.ndarray | None:
     return block.mean(0) if len(block) else None
 
 
+def scene_warnings(pm: PointMap, extent: float, valid_cameras: np.ndarray) -> list[str]:
+    """What the 3D view cannot show, one line each (empty for a sound scene).
+
+    ``valid_cameras``: ``[S]`` bool, ``camera_is_valid`` of each view.
+    """
+    out = []
+    bad = [int(s) for s in np.flatnonzero(~np.asarray(valid_cameras, bool))]
+    if bad:
+        views = ", ".join(map(str, bad))
+        out.append(
+            f"Degenerate camera in view {views} (non-finite or zero focal length): not drawn in 3D; "
+            "the photo and its attention are in the 2D views. The model's camera prediction is unusable "
+            "(an untrained model's often is)."
+        )
+    if not pm.keep.any():
+        out.append(
+            "Degenerate point map: no finite, confident point. The 3D view has no cloud and no attention "
+            "points; the 2D views are unaffected."
+        )
+    elif not extent > 0:
+        out.append(
+            "Degenerate point map: every kept point is at the same place. 3D positions mean nothing; "
+            "sizes use a unit scene."
+        )
+    return out
+
+
 @dataclass
 class Scene:
     """What the per-query logging takes from the scene."""
 
     rgb: np.ndarray  # [S, H, W, 3] u8
     pm: PointMap
-    scale: float
+    sizes: SceneSizes
     centroids: np.ndarray  # [S * gh * gw, 3]
     kept: np.ndarray  # [S * gh * gw] bool
-    radius: np.ndarray  # [kept.sum()]
+    valid_cameras: np.ndarray  # [S] bool
+    warnings: list[str]  # what the 3D view cannot show (scene_warnings)
 
 
 def build_scene(result: CaptureResult, images: LoadedImages, options: PointMapChoice) -> Scene:
-    """The scene of a run as the per-query logging needs it: u8 images, point map, scale, kept patches."""
+    """The scene of a run as the per-query logging needs it: u8 images, point map, sizes, kept patches."""
     rgb = images_u8(images)
     pm = point_map(result, options)
-    _, _, scale = logged_cloud(pm, options)
+    extent = scene_extent(pm.points[pm.keep])
     centroids, kept = patch_centroids(pm, result.layout)
-    radius = patch_radii(centroids, result).reshape(-1)[kept.reshape(-1)]
-    return Scene(rgb, pm, scale, centroids.reshape(-1, 3), kept.reshape(-1), radius)
+    footprints = patch_radii(centroids, result).reshape(-1)[kept.reshape(-1)]
+    extr, intr = cameras(result)
+    valid = np.array([camera_is_valid(e, k) for e, k in zip(extr, intr, strict=True)], bool)
+    sizes = scene_sizes(extent, footprints, result.layout)
+    return Scene(rgb, pm, sizes, centroids.reshape(-1, 3), kept.reshape(-1), valid, scene_warnings(pm, extent, valid))

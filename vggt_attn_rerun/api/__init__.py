@@ -3,11 +3,13 @@
 - ``record``: ``capture_run`` (one forward pass, every query's rows) and ``record_attention``
   (that, logged into a Rerun recording), ``query_grid``, ``as_loaded_images``.
 - ``runner``: ``run``, one whole command-line run from a typed ``RunOptions`` (checks, model, sinks, files).
+- ``demo``: ``run_demo``, the offline demo (generated photos, the constructed model).
 - ``comparison``: ``record_comparison`` and ``compare`` (``CompareOptions``): several models on the
   same photos and queries in one recording, each under ``models/{name}``.
 """
 
 from vggt_attn_rerun.api.comparison import CompareOptions, compare, record_comparison
+from vggt_attn_rerun.api.demo import run_demo
 from vggt_attn_rerun.api.record import (
     ImagesLike,
     QueriesLike,
@@ -33,4 +35,5 @@ __all__ = [
     "record_attention",
     "record_comparison",
     "run",
+    "run_demo",
 ]

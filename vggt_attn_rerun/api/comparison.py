@@ -54,6 +54,7 @@ from vggt_attn_rerun.core.resources import resolve_device, translate_oom
 from vggt_attn_rerun.core.tokens import VGGT_IMAGE_SIZE, VGGT_NUM_REGISTERS, VGGT_PATCH_SIZE
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.atomic import PendingFile, commit, discard
+from vggt_attn_rerun.viz.blueprint import frames_without_camera
 from vggt_attn_rerun.viz.compare_blueprint import ComparedModel, compare_blueprint
 from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.options import RecordingOptions
@@ -132,7 +133,12 @@ def comparison_blueprint(compared: Sequence[Compared], options: RecordingOptions
     """The side-by-side layout of these captures (viz.compare_blueprint); ``depth_percent`` active
     when the depths differ."""
     options = options if options is not None else RecordingOptions()
-    models = [ComparedModel(c.name, c.root, c.result.layout.num_frames) for c in compared]
+    models = [
+        ComparedModel(c.name, c.root, c.result.layout.num_frames,
+                      c.result.model_label.title if c.result.model_label is not None else "",
+                      frames_without_camera(c.result))
+        for c in compared
+    ]  # fmt: skip
     queries = min(len(c.result.rows.queries) for c in compared)
     by_depth = len({c.depth for c in compared}) > 1
     return compare_blueprint(models, options.kinds, queries, by_depth=by_depth)

@@ -21,6 +21,7 @@ from vggt_attn_rerun import api
 from vggt_attn_rerun.cli import checks, install
 from vggt_attn_rerun.cli.batch import batch
 from vggt_attn_rerun.cli.compare import compare
+from vggt_attn_rerun.cli.demo import demo
 from vggt_attn_rerun.cli.progress import progress
 from vggt_attn_rerun.core.images import MAX_IMAGE_SIZE, MODES
 from vggt_attn_rerun.core.model_archs import ARCH_CHOICES
@@ -70,6 +71,8 @@ succeeds, or neither does.
 
 \b
 Other commands:
+  {PROG} demo [--save demo.rrd]
+      the offline demo: generated photos, a constructed model (no network, no vggt)
   {PROG} install-vggt [--source URL_OR_PATH] [--dry-run]
       install the vggt package with pip --no-deps (its numpy<2 pin clashes with rerun-sdk)
   {PROG} batch SCENES --out DIR [--engine local|ray] ...
@@ -91,14 +94,15 @@ Exit codes: 0 done, 1 error while running, 2 bad command line or input, 130 inte
 def run(argv: Sequence[str] | None = None, command: click.Command | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
-    ``command`` None (or the main command) dispatches: ``install-vggt ...``, ``batch ...``, ``compare ...`` or the
-    main command.
+    ``command`` None (or the main command) dispatches: ``install-vggt ...``, ``batch ...``, ``compare ...``,
+    ``demo ...`` or the main command.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if command is None or command is cli:
         # A group would put its own options and usage line before `IMAGES...`; a first word
         # that is a subcommand name is unambiguous enough (a folder can be passed as ./install-vggt).
-        sub = {"install-vggt": install_vggt, "batch": batch, "compare": compare}.get(args[0] if args else "")
+        subcommands = {"install-vggt": install_vggt, "batch": batch, "compare": compare, "demo": demo}
+        sub = subcommands.get(args[0] if args else "")
         command, args = (sub, args[1:]) if sub is not None else (cli, args)
     prog = PROG if command is cli else f"{PROG} {command.name}"
     debug = "--debug" in args

@@ -9,6 +9,7 @@ returned untouched; ``keep_qk`` also keeps q/k (``core.qk_cache``) for later que
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from vggt_attn_rerun.core.adapters import ModelAdapter, adapter_for
 from vggt_attn_rerun.core.hooks import qk_hooks
 from vggt_attn_rerun.core.images import LoadedImages, batched_images
 from vggt_attn_rerun.core.introspect import KINDS, check_blocks, check_kinds, model_heads, model_layout
+from vggt_attn_rerun.core.models import ModelLabel, model_label
 from vggt_attn_rerun.core.qk_cache import QKCache
 from vggt_attn_rerun.core.rows import AttentionRows, RowCollector
 from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, PixelMap, Query, TokenLayout, parse_query
@@ -37,6 +39,8 @@ class CaptureResult:
     rows: AttentionRows
     layout: TokenLayout
     qk_cache: QKCache | None = None
+    #: what the model is when it is not a trained one (``models.model_label``), shown by recordings
+    model_label: ModelLabel | None = None
 
 
 def _queries(
@@ -122,10 +126,13 @@ def capture(
             on_block(kind, block)
 
     device = images.device
-    with torch.no_grad(), qk_hooks(model, blocks, kinds, on_qk, adapter):
+    with torch.no_grad(), qk_hooks(model, blocks, kinds, on_qk, adapter), warnings.catch_warnings():
+        # vggt's heads call the deprecated torch.cuda.amp.autocast(enabled=False) on every device:
+        # the FutureWarning is about their code, and on a CPU it is noise.
+        warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast.*", category=FutureWarning)
         if autocast_dtype is not None:
             with torch.autocast(device.type, dtype=autocast_dtype):
                 predictions = adapter.run(model, images)
         else:
             predictions = adapter.run(model, images)
-    return CaptureResult(predictions, collector.result(), layout, cache)
+    return CaptureResult(predictions, collector.result(), layout, cache, model_label(model))

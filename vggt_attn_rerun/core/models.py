@@ -11,6 +11,11 @@ weights for missing keys, every checkpoint is checked key by key here. Architect
 (``core.model_archs``): vggt (default; also read from .pt), pi3, pi3x, streamvggt, vggt-omega and
 their tiny replicas; all but vggt read ``.safetensors`` only. The model is tagged with its
 adapter (``core.adapters``) so that capture reads it the right way.
+
+A model that is not a trained one carries a ``ModelLabel`` (``label_model``, ``model_label``):
+``random`` and ``tiny`` here, ``testing.tiny_vggt`` and ``testing.matching_vggt`` themselves, so
+the label follows the model whatever builds or loads it (``module:callable`` included); capture
+copies it into its result and every recording shows it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,45 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 _SHOW_KEYS = 5
+
+
+#: the model attribute that holds its ModelLabel
+MODEL_LABEL_ATTR = "vggt_attn_rerun_label"
+
+
+@dataclass(frozen=True)
+class ModelLabel:
+    """What a recording must say about a model that is not a trained one.
+
+    ``title``: a few words for view titles (``RANDOM weights``); ``note``: one or two sentences
+    that say what the model is and what its pictures mean.
+    """
+
+    title: str
+    note: str
+
+
+RANDOM_LABEL = ModelLabel(
+    "RANDOM weights",
+    "Model: RANDOM weights (--model random): the architecture at full size, untrained; its attention, "
+    "cameras and points show the machinery, not what a trained model does.",
+)
+TINY_LABEL = ModelLabel(
+    "TINY random model",
+    "Model: a TINY random-weight replica (--model tiny): the code path of the architecture, not its learned attention.",
+)
+
+
+def label_model(model: nn.Module, label: ModelLabel) -> nn.Module:
+    """Attach ``label`` to ``model`` (returned, for chaining); recordings of it show the label."""
+    setattr(model, MODEL_LABEL_ATTR, label)
+    return model
+
+
+def model_label(model: nn.Module) -> ModelLabel | None:
+    """The model's ModelLabel, or None for a model that carries none (a trained checkpoint)."""
+    label = getattr(model, MODEL_LABEL_ATTR, None)
+    return label if isinstance(label, ModelLabel) else None
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -238,11 +283,58 @@ def _from_dir(folder: Path, arch: str, strict: bool) -> nn.Module:
     return _from_file(weights, arch, strict, config, str(config_path))
 
 
+#: seconds to wait for the Hub to answer before saying it cannot be reached
+HUB_PROBE_TIMEOUT_S = 3.0
+#: what to try when no weights can be had
+OFFLINE_HINT = (
+    "to try the tool offline: vggt-attn-rerun demo (a constructed demo model on generated images), "
+    "or --model tiny (a tiny random model on your photos)"
+)
+
+
+def _hub_reachable(timeout: float) -> bool:
+    """Whether a TCP connection to the Hub's host opens within ``timeout`` s (DNS included).
+
+    huggingface_hub's own timeouts and retries take 25-30 s when the network is down; this
+    answers in at most ``timeout``. The lookup runs in a daemon thread because
+    ``getaddrinfo`` has no timeout of its own.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
+
+
 def _download(repo_id: str, filename: str) -> str:
     import logging
 
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    cached = try_to_load_from_cache(repo_id, filename)
+    if isinstance(cached, str):  # in the local cache: no network needed
+        return cached
+    from huggingface_hub import constants
+
+    # Offline mode fails at once by itself; otherwise ask the network first, briefly.
+    if not constants.HF_HUB_OFFLINE and not _hub_reachable(HUB_PROBE_TIMEOUT_S):
+        raise ConnectionError(f"the Hugging Face Hub could not be reached within {HUB_PROBE_TIMEOUT_S:g} s")
     # huggingface_hub logs each failed request as a warning before raising; our one-line error
     # (which names --model PATH) says it better.
     hub_logger = logging.getLogger("huggingface_hub")
@@ -261,7 +353,7 @@ def _from_hub(repo_id: str, arch: str, strict: bool) -> nn.Module:
     except ModuleNotFoundError as e:
         raise UserError(
             f"downloading {repo_id} needs huggingface_hub: pip install 'vggt-attn-rerun[vggt]', "
-            f"or pass --model PATH (a local directory or checkpoint file)"
+            f"or pass --model PATH (a local directory or checkpoint file); {OFFLINE_HINT}"
         ) from e
     try:
         weights = _download(repo_id, "model.safetensors")
@@ -269,7 +361,7 @@ def _from_hub(repo_id: str, arch: str, strict: bool) -> nn.Module:
         raise UserError(
             f"the weights of {repo_id} could not be downloaded from the Hugging Face Hub ({_first_line(e)}); "
             f"pass --model PATH (a local directory with config.json + model.safetensors, or a "
-            f".safetensors/.pt file) instead"
+            f".safetensors/.pt file) instead; {OFFLINE_HINT}"
         ) from e
     try:
         config = _read_config(Path(_download(repo_id, "config.json")))
@@ -359,6 +451,8 @@ def load_model(
     named = arch not in (None, "auto")
     arch = get_arch(arch).name if named else (arch_for_hub_id(spec) or "vggt")
     model = _resolve(spec, arch, strict)
+    if model_label(model) is None and spec in ("random", "tiny"):
+        label_model(model, RANDOM_LABEL if spec == "random" else TINY_LABEL)
     if named or not _CALLABLE.fullmatch(spec):
         # The adapter travels with the model: capture then reads it as this architecture.
         setattr(model, ARCH_ATTR, get_arch(TINY_OF.get(arch, arch) if spec == "tiny" else arch).adapter)

@@ -150,7 +150,7 @@ class QuerySession:
         """The run's CaptureResult for ``query`` alone: rows from the q/k cache, same predictions and layout."""
         cache = self.result.qk_cache
         rows = cache.rows(self.layout, [query], self.result.rows.num_heads)  # type: ignore[union-attr]
-        return CaptureResult(self.result.predictions, rows, self.layout, cache)
+        return CaptureResult(self.result.predictions, rows, self.layout, cache, self.result.model_label)
 
     def add_query(self, query: Query) -> int:
         """Compute the rows of ``query`` from the cache, log them as ``q{index}``; returns the index.

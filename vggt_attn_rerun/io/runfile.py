@@ -24,6 +24,8 @@ Members (format ``FORMAT_NAME``, version ``FORMAT_VERSION``):
   so that the reloaded tensor is always equal to the original;
 - ``transforms``: float64 ``[S, F]``, one row per frame holding ``images.FrameTransform``'s F
   fields in their declared order; ``image_paths``: unicode ``[S]`` (only when the images came from files);
+- ``model_label``: unicode ``[2]``, the ``core.models.ModelLabel`` (title, note) of a random or
+  constructed model (only when the model carried one);
 - ``extra_json``: JSON text of the JSON-serializable entries of ``extra``; ``extra_<name>`` for
   its numpy-array entries (numeric, bool or str arrays).
 
@@ -45,6 +47,7 @@ import torch
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import FrameTransform, LoadedImages
 from vggt_attn_rerun.core.introspect import KINDS
+from vggt_attn_rerun.core.models import ModelLabel
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
@@ -150,6 +153,8 @@ def _members(result: CaptureResult, images: LoadedImages, extra: Mapping[str, ob
     ).reshape(-1, len(_TRANSFORM_FIELDS))
     if images.paths is not None:
         m["image_paths"] = np.array([str(p) for p in images.paths], dtype=np.str_)
+    if result.model_label is not None:  # a random or constructed model: the replay says so too
+        m["model_label"] = np.array([result.model_label.title, result.model_label.note], dtype=np.str_)
     m.update(extra_members(extra))
     return m
 
@@ -364,8 +369,9 @@ def load_run(path: str | os.PathLike[str], max_bytes: int | None = None) -> tupl
         probs = {k: _tensor(run, f"probs_{k}", want, dtypes) for k in kinds}
         predictions = {n: _tensor(run, f"pred_{n}", _prediction_shape(n, layout), dtypes) for n in present}
         tensor = _read_images(run, layout)
+        label = ModelLabel(*(str(t) for t in run.read("model_label", _STR, (2,)))) if run.has("model_label") else None
     rows = AttentionRows(layout, queries, blocks, num_heads, probs)
-    return CaptureResult(predictions, rows, layout, None), LoadedImages(tensor, paths, transforms)
+    return CaptureResult(predictions, rows, layout, None, label), LoadedImages(tensor, paths, transforms)
 
 
 def load_extra(path: str | os.PathLike[str]) -> dict[str, object]:

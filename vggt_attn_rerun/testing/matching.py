@@ -13,14 +13,15 @@ appearance across views:
   so position barely changes the logits: what is left is appearance, sharpened by ``gain ** 2``.
 
 The model's structure, code path and every other weight are those of ``tiny_vggt(seed)``;
-nothing here is learned. Recordings made with it say so in their notes
-(``CONSTRUCTED_NOTE``); it is for demos and screenshots, never for claims about VGGT.
+nothing here is learned. The model carries ``CONSTRUCTED_LABEL``, so every recording made
+with it says so, whatever the entry point; it is for demos and screenshots, never for claims about VGGT.
 """
 
 from __future__ import annotations
 
 import torch
 
+from vggt_attn_rerun.core.models import ModelLabel, label_model
 from vggt_attn_rerun.testing.tiny_model import TinyVGGT, tiny_vggt
 
 #: one line for recordings and docs: what this model is
@@ -29,6 +30,8 @@ CONSTRUCTED_NOTE = (
     "global block made of hand-made appearance-matching heads (k = q weights, large q/k norm gains); "
     "not learned, not VGGT."
 )
+#: the label the model carries (core.models.ModelLabel): every recording of it shows it
+CONSTRUCTED_LABEL = ModelLabel("CONSTRUCTED demo model, not VGGT", CONSTRUCTED_NOTE)
 
 
 def _slow_rope_mask(head_dim: int, frequency: float, max_step: float) -> torch.Tensor:
@@ -65,4 +68,4 @@ def matching_vggt(seed: int = 0, block: int = 2, gain: float = 1.5, max_step: fl
         for norm in (attn.q_norm, attn.k_norm):
             norm.weight.copy_(gain * mask)
             norm.bias.zero_()
-    return model.eval()
+    return label_model(model, CONSTRUCTED_LABEL).eval()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
+from vggt_attn_rerun.core.models import TINY_LABEL, label_model
 
 
 class RotaryPositionEmbedding2D(nn.Module):
@@ -272,4 +273,4 @@ def tiny_vggt(seed: int = 0, embed_dim: int = 64, depth: int = 4, num_heads: int
             model.aggregator.camera_token.mul_(2.0)
     finally:
         torch.random.set_rng_state(gen_state)
-    return model.eval()
+    return label_model(model, TINY_LABEL).eval()

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import rerun as rr
 import rerun.blueprint as rrb
 
+from vggt_attn_rerun.analysis.scene import camera_is_valid, cameras
 from vggt_attn_rerun.analysis.summaries import METRICS
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.introspect import check_kinds
@@ -62,7 +63,12 @@ def _view_grid(num_frames: int, q: int, kind: str, columns: int | None) -> rrb.G
         rrb.Spatial2DView(
             origin=Paths.image(s),
             name=f"view {s}",
-            contents=[f"+ {Paths.image(s)}", f"+ {Paths.overlay(s, q, kind)}", f"+ {Paths.marker(s, q)}/**"],
+            contents=[
+                f"+ {Paths.image(s)}",
+                f"+ {Paths.overlay(s, q, kind)}",
+                f"+ {Paths.peaks(s, q, kind)}",
+                f"+ {Paths.marker(s, q)}/**",
+            ],  # fmt: skip
             overrides={Paths.image(s): rr.EncodedImage.from_fields(opacity=PHOTO_OPACITY)},
         )
         for s in range(num_frames)
@@ -70,24 +76,36 @@ def _view_grid(num_frames: int, q: int, kind: str, columns: int | None) -> rrb.G
     return rrb.Grid(*views, grid_columns=columns or _columns(num_frames), name="views")
 
 
-def _scene(num_frames: int, q: int, kind: str) -> rrb.Spatial3DView:
+def _scene(num_frames: int, q: int, kind: str, title: str = "", no_camera: Sequence[int] = ()) -> rrb.Spatial3DView:
+    """``title``: the model's label (view title ``3D: title``); ``no_camera``: frames without a
+    camera, whose 2D content a 3D view cannot place (the viewer flags it as an error)."""
     # Most specific rule wins: drop other queries' and kinds' data, keep this pair's.
     world = Paths.world
     rules = [f"+ {world}/**", f"- {world}/attention/**", f"+ {Paths.patch_points(q, kind)}/**"]
     rules += [f"- {world}/queries/**", f"+ {Paths.query_point(q)}"]
     for s in range(num_frames):
+        if s in no_camera:
+            rules += [f"- {Paths.frame(s)}/**"]
+            continue
         rules += [f"- {Paths.overlay_root(s)}/**", f"+ {Paths.overlay(s, q, kind)}"]
         rules += [f"- {Paths.image(s)}/queries/**", f"+ {Paths.marker(s, q)}/**"]
     # The photo-colored cloud would bury the heat: hidden here by default (its eye icon in the
     # blueprint panel shows it again); the patch points carry VGGT's geometry meanwhile.
     hidden = {Paths.cloud: rrb.EntityBehavior(visible=False)}
-    return rrb.Spatial3DView(origin=world, name="3D", contents=rules, overrides=hidden)
+    return rrb.Spatial3DView(origin=world, name=f"3D: {title}" if title else "3D", contents=rules, overrides=hidden)
 
 
-def _scene_with_scale(num_frames: int, q: int, kind: str) -> rrb.Vertical:
-    """The 3D view above the note with the colour scale of the map on screen."""
-    note = rrb.TextDocumentView(origin=Paths.scale_note(q, kind), name="colour scale")
-    return rrb.Vertical(_scene(num_frames, q, kind), note, row_shares=[6, 1])
+def _colorbar() -> rrb.Spatial2DView:
+    return rrb.Spatial2DView(origin=Paths.colorbar, name="colour: 0 (cold) .. vmax (hot), vmax in the legend")
+
+
+def _scene_with_scale(num_frames: int, q: int, kind: str, title: str = "", no_camera: Sequence[int] = ()
+                      ) -> rrb.Vertical:  # fmt: skip
+    """The 3D view above the colour bar and the note with the scale on screen and the markers' legend."""
+    note = rrb.TextDocumentView(origin=Paths.scale_note(q, kind), name="legend")
+    notes = rrb.TextDocumentView(origin=Paths.notes, name="notes")
+    return rrb.Vertical(_scene(num_frames, q, kind, title, no_camera), _colorbar(), rrb.Tabs(note, notes),
+                        row_shares=[10, 1, 4])  # fmt: skip
 
 
 def _head_grid(num_heads: int, q: int, kind: str) -> rrb.Grid:
@@ -100,7 +118,7 @@ def _head_grid(num_heads: int, q: int, kind: str) -> rrb.Grid:
         )
         for h in range(num_heads)
     ]
-    return rrb.Grid(*views, grid_columns=_columns(num_heads), name="heads (block timeline)")
+    return rrb.Grid(*views, grid_columns=_columns(num_heads), name="heads")
 
 
 def _details(num_heads: int, q: int, kind: str) -> rrb.Tabs:
@@ -134,15 +152,23 @@ def _summary_series(q: int | str, kind: str) -> rrb.Grid:
 
 
 def _matrix_view(path: str, name: str) -> rrb.Spatial2DView:
-    return rrb.Spatial2DView(origin=path, name=f"{name} [block x head]")
+    return rrb.Spatial2DView(origin=path, name=name)
 
 
-def _matrices(q: int | str, kind: str, consistency: bool = False) -> rrb.Grid:
+def _matrix_views(q: int | str, kind: str, consistency: bool = False) -> tuple[list, rrb.TextDocumentView]:
+    """The block x head matrices (titled by metric: rows = blocks, columns = heads, the axes are
+    labelled in the views) and their legend."""
     views = [_matrix_view(Paths.matrix(q, kind, m), m) for m in METRICS]
     if consistency:
         views += [_matrix_view(Paths.consistency(q, m), m) for m in CONSISTENCY_MATRICES]
-    legend = rrb.TextDocumentView(origin=Paths.matrix_legend(q, kind), name="legend")
-    return rrb.Grid(*views, legend, grid_columns=4 if consistency else 3, name="block x head")
+    return views, rrb.TextDocumentView(origin=Paths.matrix_legend(q, kind), name="legend")
+
+
+def _matrices(q: int | str, kind: str, consistency: bool = False) -> rrb.Horizontal:
+    """The matrices' grid beside their legend (a column of its own, so that it is read whole)."""
+    views, legend = _matrix_views(q, kind, consistency)
+    grid = rrb.Grid(*views, grid_columns=4 if consistency else 3, name="matrices")
+    return rrb.Horizontal(grid, legend, column_shares=[3, 1], name="block x head")
 
 
 def _consistency(q: int) -> rrb.Grid:
@@ -152,10 +178,12 @@ def _consistency(q: int) -> rrb.Grid:
     return rrb.Grid(*views, peak, notes, grid_columns=2, name="consistency")
 
 
-def _dashboard(num_frames: int, num_heads: int, q: int, kind: str, compact: bool, columns: int | None):
+def _dashboard(num_frames: int, num_heads: int, q: int, kind: str, compact: bool, columns: int | None,
+               title: str = "", no_camera: Sequence[int] = ()):  # fmt: skip
     views = _view_grid(num_frames, q, kind, columns)
     right = views if compact else rrb.Vertical(views, _details(num_heads, q, kind), row_shares=[3, 2])
-    return rrb.Horizontal(_scene_with_scale(num_frames, q, kind), right, column_shares=[2, 3], name=f"q{q} {kind}")
+    left = _scene_with_scale(num_frames, q, kind, title, no_camera)
+    return rrb.Horizontal(left, right, column_shares=[2, 3], name=f"q{q} {kind}")
 
 
 def _query_means(kind: str) -> rrb.Horizontal:
@@ -213,12 +241,14 @@ def _blueprint(
     compact: bool,
     columns: int | None,
     shown: Sequence[int] | None = None,
+    title: str = "",
+    no_camera: Sequence[int] = (),
 ) -> rrb.Blueprint:
     if num_frames < 1 or num_heads < 1 or queries < 1:
         raise ValueError(f"need >= 1 frame, head and query, got {num_frames}, {num_heads}, {queries}")
     kinds = check_kinds(kinds)
     shown = shown_queries_for(queries, shown)
-    pairs = [_dashboard(num_frames, num_heads, q, k, compact, columns) for q in shown for k in kinds]
+    pairs = [_dashboard(num_frames, num_heads, q, k, compact, columns, title, no_camera) for q in shown for k in kinds]
     if queries > 1 and not compact:
         pairs += [_query_means(k) for k in kinds]
     if queries > MANY_QUERIES:
@@ -236,17 +266,22 @@ def default_blueprint(
     *,
     grid_columns: int | None = None,
     shown_queries: Sequence[int] | None = None,
+    title: str = "",
+    no_camera: Sequence[int] = (),
 ) -> rrb.Blueprint:
-    """Full layout: per (query, kind), the 3D scene beside the views with their overlays, and
-    tabs with the head grid, attention mass per view, summaries, block x head matrices,
-    consistency (global), the TensorView and the query's notes; "all queries" tabs with the
-    means over queries (more than one query); a "queries" tab (more than MANY_QUERIES).
+    """Full layout: per (query, kind), the 3D scene above the colour bar and the legend (the
+    scale on screen, the markers; a tab with the run's notes) beside the views with their
+    overlays, and tabs with the head grid, attention mass per view, summaries, block x head
+    matrices, consistency (global), the TensorView and the query's notes; "all queries" tabs
+    with the means over queries (more than one query); a "queries" tab (more than MANY_QUERIES).
 
     ``grid_columns``: columns of the view grid (default ceil(sqrt(num_frames))).
     ``shown_queries``: the queries that get dashboards (default: all when there are at most
-    MANY_QUERIES, else q0). The ``block`` timeline is made the active one.
+    MANY_QUERIES, else q0). ``title``: the model's label, in the 3D view's title (a random or
+    constructed model). ``no_camera``: frames whose predicted camera is degenerate, left out of
+    the 3D view. The ``block`` timeline is made the active one.
     """
-    return _blueprint(num_frames, kinds, num_heads, queries, False, grid_columns, shown_queries)
+    return _blueprint(num_frames, kinds, num_heads, queries, False, grid_columns, shown_queries, title, no_camera)
 
 
 def compact_blueprint(
@@ -256,9 +291,11 @@ def compact_blueprint(
     *,
     grid_columns: int | None = None,
     shown_queries: Sequence[int] | None = None,
+    title: str = "",
+    no_camera: Sequence[int] = (),
 ) -> rrb.Blueprint:
     """The 3D scene and the views with their overlays only (per shown query and kind)."""
-    return _blueprint(num_frames, kinds, 1, queries, True, grid_columns, shown_queries)
+    return _blueprint(num_frames, kinds, 1, queries, True, grid_columns, shown_queries, title, no_camera)
 
 
 def _run_sizes(result: CaptureResult, options: RecordingOptions | None) -> tuple[int, tuple[str, ...], int, int]:
@@ -276,4 +313,12 @@ def default_blueprint_for(
     Standalone: ``default_blueprint_for(...).save(APPLICATION_ID, "layout.rbl")``.
     """
     s, kinds, heads, queries = _run_sizes(result, options)
-    return default_blueprint(s, kinds, heads, queries, shown_queries=shown_queries)
+    title = result.model_label.title if result.model_label is not None else ""
+    return default_blueprint(s, kinds, heads, queries, shown_queries=shown_queries, title=title,
+                             no_camera=frames_without_camera(result))  # fmt: skip
+
+
+def frames_without_camera(result: CaptureResult) -> tuple[int, ...]:
+    """The frames whose predicted camera is degenerate (analysis.scene.camera_is_valid)."""
+    extr, intr = cameras(result)
+    return tuple(s for s in range(len(extr)) if not camera_is_valid(extr[s], intr[s]))

@@ -1,10 +1,12 @@
 """The layout of a comparison recording: models side by side (entity roots: ``paths.rooted``).
 
-One tab per shown (query, kind); in it one column per model, each with the model's 3D scene,
-its views with their overlays, and its block x head matrices, so the same place in every
-column shows the same thing for another model. The views are the single-model blueprint's
-(blueprint.py), built under each model's root. When the models differ in depth, the active
-timeline is ``paths.DEPTH_TIMELINE`` (blocks as a percentage of depth), else ``block``.
+One tab per shown (query, kind); in it one column per model, each with the model's 3D scene
+(its title names a random or constructed model), its views with their overlays, and its block x
+head matrices beside a tab with their legend, so the same place in every column shows the same
+thing for another model. Matrix views are titled by metric alone: the column says the model.
+The views are the single-model blueprint's (blueprint.py), built under each model's root. When
+the models differ in depth, the active timeline is ``paths.DEPTH_TIMELINE`` (blocks as a
+percentage of depth), else ``block``.
 """
 
 from __future__ import annotations
@@ -15,27 +17,35 @@ from dataclasses import dataclass
 import rerun.blueprint as rrb
 
 from vggt_attn_rerun.core.introspect import check_kinds
-from vggt_attn_rerun.viz.blueprint import _matrices, _scene, _view_grid, shown_queries_for, with_stable_ids
+from vggt_attn_rerun.viz.blueprint import _matrix_views, _scene, _view_grid, shown_queries_for, with_stable_ids
 from vggt_attn_rerun.viz.paths import DEPTH_TIMELINE, rooted
 
 
 @dataclass(frozen=True)
 class ComparedModel:
-    """What the layout needs of one compared model: its name, entity root and frame count."""
+    """What the layout needs of one compared model: its name, entity root and frame count;
+    ``title``: its label (a random or constructed model), ``no_camera``: frames without a camera."""
 
     name: str
     root: str
     num_frames: int
+    title: str = ""
+    no_camera: tuple[int, ...] = ()
 
 
 def _column(model: ComparedModel, q: int, kind: str) -> rrb.Vertical:
     with rooted(model.root):
-        scene, views = _scene(model.num_frames, q, kind), _view_grid(model.num_frames, q, kind, None)
-        matrices = _matrices(q, kind)
-    for view in (scene, *views.contents, *matrices.contents):
+        scene = _scene(model.num_frames, q, kind, model.title, model.no_camera)
+        views = _view_grid(model.num_frames, q, kind, None)
+        matrices, legend = _matrix_views(q, kind)
+    scene.name = f"{model.name}: {scene.name}"
+    for view in views.contents:
         view.name = f"{model.name}: {view.name}"  # the tab titles say which model each view shows
-    views.name, matrices.name = f"{model.name}: views", f"{model.name}: block x head"
-    return rrb.Vertical(scene, views, matrices, row_shares=[3, 3, 2], name=model.name)
+    views.name = f"{model.name}: views"
+    # Short titles (the metric) fit a third of a column; the legend gets a tab of its own.
+    grid = rrb.Grid(*matrices, grid_columns=3, name=f"{model.name}: block x head")
+    legend.name = f"{model.name}: legend"
+    return rrb.Vertical(scene, views, rrb.Tabs(grid, legend), row_shares=[3, 3, 3], name=model.name)
 
 
 def compare_blueprint(

@@ -7,7 +7,8 @@ The dataset recording shows a whole study (means over scenes) in the viewer::
     dataset/{kind}/matrix/{metric}        Image [L*cell, H*cell, 3]: block x head matrix of the mean
                                           over scenes (rows = blocks, columns = heads), static, with
                                           AnyValues ``values`` (the [L, H] means, row-major),
-                                          ``blocks``, ``vmin``, ``vmax``
+                                          ``blocks``, ``vmin``, ``vmax``; ``/axes``: Points2D labels
+                                          of the rows (blocks) and columns (heads)
     dataset/{kind}/curve/{metric}         Scalars on the ``block`` timeline: the per-block curve (mean
                                           over heads and scenes) and its 95% interval over scenes
 
@@ -32,6 +33,7 @@ from vggt_attn_rerun.core.images import LoadedImages
 from vggt_attn_rerun.viz import colormap
 from vggt_attn_rerun.viz.blueprint import default_blueprint_for, with_stable_ids
 from vggt_attn_rerun.viz.log_run import log_run
+from vggt_attn_rerun.viz.log_summaries import matrix_axes
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
 
@@ -101,14 +103,18 @@ def dataset_blueprint(kinds: Sequence[str], matrices: Sequence[DatasetMatrix], c
             for c in curves
             if c.kind == kind
         ]
+        # The legend gets a column of its own beside the matrices, so that it is read whole.
         legend = rrb.TextDocumentView(origin=LEGEND_PATH, name="legend")
+        top = rrb.Horizontal(
+            rrb.Grid(*mats, grid_columns=4, name="block x head (mean over scenes)"), legend, column_shares=[3, 1]
+        )
         tabs.append(
             rrb.Vertical(
-                rrb.Grid(*mats, legend, grid_columns=5, name="block x head (mean over scenes)"),
+                top,
                 rrb.Grid(*lines, grid_columns=6, name="per-block curves"),
                 row_shares=[3, 2],
                 name=f"{kind} attention",
-            )
+            )  # fmt: skip
         )
     tabs.append(rrb.TextDocumentView(origin=SUMMARY_PATH, name="summary"))
     root = rrb.Tabs(*tabs)
@@ -158,6 +164,8 @@ def dataset_recording_bytes(
         extra = rr.AnyValues(values=np.asarray(m.values, np.float64).ravel(), blocks=block_index,
                              vmin=float(m.vmin), vmax=float(m.vmax))  # fmt: skip
         rec.log(matrix_path(m.kind, m.metric), rr.Image(rgb), extra, static=True)
+    for m in matrices:  # labelled axes: which row is which block, which column which head
+        rec.log(f"{matrix_path(m.kind, m.metric)}/axes", matrix_axes(blocks, num_heads, cell), static=True)
     for c in curves:
         path = curve_path(c.kind, c.metric)
         rec.log(path, rr.SeriesLines(names=list(CURVE_SERIES), colors=[(255, 255, 255), (120, 160, 255),

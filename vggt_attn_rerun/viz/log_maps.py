@@ -10,7 +10,13 @@ The encoding (numbers: analysis/maps.py; colors: colormap.py):
 - **3D heat** (``world/attention/q{i}/{kind}``): one point per patch at its mean 3D point, static
   positions; per row, the value as the point's class id (a static context gives the colormap's
   visible upper part and the same labels as the overlays, on hover) and a radius from 0.35x to
-  3.35x the median half-footprint of a patch, growing with the value squared.
+  3.35x the scene's point size (analysis.scene.SceneSizes: the median half-footprint of a
+  patch, bounded by the scene's extent), growing with the value squared.
+- **Peaks** (``.../{kind}/peaks``): per row, white outlines on each view's ``options.peaks``
+  hottest patches (analysis.maps.peak_patches: hot on screen and above the view's mean; none in
+  a flat view) and white boxes around their 3D points, so a peaked map reads at a glance.
+- **Colour bar** (``legend/colorbar``, static, once per run): the colormap from 0 (cold, left)
+  to the scale of the map on screen (hot, right); the scale note gives that scale.
 - **Rays** (``world/attention/q{i}/{kind}/rays``, global attention): per row, line strips from
   the query's 3D point to its ``options.rays`` most attended patches of the other views
   (analysis.maps.ray_targets on the raw probabilities), colored like their patch and wider the
@@ -18,10 +24,10 @@ The encoding (numbers: analysis/maps.py; colors: colormap.py):
 - **Scale** (``queries/q{i}/{kind}/scale``): per row, a note with the scale of the map on screen.
 
 Rows carry ONE timeline each: ``block`` rows (every captured block, focus head or head mean) and
-``head`` rows (every head at the focus block). The head grid (``heads/q{i}/{kind}/{h}``) is on
-``block`` only; its static context labels values as a fraction of each map's scale (every
-map's scale is in ``queries/q{i}/{kind}:vmax``, flat ``[block, head, view]``). The tensor holds
-every map, each under its own scale.
+``head`` rows (every head at the focus block). The head grid (``heads/q{i}/{kind}/{h}``) has
+its ``block`` rows and one ``head`` row (head h at the focus block); its static context labels
+values as a fraction of each map's scale (every map's scale is in ``queries/q{i}/{kind}:vmax``,
+flat ``[block, head, view]``). The tensor holds every map, each under its own scale.
 """
 
 from __future__ import annotations
@@ -33,7 +39,15 @@ import numpy as np
 import pyarrow as pa
 import rerun as rr
 
-from vggt_attn_rerun.analysis.maps import SCALE_MEANING, QueryMaps, dequantize, masses, query_maps, ray_targets
+from vggt_attn_rerun.analysis.maps import (
+    SCALE_MEANING,
+    QueryMaps,
+    dequantize,
+    masses,
+    peak_patches,
+    query_maps,
+    ray_targets,
+)
 from vggt_attn_rerun.analysis.scene import Scene
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.tokens import TokenLayout
@@ -41,7 +55,7 @@ from vggt_attn_rerun.viz import colormap
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import MAP_DIMS, Paths, block_timelines, mass_series
 
-#: 3D point radius = the median half-footprint of a patch x (POINT_MIN + POINT_GAIN * (v / 255) ** 2):
+#: 3D point radius = the scene's point size (SceneSizes.point) x (POINT_MIN + POINT_GAIN * (v / 255) ** 2):
 #: squared so that only the hottest patches grow large (a diffuse map is no wall of spheres)
 POINT_MIN, POINT_GAIN = 0.35, 3.0
 #: ray width in UI points = RAY_MIN + RAY_GAIN * (p / p of the top target)
@@ -130,7 +144,7 @@ def _log_overlays(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout, 
 
 
 def _log_head_grid(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout, maps: QueryMaps, blocks: list[int],
-                   grid_view: int, options: RecordingOptions) -> None:  # fmt: skip
+                   focus_block: int, grid_view: int, options: RecordingOptions) -> None:  # fmt: skip
     root = Paths.heads_kind(i, kind)
     rec.log(root, rr.Transform3D(scale=[lay.patch_size, lay.patch_size, 1.0]), static=True)
     rec.log(root, overlay_context(options.colormap, float(options.gamma)), static=True)
@@ -139,6 +153,8 @@ def _log_head_grid(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout,
         path = Paths.head(i, kind, h)
         rec.log(path, rr.SegmentationImage.from_fields(format=fmt, draw_order=10.0, opacity=1.0), static=True)
         _send_maps(rec, path, "block", blocks, maps.all_u8[:, h, grid_view])
+        # On the head timeline the grid shows the focus block: one row at head 0 holds for every head.
+        _send_maps(rec, path, "head", [0], maps.all_u8[focus_block : focus_block + 1, h, grid_view])
 
 
 def _log_heat(rec: rr.RecordingStream, path: str, scene: Scene, rows: Sequence[_Rows], options: RecordingOptions,
@@ -152,7 +168,7 @@ def _log_heat(rec: rr.RecordingStream, path: str, scene: Scene, rows: Sequence[_
     rgba[:, 3] = 255
     context = overlay_context(options.colormap, float(options.gamma), one_scale, rgba)
     rec.log(path, rr.Points3D.from_fields(positions=positions, show_labels=False), context, static=True)
-    size = float(np.median(scene.radius)) * (POINT_MIN + POINT_GAIN * (np.arange(256) / 255.0) ** 2)
+    size = scene.sizes.point * (POINT_MIN + POINT_GAIN * (np.arange(256) / 255.0) ** 2)
     for r in rows:
         values = r.u8.reshape(len(r.times), -1)[:, scene.kept]  # [T, n]
         columns = rr.Points3D.columns(class_ids=values.reshape(-1).astype(np.uint16),
@@ -183,6 +199,44 @@ def _log_rays(rec: rr.RecordingStream, path: str, origin: np.ndarray, frame: int
         rec.send_columns(path, indexes=_index(r.timeline, r.times), columns=columns)
 
 
+#: the colour of the peak outlines: white stands out on every colormap here and on the photos
+PEAK_COLOR = (255, 255, 255)
+#: the 3D boxes are half transparent: around the large hot points they must not hide the scene
+PEAK_ALPHA_3D = 120
+
+
+def _log_peaks(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout, scene: Scene, rows: Sequence[_Rows],
+               self_patch: tuple[int, int, int] | None, options: RecordingOptions) -> None:  # fmt: skip
+    """Per row: outlines on each view's hottest patches (patch units) and boxes around their 3D points."""
+    for r in rows:
+        peaks = peak_patches(r.p, r.u8, int(options.peaks), self_patch)  # [T, S, gh, gw]
+        for s in range(lay.num_frames):
+            t_idx, row, col = np.nonzero(peaks[:, s])
+            columns = rr.Boxes2D.columns(
+                centers=np.stack([col, row], -1).astype(np.float32).reshape(-1, 2) + 0.5,
+                half_sizes=np.full((len(row), 2), 0.5, np.float32),
+                colors=np.tile(np.array(PEAK_COLOR, np.uint8), (len(row), 1)),
+                radii=np.full(len(row), -1.5, np.float32),  # negative: UI points
+            ).partition(lengths=np.bincount(t_idx, minlength=len(r.times)).tolist())
+            rec.send_columns(Paths.peaks(s, i, kind), indexes=_index(r.timeline, r.times), columns=columns)
+        if scene.kept.any():
+            flat = peaks.reshape(len(r.times), -1) & scene.kept[None]  # [T, S * gh * gw]
+            t_idx, idx = np.nonzero(flat)
+            half = np.full((len(idx), 3), scene.sizes.peak, np.float32)
+            columns = rr.Boxes3D.columns(
+                centers=scene.centroids[idx].astype(np.float32).reshape(-1, 3), half_sizes=half,
+                colors=np.tile(np.array([*PEAK_COLOR, PEAK_ALPHA_3D], np.uint8), (len(idx), 1)),
+                radii=np.full(len(idx), -0.5, np.float32),
+            ).partition(lengths=np.bincount(t_idx, minlength=len(r.times)).tolist())  # fmt: skip
+            rec.send_columns(Paths.peaks_3d(i, kind), indexes=_index(r.timeline, r.times), columns=columns)
+
+
+def log_colorbar(rec: rr.RecordingStream, options: RecordingOptions) -> None:
+    """``legend/colorbar``: the colormap from 0 (cold, left) to the map's scale (hot, right), static."""
+    rgb = colormap.visible_colors(np.arange(256), options.colormap).reshape(1, 256, 3)
+    rec.log(Paths.colorbar, rr.Image(np.repeat(rgb, 12, axis=0).astype(np.uint8)), static=True)
+
+
 def _scale_note(label: str, vmax: np.ndarray, options: RecordingOptions) -> str:
     how = SCALE_MEANING[options.scale]
     clip = "" if options.clip_percentile >= 100 else f" ({options.clip_percentile:g}th percentile, not the max)"
@@ -190,16 +244,32 @@ def _scale_note(label: str, vmax: np.ndarray, options: RecordingOptions) -> str:
     gamma = "" if options.gamma == 1 else f", gamma {options.gamma:g}"
     return (
         f"**{label}**: colour scale 0 .. {top} = {how}{clip}, query's own key excluded{gamma}. "
-        "Transparent/small/purple = cold, opaque/large/yellow = hot; hover a patch for its share of the scale."
+        "Cold = transparent, small; hot = opaque, large. Hover a patch for its share of the scale."
     )
 
 
+def marker_legend(i: int, options: RecordingOptions) -> str:
+    """What each marker of query i means (the 2D views and the 3D view)."""
+    peaks = f"white outlines: the {options.peaks} hottest patches of each view (boxes in 3D)"
+    return (
+        f"**Markers**: cyan dot + box `q{i}` = the query; magenta cross `q{i} projected` + window = the "
+        f"query's 3D point seen from another view; {peaks if options.peaks else 'no peak outlines'}."
+    )
+
+
+def _note_header(result: CaptureResult, scene: Scene) -> str:
+    """The lines above every scale note: the model's label and what the 3D view cannot show."""
+    lines = [f"**{result.model_label.title}** (see notes)."] if result.model_label is not None else []
+    lines += [f"⚠ {w.split(':')[0]}: see notes." for w in scene.warnings]
+    return "\n\n".join(lines) + ("\n\n" if lines else "")
+
+
 def _log_scale_notes(rec: rr.RecordingStream, path: str, rows: Sequence[_Rows], labels: Sequence[list[str]],
-                     options: RecordingOptions) -> None:  # fmt: skip
+                     header: str, legend: str, options: RecordingOptions) -> None:  # fmt: skip
     rec.log(path, rr.TextDocument.from_fields(media_type=rr.MediaType.MARKDOWN), static=True)
-    last = f"\n\n{options.note}" if options.note else ""
+    last = f"\n\n{legend}" + (f"\n\n{options.note}" if options.note else "")
     for r, names in zip(rows, labels, strict=True):
-        texts = [_scale_note(n, v, options) + last for n, v in zip(names, r.vmax, strict=True)]
+        texts = [header + _scale_note(n, v, options) + last for n, v in zip(names, r.vmax, strict=True)]
         rec.send_columns(path, indexes=_index(r.timeline, r.times), columns=rr.TextDocument.columns(text=texts))
 
 
@@ -256,16 +326,22 @@ def log_query_kind(rec: rr.RecordingStream, result: CaptureResult, t: KindTarget
     rec.log(Paths.scales(i, kind), scales, static=True)
     rec.log(Paths.maps(i, kind), rr.Tensor(maps.all_u8, dim_names=list(MAP_DIMS), value_range=(0, 255)), static=True)
     _log_overlays(rec, i, kind, lay, (by_block, by_head), options)
-    _log_head_grid(rec, i, kind, lay, maps, blocks, t.grid_view, options)
+    _log_head_grid(rec, i, kind, lay, maps, blocks, t.focus_block, t.grid_view, options)
     if scene.kept.any():
         _log_heat(rec, Paths.patch_points(i, kind), scene, (by_block, by_head), options,
                   _one_scale((by_block,), options))  # fmt: skip
+        if options.peaks > 0:
+            rc = rows.queries[t.j].patch(lay)
+            self_patch = None if rc is None else (rows.queries[t.j].frame, *rc)
+            _log_peaks(rec, i, kind, lay, scene, (by_block, by_head), self_patch, options)
         if kind == "global" and t.origin is not None and options.rays > 0:
             frame = rows.queries[t.j].frame
             _log_rays(rec, Paths.rays(i, kind), t.origin, frame, lay, scene, (by_block, by_head), options)
     who = "head mean" if t.head is None else f"head {t.head}"
     block_labels = [f"block {b}, {who}" for b in blocks]
     head_labels = [f"block {blocks[t.focus_block]}, head {h}" for h in heads]
-    _log_scale_notes(rec, Paths.scale_note(i, kind), (by_block, by_head), (block_labels, head_labels), options)
+    header, legend = _note_header(result, scene), marker_legend(i, options)
+    _log_scale_notes(rec, Paths.scale_note(i, kind), (by_block, by_head), (block_labels, head_labels), header, legend,
+                     options)  # fmt: skip
     _log_masses(rec, result, t.j, i, kind, t.head, t.focus_block)
     return maps.all_vmax

@@ -40,7 +40,6 @@ from vggt_attn_rerun.analysis.scene import (
     PointMap,
     Scene,
     build_scene,
-    camera_is_valid,
     cameras,
     continuous_intrinsics,
     logged_cloud,
@@ -50,7 +49,7 @@ from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import LoadedImages
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.viz.log_maps import KindTarget, log_query_kind
+from vggt_attn_rerun.viz.log_maps import KindTarget, log_colorbar, log_query_kind
 from vggt_attn_rerun.viz.log_summaries import log_query_means, log_query_summaries
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import Paths
@@ -92,19 +91,19 @@ def _resolve(options: RecordingOptions, result: CaptureResult) -> _Focus:
 # --------------------------------------------------------------------------------------------
 
 
-def _log_scene(rec: rr.RecordingStream, result: CaptureResult, rgb: np.ndarray, pm: PointMap,
-               options: RecordingOptions) -> None:  # fmt: skip
+def _log_scene(rec: rr.RecordingStream, result: CaptureResult, scene: Scene, options: RecordingOptions) -> None:
     """Cameras, images and the point cloud (all static)."""
     lay = result.layout
     h, w = lay.image_size
     extr, intr = cameras(result)
+    rgb = scene.rgb
     rec.log(Paths.world, rr.ViewCoordinates.RDF, static=True)
 
-    pick, cloud, scale = logged_cloud(pm, options)
+    pick, cloud = logged_cloud(scene.pm, options)
     rec.log(Paths.cloud, rr.Points3D(cloud, colors=rgb.reshape(-1, 3)[pick], radii=-1.5), static=True)
 
     for s in range(lay.num_frames):
-        if camera_is_valid(extr[s], intr[s]):
+        if scene.valid_cameras[s]:
             # Rerun stores the camera-from-world matrix as given; the relation tells it the direction.
             transform = rr.Transform3D(
                 translation=extr[s, :, 3], mat3x3=extr[s, :, :3], relation=rr.TransformRelation.ChildFromParent
@@ -112,21 +111,31 @@ def _log_scene(rec: rr.RecordingStream, result: CaptureResult, rgb: np.ndarray, 
             rec.log(Paths.frame(s), transform, static=True)
             # Rerun puts pixel j's centre at j + 0.5, VGGT at j: the principal point moves by half a pixel.
             k = continuous_intrinsics(intr[s])
-            pinhole = rr.Pinhole(image_from_camera=k, resolution=[w, h], image_plane_distance=0.15 * scale)
+            pinhole = rr.Pinhole(image_from_camera=k, resolution=[w, h], image_plane_distance=scene.sizes.camera)
             rec.log(Paths.image(s), pinhole, static=True)
-        else:
-            # One non-finite camera (e.g. a zero field of view from an untrained model) makes the
-            # viewer refuse every view that contains it: keep the photo, drop the camera, say so.
-            warnings.warn(
-                f"view {s}: the predicted camera is degenerate (non-finite or zero focal length): not shown",
-                stacklevel=3,
-            )
+        # else: one non-finite camera makes the viewer refuse every view that contains it: keep
+        # the photo, drop the camera; scene.warnings says so and the 3D view leaves the frame out.
         rec.log(Paths.image(s), rr.Image(rgb[s]).compress(jpeg_quality=int(options.jpeg_quality)), static=True)
         rec.log(Paths.overlay_root(s), rr.Transform3D(scale=[lay.patch_size, lay.patch_size, 1.0]), static=True)
+    log_colorbar(rec, options)
+    for line in scene.warnings:
+        warnings.warn(line, stacklevel=3)
+    rec.log(Paths.notes, rr.TextDocument(notes_text(result, scene), media_type=rr.MediaType.MARKDOWN), static=True)
+
+
+def notes_text(result: CaptureResult, scene: Scene) -> str:
+    """The run's notes (``Paths.notes``): the model's label and what the 3D view cannot show."""
+    lines = []
+    if result.model_label is not None:
+        lines += [f"**{result.model_label.title}**. {result.model_label.note}", ""]
+    lines += [f"⚠ {w}" for w in scene.warnings]
+    if not scene.warnings:
+        lines.append(f"Scene extent {scene.sizes.extent:.3g} (world units): the 3D sizes follow it.")
+    return "\n".join(lines)
 
 
 def _log_query(rec: rr.RecordingStream, i: int, q: Query, lay: TokenLayout, pm: PointMap, rgb: np.ndarray,
-               grid_view: int, scale: float, jpeg_quality: int) -> None:  # fmt: skip
+               grid_view: int, radius: float, jpeg_quality: int) -> None:  # fmt: skip
     """Marker, 3D point and the head grid's backdrop of query i (all static)."""
     name = f"q{i}"
     backdrop = rr.Image(rgb[grid_view]).compress(jpeg_quality=jpeg_quality)
@@ -145,7 +154,7 @@ def _log_query(rec: rr.RecordingStream, i: int, q: Query, lay: TokenLayout, pm: 
         rec.log(Paths.heads_marker(i), dot, static=True)
     point = query_point(pm, lay, q)
     if point is not None:
-        dot = rr.Points3D([point], radii=0.03 * scale, colors=[QUERY_COLOR], labels=[name])
+        dot = rr.Points3D([point], radii=radius, colors=[QUERY_COLOR], labels=[name])
         rec.log(Paths.query_point(i), dot, static=True)
 
 
@@ -162,7 +171,8 @@ def _info_text(i: int, j: int, q: Query, result: CaptureResult, focus: _Focus, v
     head = "head mean" if focus.head is None else f"head {focus.head}"
     gamma = "" if options.gamma == 1 else f" ** {options.gamma:g}"
     clip = "max" if options.clip_percentile >= 100 else f"{options.clip_percentile:g}th percentile"
-    lines = [*([options.note, ""] if options.note else []),
+    label = [f"**{result.model_label.title}**: {result.model_label.note}", ""] if result.model_label else []
+    lines = [*label, *([options.note, ""] if options.note else []),
         f"# Query q{i}: {q.label or q.name(lay)}",
         "",
         f"- token: {where}; global index {q.token(lay)}",
@@ -198,7 +208,8 @@ def _log_queries(rec: rr.RecordingStream, result: CaptureResult, options: Record
     rows, lay = result.rows, result.layout
     for j, q in enumerate(rows.queries):
         i = first_index + j
-        _log_query(rec, i, q, lay, scene.pm, scene.rgb, focus.grid_views[j], scene.scale, int(options.jpeg_quality))
+        quality = int(options.jpeg_quality)
+        _log_query(rec, i, q, lay, scene.pm, scene.rgb, focus.grid_views[j], scene.sizes.query, quality)
         origin = query_point(scene.pm, lay, q)
         vmax, notes = {}, []
         for kind in focus.kinds:
@@ -280,7 +291,7 @@ def log_run(rec: rr.RecordingStream, result: CaptureResult, images: LoadedImages
     _check_images(result, images)
     focus = _resolve(options, result)
     scene = build_scene(result, images, options)
-    _log_scene(rec, result, scene.rgb, scene.pm, options)
+    _log_scene(rec, result, scene, options)
     analysis = _analysis(result, images, options, analysis)
     _log_queries(rec, result, options, focus, scene, analysis, 0)
     if len(result.rows.queries) > 1:

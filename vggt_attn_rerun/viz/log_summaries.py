@@ -68,11 +68,32 @@ def _send_batches(rec: rr.RecordingStream, path: str, blocks: Sequence[int], val
     )
 
 
+AXIS_COLOR = (200, 200, 200)
+
+
+def matrix_axes(blocks: Sequence[int], num_heads: int, cell: int) -> rr.Points2D:
+    """Axis labels of a block x head matrix image (``block_head_matrix``, ``cell`` pixels per
+    entry): ``block b`` left of the first and the last row, ``head h`` above the first and the
+    last column (screen-size text: more labels would overlap on a small matrix). Log at
+    ``{matrix}/axes``."""
+    rows = sorted({0, len(blocks) - 1})
+    cols = sorted({0, num_heads - 1})
+    xy = [(-2.0 * cell, (i + 0.5) * cell) for i in rows] + [((h + 0.5) * cell, -1.0 * cell) for h in cols]
+    labels = [f"block {blocks[i]}" for i in rows] + [f"head {h}" for h in cols]
+    # An unlabelled point as far below the matrix as the head labels are above it: the view's
+    # framing then keeps the last row (and its label) in sight.
+    xy.append((-2.0 * cell, (len(blocks) + 1.0) * cell))
+    labels.append("")
+    return rr.Points2D(xy, radii=0.5, colors=[AXIS_COLOR] * len(xy), labels=labels, show_labels=True)
+
+
 def _log_matrix(rec: rr.RecordingStream, path: str, values: np.ndarray, lo: float, hi: float,
-                options: RecordingOptions) -> None:  # fmt: skip
-    """``[L, H]`` as a static RGB image (summaries.block_head_matrix) with its color range."""
-    rgb = block_head_matrix(values, colormap.lut(options.colormap), int(options.matrix_cell), lo, hi)
+                options: RecordingOptions, blocks: Sequence[int]) -> None:  # fmt: skip
+    """``[L, H]`` as a static RGB image (summaries.block_head_matrix) with its color range and axes."""
+    cell = int(options.matrix_cell)
+    rgb = block_head_matrix(values, colormap.lut(options.colormap), cell, lo, hi)
     rec.log(path, rr.Image(rgb), rr.AnyValues(vmin=float(lo), vmax=float(hi)), static=True)
+    rec.log(f"{path}/axes", matrix_axes(blocks, np.shape(values)[1], cell), static=True)
 
 
 def _log_summaries(rec: rr.RecordingStream, q: int | str, kind: str, values: dict[str, np.ndarray],
@@ -82,7 +103,7 @@ def _log_summaries(rec: rr.RecordingStream, q: int | str, kind: str, values: dic
         path = Paths.summary(q, kind, metric)
         rec.log(path, _head_series_style(v.shape[1]), static=True)
         _send_batches(rec, path, blocks, np.concatenate([v, v.mean(axis=1, keepdims=True)], axis=1))
-        _log_matrix(rec, Paths.matrix(q, kind, metric), v, 0.0, 1.0, options)
+        _log_matrix(rec, Paths.matrix(q, kind, metric), v, 0.0, 1.0, options, blocks)
 
 
 def _legend_text(q: int | str, kind: str, blocks: Sequence[int], num_heads: int, options: RecordingOptions,
@@ -136,7 +157,9 @@ def _log_projected(rec: rr.RecordingStream, i: int, s: int, xy: np.ndarray, patc
     ps, gh, gw = lay.patch_size, lay.grid_h, lay.grid_w
     (x, y), (pr, pc) = (float(v) for v in xy), (int(v) for v in patch)
     size = max(2.0, 0.3 * ps)
-    dot = rr.Points2D([[x, y]], radii=max(1.5, 0.1 * ps), colors=[PROJECTED_COLOR], labels=[f"q{i}"],
+    # No box of the query's size and no bare "q{i}" label: this marks where the query's 3D point
+    # lands in another view, and must not look like the query itself (cyan dot + patch box).
+    dot = rr.Points2D([[x, y]], radii=max(1.0, 0.05 * ps), colors=[PROJECTED_COLOR], labels=[f"q{i} projected"],
                       draw_order=31.0)  # fmt: skip
     cross = [[[x - size, y - size], [x + size, y + size]], [[x - size, y + size], [x + size, y - size]]]
     r0, r1, c0, c1 = max(0, pr - radius), min(gh - 1, pr + radius), max(0, pc - radius), min(gw - 1, pc + radius)
@@ -186,8 +209,8 @@ def _log_query_consistency(rec: rr.RecordingStream, i: int, j: int, cons: Consis
     score = _mean_over_views(cons.share_near[:, j])  # [L, H]
     control = _mean_over_views(cons.control_share_near[:, j])
     top = _shared_range(score, control)
-    _log_matrix(rec, Paths.consistency(i, "score"), score, 0.0, top, options)
-    _log_matrix(rec, Paths.consistency(i, "control_score"), control, 0.0, top, options)
+    _log_matrix(rec, Paths.consistency(i, "score"), score, 0.0, top, options, cons.blocks)
+    _log_matrix(rec, Paths.consistency(i, "control_score"), control, 0.0, top, options, cons.blocks)
     if valid.size:
         path = Paths.consistency(i, "peak_dist")
         names = [f"view {s}" for s in valid]
@@ -236,8 +259,9 @@ def log_query_means(rec: rr.RecordingStream, result: CaptureResult, summaries: d
         if kind == "global" and consistency is not None:
             cons = consistency
             top = _shared_range(cons.score, cons.control_score)
-            _log_matrix(rec, Paths.consistency(MEAN, "score"), cons.score, 0.0, top, options)
-            _log_matrix(rec, Paths.consistency(MEAN, "control_score"), cons.control_score, 0.0, top, options)
+            _log_matrix(rec, Paths.consistency(MEAN, "score"), cons.score, 0.0, top, options, rows.blocks)
+            _log_matrix(rec, Paths.consistency(MEAN, "control_score"), cons.control_score, 0.0, top, options,
+                        rows.blocks)  # fmt: skip
         legend = _legend_text(MEAN, kind, rows.blocks, rows.num_heads, options, top)
         legend += f"\n\nMeans over the {len(rows.queries)} queries q0..q{len(rows.queries) - 1} of the run"
         if top is not None:

@@ -40,6 +40,8 @@ class RecordingOptions:
             a constructed demo: testing.CONSTRUCTED_NOTE).
         rays: lines from the query's 3D point to its k most attended patches of the other views
             (0 = none).
+        peaks: outline the k hottest patches of each view, and box their 3D points (0 = none;
+            analysis.maps.peak_patches says which patches count).
         jpeg_quality: 1-100, for the logged input images.
         colormap: one of colormap.COLORMAPS.
         top_k: k of the ``top_k_mass`` summary (summaries.summarize).
@@ -61,6 +63,7 @@ class RecordingOptions:
     gamma: float = 1.0
     clip_percentile: float = 100.0
     rays: int = 8
+    peaks: int = 3
     note: str = ""
     jpeg_quality: int = 90
     colormap: str = "inferno"
@@ -92,8 +95,10 @@ class RecordingOptions:
             raise UserError(f"gamma must be a number in [0.05, 20], got {self.gamma!r}")
         if not (isinstance(self.clip_percentile, (int, float)) and 50.0 <= float(self.clip_percentile) <= 100.0):
             raise UserError(f"clip_percentile must be in [50, 100], got {self.clip_percentile!r}")
-        if isinstance(self.rays, bool) or not isinstance(self.rays, (int, np.integer)) or not 0 <= self.rays <= 64:
-            raise UserError(f"rays must be an integer in 0..64, got {self.rays!r}")
+        for name in ("rays", "peaks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 64:
+                raise UserError(f"{name} must be an integer in 0..64, got {value!r}")
         for name, low in (("top_k", 1), ("consistency_radius", 0), ("matrix_cell", 1)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:

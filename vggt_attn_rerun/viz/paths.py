@@ -7,15 +7,18 @@ Entity paths (``s`` a frame, ``i`` a query, ``kind`` "frame" or "global", ``h`` 
     world/frames/{s}/image                      Pinhole + the model-resolution input image (JPEG)
     world/frames/{s}/image/attention            Transform3D scale [patch, patch, 1]: patch grid -> pixels
     world/frames/{s}/image/attention/q{i}/{kind}  SegmentationImage [gh, gw] u8 + AnnotationContext
+    world/frames/{s}/image/attention/q{i}/{kind}/peaks  Boxes2D per time (patch units): the view's hottest patches
     world/frames/{s}/image/queries/q{i}         Points2D marker at the query patch centre (+ /patch box)
     world/points                                Points3D point map, confidence-filtered, image colors
     world/queries/q{i}                          Points3D: the query's predicted 3D point
     world/attention/q{i}/{kind}                 Points3D, one per patch (positions static, colors and radii per time)
     world/attention/q{i}/{kind}/rays            LineStrips3D per time: query point -> top-k patches of other views
+    world/attention/q{i}/{kind}/peaks           Boxes3D per time: around the 3D points of the peaks (2D ``peaks``)
     heads/q{i}/image                            the grid view's image (head grid backdrop)
     heads/q{i}/query                            Points2D marker of the query on that image (its own view only)
     heads/q{i}/{kind}                           Transform3D scale [patch, patch, 1] + AnnotationContext
-    heads/q{i}/{kind}/{h}                       SegmentationImage of head h on the grid view (block only)
+    heads/q{i}/{kind}/{h}                       SegmentationImage of head h on the grid view (block rows;
+                                                one ``head`` row: head h at the focus block)
     queries/q{i}/info                           TextDocument: the query, scales, quantization
     queries/q{i}/{kind}                         AnyValues: vmax of every map (flat [block, head, view]), blocks
     queries/q{i}/{kind}/scale                   TextDocument per time: the colour scale of the map on screen
@@ -33,6 +36,8 @@ Entity paths (``s`` a frame, ``i`` a query, ``kind`` "frame" or "global", ``h`` 
     queries/mean/{kind}/summary|matrix/...      the same averaged over the run's queries (Q > 1), and
     queries/mean/global/consistency/{score,control_score}  (means over all valid query-view pairs)
     queries/index                               TextDocument: every query (name, token, frame, patch)
+    notes                                       TextDocument: the model's label, what the 3D view cannot show
+    legend/colorbar                             Image [12, 256, 3]: the colormap, 0 (cold, left) to the scale (hot)
 
 Several models in one recording (api/comparison.py): inside ``rooted("models/{name}", depth)`` every
 name above is built under that root (``models/{name}/world/points``), and rows on the ``block``
@@ -121,6 +126,14 @@ class _RootedNames(type):
     def query_index(cls) -> str:
         return _rooted("queries/index")
 
+    @property
+    def notes(cls) -> str:
+        return _rooted("notes")
+
+    @property
+    def colorbar(cls) -> str:
+        return _rooted("legend/colorbar")
+
 
 class Paths(metaclass=_RootedNames):
     """The entity path scheme (see the module docstring); blueprints build on the same names."""
@@ -142,6 +155,10 @@ class Paths(metaclass=_RootedNames):
         return _rooted(f"world/frames/{s}/image/attention/q{q}/{kind}")
 
     @staticmethod
+    def peaks(s: int, q: int, kind: str) -> str:
+        return _rooted(f"world/frames/{s}/image/attention/q{q}/{kind}/peaks")
+
+    @staticmethod
     def marker(s: int, q: int) -> str:
         return _rooted(f"world/frames/{s}/image/queries/q{q}")
 
@@ -156,6 +173,10 @@ class Paths(metaclass=_RootedNames):
     @staticmethod
     def patch_points(q: int, kind: str) -> str:
         return _rooted(f"world/attention/q{q}/{kind}")
+
+    @staticmethod
+    def peaks_3d(q: int, kind: str) -> str:
+        return _rooted(f"world/attention/q{q}/{kind}/peaks")
 
     @staticmethod
     def rays(q: int, kind: str) -> str:
