@@ -113,11 +113,13 @@ def test_global_rows_have_geometry_scores_and_frame_rows_do_not(done_study):
     t = pq.read_table(root / "out" / "scenes" / "b.parquet")
     col = {name: t[name].to_numpy(zero_copy_only=False) for name in t.column_names}
     glob, frame = col["kind"] == "global", col["kind"] == "frame"
-    for m in ("correspondence_score", "epipolar_dist", "epipolar_control"):
+    for m in ("correspondence_score", "correspondence_null", "peak_dist", "epipolar_dist", "epipolar_null"):
         assert np.isfinite(col[m][glob]).all() and np.isnan(col[m][frame]).all()
-    score, control = col["correspondence_score"], col["correspondence_control"]
-    np.testing.assert_allclose(col["correspondence_gain"][glob], (score - control)[glob])
-    np.testing.assert_allclose(col["epipolar_gain"][glob], (col["epipolar_control"] - col["epipolar_dist"])[glob])
+    assert set(col["reference"][glob]) == {"model"} and set(col["reference"][frame]) == {""}
+    score, null = col["correspondence_score"], col["correspondence_null"]
+    np.testing.assert_allclose(col["correspondence_gain"][glob], (score - null)[glob])
+    np.testing.assert_allclose(col["peak_dist_gain"][glob], (col["peak_dist_null"] - col["peak_dist"])[glob])
+    np.testing.assert_allclose(col["epipolar_gain"][glob], (col["epipolar_null"] - col["epipolar_dist"])[glob])
     masses = sum(col[m] for m in ("own_view_mass", "other_views_mass", "camera_mass", "register_mass"))
     np.testing.assert_allclose(masses, 1.0, atol=1e-5)
     assert (np.abs(col["other_views_mass"][frame]) < 1e-6).all()

@@ -46,6 +46,7 @@ def _scene_table(name, blocks=2, heads=3, seed=0):
         "kind": ["global"] * n,
         "block": np.repeat(np.arange(blocks), heads),
         "head": np.tile(np.arange(heads), blocks),
+        "reference": ["model"] * n,
         **{c: np.full(n, 4) for c in ("frames", "queries", "correspondence_pairs", "epipolar_pairs")},
         **{m: rng.uniform(0, 1, n) for m in METRIC_COLUMNS},
     }
@@ -116,15 +117,30 @@ def test_the_dataset_rrd_has_per_block_curves_and_a_blueprint(study):
     assert "/dataset/frame/matrix/correspondence_score" not in entities  # no geometry for frame attention
 
 
-def test_summary_md_ranks_heads_by_correspondence_gain(study):
+@pytest.mark.parametrize("gain", ["correspondence_gain", "peak_dist_gain", "epipolar_gain"])
+def test_summary_md_ranks_heads_by_every_gain_with_its_q_value(study, gain):
     text = (study / "summary.md").read_text()
     summary = pq.read_table(study / "summary.parquet")
     cells = np.flatnonzero((_np(summary, "kind") == "global") & (_np(summary, "head") >= 0))
-    best = cells[np.argmax(_np(summary, "correspondence_gain_mean")[cells])]
-    table = text.split("## Top")[1]
-    first_row = [ln for ln in table.splitlines() if ln.startswith("| ") and ln[2].isdigit()][0]
-    assert first_row.startswith(f"| {_np(summary, 'block')[best]} | {_np(summary, 'head')[best]} |")
-    assert "# Dataset study: 3 scenes" in text
+    best = cells[np.argmax(_np(summary, f"{gain}_mean")[cells])]
+    table = text.split(f"heads by `{gain}`")[1]
+    first_row = [ln for ln in table.splitlines() if ln.startswith("| 1 |")][0]
+    q = _np(summary, f"{gain}_q")[best]
+    assert first_row.startswith(f"| 1 | {_np(summary, 'block')[best]} | {_np(summary, 'head')[best]} |")
+    assert f"| {q:.2g}" in first_row
+    assert "# Dataset study: 3 scenes" in text and "Geometry reference: **model**" in text
+
+
+def test_q_values_are_benjamini_hochberg_over_the_block_head_cells():
+    tables = [_scene_table(s, seed=i) for i, s in enumerate("abcde")]
+    summary = aggregate(tables)
+    cells = _np(summary, "head") >= 0
+    p = _np(summary, "epipolar_gain_p")[cells]
+    q = _np(summary, "epipolar_gain_q")[cells]
+    order = np.argsort(p)
+    m = len(p)
+    want = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+    np.testing.assert_allclose(q[order], np.minimum(want, 1))
 
 
 def test_the_dataset_blueprint_has_the_same_ids_every_time():

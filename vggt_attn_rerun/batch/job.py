@@ -9,13 +9,18 @@ block, head); its columns:
 
 - ``scene``, ``kind``, ``block``, ``head``; ``frames`` (S) and ``queries`` (Q) of the scene;
 - ``own_view_mass`` .. ``top_k_mass`` (summaries.METRICS): means over the queries;
-- ``correspondence_score`` / ``correspondence_control``: ``Consistency.score`` /
-  ``control_score``, the share of a head's patch mass near the projected query point / near the
-  query's own (row, col), mean over the valid (query, view) pairs; ``correspondence_gain`` their
-  difference (> 0: the head follows geometry more than position);
-- ``epipolar_dist`` / ``epipolar_control``: ``Epipolar.score`` / ``control_score``, the mean
-  Sampson distance (model pixels) of the peak / of the query's own position to the epipolar line;
-  ``epipolar_gain`` = control - distance (> 0: closer to the line than a positional head);
+- ``reference``: ``"truth"`` when the scene brought cameras (and depth) and the geometry
+  scores use them, ``"model"`` when they use VGGT's own predictions (``""`` for frame rows);
+- three measures, each with its null (the exact expectation for a head uniform over the view's
+  patches, same windows and exclusions) and ``*_gain`` (larger is better, a uniform head scores 0):
+  ``correspondence_score`` / ``_null`` / ``_gain`` (``Consistency.score`` / ``null_score`` /
+  ``gain``: the share of a head's patch mass on a view within ``radius`` patches of the
+  projected query point, gain = score - null); ``peak_dist`` / ``_null`` / ``_gain`` (patches
+  from the peak to the projected patch, gain = null - distance); ``epipolar_dist`` / ``_null`` /
+  ``_gain`` (Sampson distance in model pixels of the peak to the query's epipolar line, gain =
+  null - distance). All are means over the valid (query, view) pairs;
+- ``correspondence_control`` / ``epipolar_control``: the positional controls (the same around the
+  query's own (row, col)), descriptive only;
 - ``correspondence_pairs`` / ``epipolar_pairs``: the valid (query, view) pairs behind them.
 
 Frame-attention rows have NaN geometry metrics and 0 pairs (frame attention stays in its view).
@@ -34,6 +39,7 @@ import torch
 
 from vggt_attn_rerun.analysis.consistency import geometric_consistency
 from vggt_attn_rerun.analysis.epipolar import epipolar_consistency
+from vggt_attn_rerun.analysis.reference import Geometry
 from vggt_attn_rerun.analysis.summaries import METRICS, summarize
 from vggt_attn_rerun.api import capture_run, query_grid
 from vggt_attn_rerun.batch.inputs import Scene
@@ -49,18 +55,31 @@ from vggt_attn_rerun.viz.options import RecordingOptions
 
 GEOMETRY_METRICS = (
     "correspondence_score",
-    "correspondence_control",
+    "correspondence_null",
     "correspondence_gain",
+    "correspondence_control",
+    "peak_dist",
+    "peak_dist_null",
+    "peak_dist_gain",
     "epipolar_dist",
-    "epipolar_control",
+    "epipolar_null",
     "epipolar_gain",
+    "epipolar_control",
 )
+#: the gains (score against its null, larger is better): the measures a study ranks and tests
+GAIN_METRICS = ("correspondence_gain", "peak_dist_gain", "epipolar_gain")
 #: every metric column of the study table, in order
 METRIC_COLUMNS = (*METRICS, *GEOMETRY_METRICS)
 KEY_COLUMNS = ("scene", "kind", "block", "head")
 COUNT_COLUMNS = ("frames", "queries", "correspondence_pairs", "epipolar_pairs")
 SCHEMA = pa.schema(
-    [("scene", pa.string()), ("kind", pa.string()), ("block", pa.int32()), ("head", pa.int32())]
+    [
+        ("scene", pa.string()),
+        ("kind", pa.string()),
+        ("block", pa.int32()),
+        ("head", pa.int32()),
+        ("reference", pa.string()),
+    ]
     + [(c, pa.int32()) for c in COUNT_COLUMNS]
     + [(m, pa.float64()) for m in METRIC_COLUMNS]
 )
@@ -130,8 +149,13 @@ def capture_scene(model: torch.nn.Module, images: LoadedImages, options: StudyOp
                        options=options.recording_options(), autocast_dtype=autocast)  # fmt: skip
 
 
-def scene_table(name: str, result: CaptureResult, images: LoadedImages, options: StudyOptions) -> pa.Table:
-    """The scene's rows (see the module docstring): one per (kind, block, head), SCHEMA columns."""
+def scene_table(name: str, result: CaptureResult, images: LoadedImages, options: StudyOptions,
+                geometry: Geometry | None = None) -> pa.Table:  # fmt: skip
+    """The scene's rows (see the module docstring): one per (kind, block, head), SCHEMA columns.
+
+    ``geometry``: the scene's true cameras in model pixels (``reference.truth_geometry``); None:
+    VGGT's own. Truth without depth leaves the point-based columns NaN (they need depth).
+    """
     rows = result.rows
     l_, h_ = len(rows.blocks), rows.num_heads
     parts = []
@@ -139,26 +163,39 @@ def scene_table(name: str, result: CaptureResult, images: LoadedImages, options:
         summary = summarize(rows, kind, top_k=options.top_k).mean_over_queries()
         cols: dict[str, Any] = {m: getattr(summary, m)[:, 0, :] for m in METRICS}  # [L, H] each
         nan = np.full((l_, h_), np.nan)
-        geo = {m: nan for m in GEOMETRY_METRICS}
+        geo: dict[str, np.ndarray] = {m: nan for m in GEOMETRY_METRICS}
         pairs = (0, 0)
+        reference = ""
         if kind == "global":
-            cons = geometric_consistency(rows, result.predictions, radius=options.radius, transforms=images.transforms)
-            epi = epipolar_consistency(rows, result.predictions, peak_patch=cons.peak_patch)
-            geo = {
-                "correspondence_score": cons.score,
-                "correspondence_control": cons.control_score,
-                "correspondence_gain": cons.score - cons.control_score,
+            reference = geometry.reference if geometry is not None else "model"
+            epi = epipolar_consistency(rows, result.predictions, geometry=geometry)
+            geo.update({
                 "epipolar_dist": epi.score,
+                "epipolar_null": epi.null_score,
+                "epipolar_gain": epi.gain_score,
                 "epipolar_control": epi.control_score,
-                "epipolar_gain": epi.control_score - epi.score,
-            }
-            pairs = (int(cons.valid.sum()), int(epi.valid.sum()))
+            })  # fmt: skip
+            pairs = (0, int(epi.valid.sum()))
+            if geometry is None or geometry.depth is not None:
+                cons = geometric_consistency(rows, result.predictions, radius=options.radius,
+                                             transforms=images.transforms, geometry=geometry)  # fmt: skip
+                geo.update({
+                    "correspondence_score": cons.score,
+                    "correspondence_null": cons.null_score,
+                    "correspondence_gain": cons.gain,
+                    "correspondence_control": cons.control_score,
+                    "peak_dist": cons.peak_dist_score,
+                    "peak_dist_null": cons.peak_null_score,
+                    "peak_dist_gain": cons.peak_gain_score,
+                })  # fmt: skip
+                pairs = (int(cons.valid.sum()), pairs[1])
         cols.update(geo)
         block, head = np.meshgrid(np.asarray(rows.blocks), np.arange(h_), indexing="ij")
         n = l_ * h_
         data = {
             "scene": [name] * n,
             "kind": [kind] * n,
+            "reference": [reference] * n,
             "block": block.ravel(),
             "head": head.ravel(),
             "frames": np.full(n, rows.layout.num_frames),
