@@ -141,7 +141,7 @@ def test_resume_skips_done_scenes_and_runs_only_new_ones(tmp_path, monkeypatch):
 
 def test_a_corrupt_scene_lands_in_failures_jsonl_and_the_others_go_on(tmp_path):
     scenes = make_scenes(tmp_path / "scenes", ["a", "c"])
-    (scenes / "b").mkdir()
+    make_scenes(scenes, ["b"])
     (scenes / "b" / "00.png").write_bytes(b"not a png at all")
     report = run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
     assert report.failed == ["b"] and report.done == 2
@@ -157,7 +157,8 @@ def test_a_failed_scene_is_retried_by_the_next_run(tmp_path, monkeypatch):
     (scenes / "b").mkdir()
     run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
     make_scenes(tmp_path / "fixed", ["b"])
-    (tmp_path / "fixed" / "b" / "00.png").rename(scenes / "b" / "00.png")
+    for photo in ("00.png", "01.png"):
+        (tmp_path / "fixed" / "b" / photo).rename(scenes / "b" / photo)
     seen = _calls(monkeypatch)
     report = run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
     assert seen == ["b"] and report.failed == [] and not (tmp_path / "out" / "failures.jsonl").exists()
@@ -254,3 +255,26 @@ def test_progress_in_a_log_is_a_line_per_interval_with_scenes_per_second_and_an_
 
 def test_every_metric_column_is_in_the_schema():
     assert [f.name for f in SCHEMA][-len(METRIC_COLUMNS) :] == list(METRIC_COLUMNS)
+
+
+def test_a_scene_with_one_photo_is_refused_and_never_averaged_in(tmp_path):
+    scenes = make_scenes(tmp_path / "scenes", ["a", "b"])
+    make_scenes(tmp_path / "scenes", ["one"], frames=1)
+    report = run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
+    assert report.failed == ["one"] and report.done == 2
+    failures = [json.loads(ln) for ln in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert [f["scene"] for f in failures] == ["one"] and "at least 2 views" in failures[0]["reason"]
+    combined = pq.read_table(tmp_path / "out" / "scenes.parquet")
+    assert set(combined["scene"].to_pylist()) == {"a", "b"}
+
+
+def test_scenes_with_too_few_photos_are_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import vggt_attn_rerun.batch.job as job
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(job, "load_model", no_model)
+    scenes = make_scenes(tmp_path / "scenes", ["x", "y"], frames=1)
+    report = run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
+    assert report.failed == ["x", "y"] and report.done == 0

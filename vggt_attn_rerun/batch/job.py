@@ -31,6 +31,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,14 +131,55 @@ class StudyOptions:
         return RecordingOptions(kinds=self.kinds, top_k=self.top_k, consistency_radius=self.radius)
 
 
-def scene_images(scene: Scene, options: StudyOptions, patch_size: int) -> LoadedImages:
-    """The scene's photos as model input (the first ``options.frames`` by name when set)."""
-    paths = expand_image_paths([scene.path])
+#: fewer views than this cannot be scored (every geometry score compares a view with another)
+MIN_FRAMES = 2
+
+
+def scene_photos(scene: Scene, options: StudyOptions) -> list[Path]:
+    """The scene's photos: the first ``options.frames`` by name when set, at least MIN_FRAMES.
+
+    The photos are the images in the scene folder or, when it has none, in its ``images/``
+    sub-folder (the COLMAP layout: ``images/`` beside ``sparse/``). UserError when there are
+    fewer than MIN_FRAMES (or than ``options.frames``).
+    """
+    folder = scene.path / "images" if (scene.path / "images").is_dir() and not _has_images(scene.path) else scene.path
+    paths = expand_image_paths([folder])
     if options.frames is not None:
         if len(paths) < options.frames:
             raise UserError(f"scene {scene.name} has {len(paths)} photos, --frames {options.frames} needs that many")
         paths = paths[: options.frames]
-    return load_images(paths, mode=options.mode, target_size=options.image_size, patch_size=patch_size)
+    if len(paths) < MIN_FRAMES:
+        raise UserError(
+            f"scene {scene.name} has {len(paths)} photo(s): a scene needs at least {MIN_FRAMES} views (the geometry "
+            "scores compare a view with the others)"
+        )
+    return paths
+
+
+def _has_images(folder: Path) -> bool:
+    try:
+        return bool(expand_image_paths([folder]))
+    except UserError:
+        return False
+
+
+def scene_images(scene: Scene, options: StudyOptions, patch_size: int) -> LoadedImages:
+    """The scene's photos (``scene_photos``) as model input."""
+    return load_images(scene_photos(scene, options), mode=options.mode, target_size=options.image_size,
+                       patch_size=patch_size)  # fmt: skip
+
+
+def refuse_scene(scene: Scene, options: StudyOptions) -> SceneOutcome | None:
+    """A failed outcome for a scene that cannot be run (too few photos, none readable), else None.
+
+    Runs before any model is loaded: a refused scene is recorded in failures.jsonl and never averaged in.
+    """
+    start = time.perf_counter()
+    try:
+        scene_photos(scene, options)
+    except UserError as e:
+        return SceneOutcome(scene, error=_reason(e), seconds=time.perf_counter() - start)
+    return None
 
 
 def capture_scene(model: torch.nn.Module, images: LoadedImages, options: StudyOptions,

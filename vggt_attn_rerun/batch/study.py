@@ -19,7 +19,7 @@ from typing import Any
 from vggt_attn_rerun.batch.aggregate import aggregate, dataset_views, summary_markdown
 from vggt_attn_rerun.batch.engines import ENGINES, RaySettings, run_local, run_ray
 from vggt_attn_rerun.batch.inputs import Scene, discover_scenes
-from vggt_attn_rerun.batch.job import StudyOptions
+from vggt_attn_rerun.batch.job import StudyOptions, refuse_scene
 from vggt_attn_rerun.batch.progress import progress as progress_bar
 from vggt_attn_rerun.batch.store import StudyFolder, write_bytes_atomic, write_table_atomic
 from vggt_attn_rerun.errors import UserError
@@ -99,6 +99,15 @@ def run_study(
     report = StudyReport(folder.root, len(scenes), len(scenes) - len(pending), 0)
     if pending:
         folder.start_run()
+        # Scenes that cannot be scored (fewer than 2 views) are refused before any model loads.
+        refused = [(scene, refuse_scene(scene, options)) for scene in pending]
+        for scene, outcome in refused:
+            if outcome is not None:
+                folder.save(outcome)
+                report.failed.append(scene.name)
+                print(f"warning: scene {scene.name} refused: {outcome.error}", file=sys.stderr)
+        pending = [scene for scene, outcome in refused if outcome is None]
+    if pending:
         if engine == "local":
             outcomes = run_local(pending, options, model)
         else:
