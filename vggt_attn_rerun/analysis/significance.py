@@ -90,12 +90,18 @@ def mean_interval(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return mean, mean - half, mean + half, n
 
 
+#: gains this close to 0 are 0: a uniform head's gain is 0 up to float rounding (about 1e-15)
+ROUNDING = 1e-12
+
+
 def one_sided_p(values: np.ndarray) -> np.ndarray:
     """``values [G, N]`` unit gains (NaN = missing) -> ``[G]`` p-values of "mean > 0" (t-test).
 
-    p = 1 where every unit is exactly 0 (nothing to find), p = 0 or 1 where the units agree
-    exactly on another value (sd 0), NaN where fewer than 2 units have a value.
+    Gains within ``ROUNDING`` of 0 count as 0 (float rounding must not become a finding). p = 1
+    where every unit is 0 (nothing to find), p = 0 or 1 where the units agree exactly on another
+    value (sd 0), NaN where fewer than 2 units have a value.
     """
+    values = np.where(np.abs(values) <= ROUNDING, 0.0, values)
     mean, sd, n = _mean_sd(values)
     out = np.full(mean.shape, np.nan)
     for g in range(mean.size):

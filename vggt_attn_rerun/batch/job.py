@@ -1,6 +1,8 @@
 """One scene of a study: one forward pass, then its rows of the study table.
 
-Per scene: the photos of its folder (``core.images``), a query grid over the reference view
+Per scene: the photos of its folder (``core.images``; or of its ``images/`` sub-folder), its
+true cameras when it brings them (``cameras.npz`` or a COLMAP ``sparse/`` folder: ``io.cameras``;
+then the geometry scores use them, ``reference = truth``), a query grid over the reference view
 (``api.query_grid``), ONE forward pass for all queries (``api.capture_run``), then per (kind,
 block, head) the summaries averaged over the queries (``analysis.summaries``) and, for global
 attention, the correspondence score of ``analysis.consistency`` and the epipolar score of
@@ -40,7 +42,7 @@ import torch
 
 from vggt_attn_rerun.analysis.consistency import geometric_consistency
 from vggt_attn_rerun.analysis.epipolar import epipolar_consistency
-from vggt_attn_rerun.analysis.reference import Geometry
+from vggt_attn_rerun.analysis.reference import Geometry, truth_geometry
 from vggt_attn_rerun.analysis.summaries import METRICS, summarize
 from vggt_attn_rerun.api import capture_run, query_grid
 from vggt_attn_rerun.batch.inputs import Scene
@@ -51,6 +53,7 @@ from vggt_attn_rerun.core.models import DEFAULT_MODEL, load_model
 from vggt_attn_rerun.core.resources import DTYPES, resolve_device
 from vggt_attn_rerun.core.tokens import parse_index_list
 from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.io.cameras import find_cameras, read_cameras
 from vggt_attn_rerun.viz.log_dataset import scene_recording_bytes
 from vggt_attn_rerun.viz.options import RecordingOptions
 
@@ -250,6 +253,19 @@ def scene_table(name: str, result: CaptureResult, images: LoadedImages, options:
     return pa.concat_tables(parts)
 
 
+def scene_truth(scene: Scene, images: LoadedImages) -> Geometry | None:
+    """The scene's true cameras (and depth) in model pixels, when its folder brings them, else None.
+
+    ``cameras.npz``, ``sparse/0/`` or ``sparse/`` in the scene folder (``io.cameras.find_cameras``),
+    matched to the photos by file name and mapped through their resize/crop.
+    """
+    found = find_cameras(scene.path)
+    if found is None or images.paths is None:
+        return None
+    extr, intr, depth = read_cameras(found).for_photos(images.paths)
+    return truth_geometry(extr, intr, depth, images.transforms)
+
+
 @dataclass
 class SceneOutcome:
     """What one scene gave: its table (and .rrd bytes with ``--rrd``), or why it failed."""
@@ -280,8 +296,9 @@ class SceneRunner:
         start = time.perf_counter()
         try:
             images = scene_images(scene, self.options, model_patch_size(self.model))
+            geometry = scene_truth(scene, images)
             result = capture_scene(self.model, images, self.options, self.autocast)
-            table = scene_table(scene.name, result, images, self.options)
+            table = scene_table(scene.name, result, images, self.options, geometry)
             rrd = None
             if self.options.rrd:
                 rrd = scene_recording_bytes(result, images, self.options.recording_options(), scene.name)
