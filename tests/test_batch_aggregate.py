@@ -93,7 +93,7 @@ def _matrix_values(path, entity):
 def test_the_dataset_rrd_holds_the_mean_matrices_of_the_scene_tables(study):
     rows = pq.read_table(study / "scenes.parquet")
     glob = rows.filter(pc.equal(rows["kind"], "global"))
-    for metric in ("correspondence_score", "epipolar_dist", "entropy"):
+    for metric in ("correspondence_gain", "epipolar_gain", "entropy"):
         per_scene = np.stack(
             [glob.filter(pc.equal(glob["scene"], s))[metric].to_numpy().reshape(4, 4) for s in "abc"]
         )  # [scene, block, head], rows in block-major order
@@ -114,7 +114,7 @@ def test_the_dataset_rrd_has_per_block_curves_and_a_blueprint(study):
     got = [v[0] for v in batch["Scalars:scalars"].to_pylist()]  # series 0: the mean
     np.testing.assert_allclose(got, per_scene.mean(axis=2).mean(axis=0), rtol=1e-12)
     entities = {c.entity_path for c in reader.stream()}
-    assert "/dataset/frame/matrix/correspondence_score" not in entities  # no geometry for frame attention
+    assert "/dataset/frame/matrix/correspondence_gain" not in entities  # no geometry for frame attention
 
 
 @pytest.mark.parametrize("gain", ["correspondence_gain", "peak_dist_gain", "epipolar_gain"])
@@ -157,3 +157,29 @@ def test_the_dataset_blueprint_has_the_same_ids_every_time():
 
     a, b = (dataset_blueprint(["global"], matrices, curves).root_container for _ in range(2))
     assert ids(a) == ids(b) and len(set(ids(a))) == len(ids(a)) > 3
+
+
+def test_gain_matrices_are_symmetric_around_zero_and_mute_the_cells_that_are_not_significant():
+    from vggt_attn_rerun.batch.aggregate import dataset_views
+
+    tables = [_scene_table(s, seed=i) for i, s in enumerate("abcde")]
+    summary = aggregate(tables)
+    _, _, matrices, _ = dataset_views(summary)
+    gain = next(m for m in matrices if m.metric == "correspondence_gain")
+    assert gain.diverging and gain.vmin == -gain.vmax == -np.abs(gain.values).max()
+    cells = _np(summary, "head") >= 0
+    want = (_np(summary, "correspondence_gain_q")[cells] <= 0.05).reshape(2, 3)
+    np.testing.assert_array_equal(gain.significant, want)
+    assert {m.metric for m in matrices} >= {"entropy", "correspondence_gain", "peak_dist_gain", "epipolar_gain"}
+    assert "correspondence_score" not in {m.metric for m in matrices}
+
+
+def test_block_head_matrix_mutes_only_the_given_cells():
+    from vggt_attn_rerun.analysis.summaries import MUTE_RGB, MUTE_WEIGHT, block_head_matrix
+    from vggt_attn_rerun.viz.colormap import diverging_lut
+
+    lut = diverging_lut()
+    rgb = block_head_matrix(np.array([[1.0, -1.0]]), lut, 1, -1.0, 1.0, muted=np.array([[False, True]]))
+    assert tuple(rgb[0, 0]) == tuple(lut[255])
+    want = np.round(MUTE_WEIGHT * lut[0].astype(float) + (1 - MUTE_WEIGHT) * np.array(MUTE_RGB)).astype(np.uint8)
+    assert tuple(rgb[0, 1]) == tuple(want)

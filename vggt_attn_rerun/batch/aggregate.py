@@ -41,17 +41,6 @@ __all__ = ["HEAD_MEAN", "STATS", "TESTS", "aggregate", "dataset_views", "mean_in
            "t_quantile"]  # fmt: skip
 #: the ``head`` of the per-block curve rows (the mean over heads)
 HEAD_MEAN = -1
-#: ranges shared by matrices that are compared with each other (score vs control)
-_SHARED = {
-    "correspondence_score": "correspondence",
-    "correspondence_null": "correspondence",
-    "correspondence_control": "correspondence",
-    "peak_dist": "peak_dist",
-    "peak_dist_null": "peak_dist",
-    "epipolar_dist": "epipolar",
-    "epipolar_null": "epipolar",
-    "epipolar_control": "epipolar",
-}
 
 
 def _grid(tables: Sequence[pa.Table]) -> tuple[list[tuple[str, int, int]], dict[str, np.ndarray]]:
@@ -124,8 +113,10 @@ def _column(summary: pa.Table, name: str) -> np.ndarray:
 def dataset_views(summary: pa.Table) -> tuple[list[int], int, list[DatasetMatrix], list[DatasetCurve]]:
     """The block x head matrices and per-block curves of the dataset recording, from summary.parquet.
 
-    Returns (blocks, heads, matrices, curves); metrics with no finite value for a kind are left out
-    (the geometry metrics of frame attention).
+    Shown: the summaries (METRICS, on 0..1) and the gains (GAIN_METRICS, on one range symmetric
+    around 0 per gain, cells with q > 0.05 muted); the raw scores and nulls stay in the tables.
+    Returns (blocks, heads, matrices, curves); metrics with no finite value for a kind are left
+    out (the gains of frame attention).
     """
     kind, block, head = _column(summary, "kind"), _column(summary, "block"), _column(summary, "head")
     blocks = sorted(set(block.tolist()))
@@ -135,28 +126,23 @@ def dataset_views(summary: pa.Table) -> tuple[list[int], int, list[DatasetMatrix
         cell = (kind == k) & (head >= 0)
         line = (kind == k) & (head == HEAD_MEAN)
         bi = np.searchsorted(blocks, block[cell])
-        shown: dict[str, np.ndarray] = {}
-        for m in METRIC_COLUMNS:
+        for m in (*METRICS, *GAIN_METRICS):
             mat = np.full((len(blocks), heads), np.nan)
             mat[bi, head[cell]] = _column(summary, f"{m}_mean")[cell]
-            if np.isfinite(mat).any():
-                shown[m] = mat
-                lb = np.searchsorted(blocks, block[line])
-                mean, low, high = (np.full(len(blocks), np.nan) for _ in range(3))
-                for arr, stat in ((mean, "mean"), (low, "low"), (high, "high")):
-                    arr[lb] = _column(summary, f"{m}_{stat}")[line]
-                curves.append(DatasetCurve(k, m, mean, low, high))
-        for m, mat in shown.items():
-            group = [shown[o] for o in shown if _SHARED.get(o, o) == _SHARED.get(m, m)]
-            finite = np.concatenate([g[np.isfinite(g)] for g in group])
+            if not np.isfinite(mat).any():
+                continue
+            lb = np.searchsorted(blocks, block[line])
+            mean, low, high = (np.full(len(blocks), np.nan) for _ in range(3))
+            for arr, stat in ((mean, "mean"), (low, "low"), (high, "high")):
+                arr[lb] = _column(summary, f"{m}_{stat}")[line]
+            curves.append(DatasetCurve(k, m, mean, low, high))
             if m in METRICS:  # masses, entropy and top-k mass are fractions
-                lo, hi = 0.0, 1.0
-            elif m in _SHARED:  # score vs control, distance vs control: one scale, from 0
-                lo, hi = 0.0, max(float(finite.max()), 1e-12)
-            else:  # gains: their own range
-                lo, hi = float(finite.min()), float(finite.max())
-                hi = hi if hi > lo else lo + 1e-12
-            matrices.append(DatasetMatrix(k, m, mat, lo, hi))
+                matrices.append(DatasetMatrix(k, m, mat, 0.0, 1.0))
+                continue
+            top = max(float(np.abs(mat[np.isfinite(mat)]).max()), 1e-12)
+            significant = np.zeros(mat.shape, bool)
+            significant[bi, head[cell]] = np.nan_to_num(_column(summary, f"{m}_q")[cell], nan=1.0) <= ALPHA
+            matrices.append(DatasetMatrix(k, m, mat, -top, top, significant=significant, diverging=True))
     return blocks, heads, matrices, curves
 
 
