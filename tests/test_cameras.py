@@ -105,3 +105,32 @@ def test_a_study_of_rendered_scenes_scores_against_the_truth_and_a_uniform_model
     summary = pq.read_table(tmp_path / "out" / "summary.parquet")
     assert (summary["epipolar_gain_q"].to_numpy() == 1).all()
     assert "Geometry reference: **truth**" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_the_main_command_scores_against_cameras_given_with_cameras(tmp_path):
+    import rerun as rr
+    from click.testing import CliRunner
+
+    from vggt_attn_rerun.cli import main as cli
+
+    folder = write_scene(tmp_path / "scene", render_scene("sideways", 2, height=56, width=84, seed=5))
+    out = tmp_path / "run.rrd"
+    args = [str(folder / "00.png"), str(folder / "01.png"), "--model", "tiny", "--image-size", "84", "--headless",
+            "--save", str(out), "--cameras", str(folder / "cameras.npz"), "-q", "0:p1,2"]  # fmt: skip
+    result = CliRunner().invoke(cli.cli, args)
+    assert result.exit_code == 0, result.output
+    texts = [str(t) for c in rr.chunk.RrdReader(out).stream() for b in [c.to_record_batch()]
+             if "TextDocument:text" in b.schema.names for t in b["TextDocument:text"].to_pylist()]  # fmt: skip
+    assert any("reference = truth" in t for t in texts)
+
+
+def test_cameras_that_do_not_exist_are_one_clear_line_and_exit_code_2(tmp_path):
+    from click.testing import CliRunner
+
+    from vggt_attn_rerun.cli import main as cli
+
+    folder = write_scene(tmp_path / "scene", render_scene("sideways", 2, height=56, width=84, seed=5))
+    args = [str(folder), "--model", "tiny", "--headless", "--save", str(tmp_path / "x.rrd"), "--cameras",
+            str(tmp_path / "none.npz")]  # fmt: skip
+    result = CliRunner().invoke(cli.cli, args)
+    assert result.exit_code == 2 and "no such file or folder" in result.output

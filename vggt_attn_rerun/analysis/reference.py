@@ -19,14 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
-from vggt_attn_rerun.core.images import FrameTransform
+from vggt_attn_rerun.core.images import FrameTransform, LoadedImages
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.io.cameras import read_cameras
 
 REFERENCES = ("model", "truth")
 
@@ -140,3 +142,12 @@ def patch_points(geometry: Geometry, frames: np.ndarray, patches: np.ndarray, pa
         rot, t = geometry.extrinsics[f, :, :3], geometry.extrinsics[f, :, 3]
         out[i] = ((x_cam - t) @ rot).mean(0)  # R^T (x - t)
     return out
+
+
+def cameras_geometry(path: str | Path, images: LoadedImages) -> Geometry:
+    """The true geometry of loaded photos from ``cameras.npz`` or a COLMAP model (``io.cameras``),
+    matched to the photos by file name and mapped through their resize/crop (``truth_geometry``)."""
+    if images.paths is None:
+        raise UserError("cameras are matched to the photos by file name: give image files, not a tensor")
+    extr, intr, depth = read_cameras(path).for_photos(images.paths)
+    return truth_geometry(extr, intr, depth, images.transforms)
