@@ -85,6 +85,23 @@ def significant_cells(summary: dict[str, np.ndarray], gain: str) -> int:
     return int((np.nan_to_num(summary[f"{gain}_q"][cells], nan=1.0) <= ALPHA).sum())
 
 
+def significant_list(summary: dict[str, np.ndarray], gain: str) -> list[dict[str, Any]]:
+    """The significant cells of a gain, with the correspondence score, its null and its positional control."""
+    cells = np.flatnonzero((summary["head"] >= 0) & (np.nan_to_num(summary[f"{gain}_q"], nan=1.0) <= ALPHA))
+    return [
+        {
+            "block": int(summary["block"][i]),
+            "head": int(summary["head"][i]),
+            "gain": float(summary[f"{gain}_mean"][i]),
+            "q": float(summary[f"{gain}_q"][i]),
+            "correspondence_score": float(summary["correspondence_score_mean"][i]),
+            "correspondence_null": float(summary["correspondence_null_mean"][i]),
+            "correspondence_control": float(summary["correspondence_control_mean"][i]),
+        }
+        for i in cells
+    ]
+
+
 def _shuffled(rows: AttentionRows, gen: torch.Generator) -> AttentionRows:
     """The rows with each row's patch probabilities permuted within each view (special tokens kept)."""
     probs = rows.probs["global"]
@@ -160,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry[name] = {
                     "reference": sorted(set(summary["reference"].tolist()) - {""}),
                     "significant_cells": {g: significant_cells(summary, g) for g in GAIN_METRICS},
+                    "significant": {g: significant_list(summary, g) for g in GAIN_METRICS},
                     "cells": int((summary["head"] >= 0).sum()),
                 }
                 if name == "matching":
@@ -216,6 +234,21 @@ def markdown(report: dict[str, Any]) -> str:
         for name in MODELS:
             cells = entry[name]["significant_cells"]
             lines.append(f"| {path} | {name} | " + " | ".join(str(cells[g]) for g in GAIN_METRICS) + " |")
+    lines += [
+        "",
+        "Significant cells of the plain tiny model, with the correspondence score, its uniform null and its",
+        "positional control (the same window around the query's own (row, col)); control > null marks a head",
+        "that follows position, whose attention lands near the correspondence when the camera moves little.",
+        "",
+        "| path | gain | block | head | gain value | q | score | null | positional control |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path, entry in report["paths"].items():
+        for g, found in entry["tiny"]["significant"].items():
+            for c in found:
+                lines.append(f"| {path} | {g} | {c['block']} | {c['head']} | {c['gain']:.4g} | {c['q']:.2g} | "
+                             f"{c['correspondence_score']:.4g} | {c['correspondence_null']:.4g} | "
+                             f"{c['correspondence_control']:.4g} |")  # fmt: skip
     nt = report["null_trials"]
     lines += [
         "",

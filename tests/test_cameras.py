@@ -134,3 +134,26 @@ def test_cameras_that_do_not_exist_are_one_clear_line_and_exit_code_2(tmp_path):
             str(tmp_path / "none.npz")]  # fmt: skip
     result = CliRunner().invoke(cli.cli, args)
     assert result.exit_code == 2 and "no such file or folder" in result.output
+
+
+def test_a_colmap_scene_folder_is_read_with_its_images_folder_and_scores_epipolar_against_the_truth(tmp_path):
+    rendered = render_scene("orbit", 2, height=56, width=84, seed=4)
+    folder = write_scene(tmp_path / "scenes" / "colmap" / "images", rendered)
+    (folder / "cameras.npz").unlink()
+    rec = pycolmap.Reconstruction()
+    for i in range(2):
+        k = rendered.intrinsics[i]
+        cam = pycolmap.Camera.create_from_model_name(i + 1, "PINHOLE", 100.0, 84, 56)
+        cam.params = [k[0, 0], k[1, 1], k[0, 2] + 0.5, k[1, 2] + 0.5]
+        rec.add_camera_with_trivial_rig(cam)
+        image = pycolmap.Image(name=f"{i:02d}.png", camera_id=i + 1, image_id=i + 1)
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(rendered.extrinsics[i]))
+    (tmp_path / "scenes" / "colmap" / "sparse" / "0").mkdir(parents=True)
+    rec.write(str(tmp_path / "scenes" / "colmap" / "sparse" / "0"))
+    options = StudyOptions(model="tiny", grid=(2, 2), image_size=84, device="cpu", kinds=("global",))
+    report = run_study(tmp_path / "scenes", tmp_path / "out", options, model=uniform_vggt(), progress=False)
+    assert report.done == 1
+    table = pq.read_table(tmp_path / "out" / "scenes.parquet")
+    assert set(table["reference"].to_pylist()) == {"truth"}
+    np.testing.assert_allclose(table["epipolar_gain"].to_numpy(), 0, atol=1e-12)
+    assert np.isnan(table["correspondence_gain"].to_numpy()).all()  # COLMAP brings no depth

@@ -129,7 +129,7 @@ def _legend_text(q: int | str, kind: str, blocks: Sequence[int], num_heads: int,
             f"view's patches (same clipped window): > 0 (red) = above the null, < 0 (blue) = below; colormap "
             f"{colormap.DIVERGING} centred at 0 (light gray); on the mean over queries, cells that are not "
             "significant (Benjamini-Hochberg q > 0.05 over the block x head cells, one-sided t-test over "
-            "the queries) are muted (dark) |",
+            "the queries) are muted (grayed out) |",
             f"| `consistency/score` | 0 .. {hi} | share of a head's patch mass on another view that lies within "
             f"{r} patch(es) of the projected query point (mean over valid views) |",
             f"| `consistency/control_score` | 0 .. {hi} | the same around the query's own (row, col): "
