@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -163,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         model="tiny", grid=(args.grid, args.grid), image_size=args.width, device="cpu", kinds=("global",)
     )
     start = time.perf_counter()
-    report: dict[str, Any] = {"machine": machine_info("cpu"), "scenes_per_path": args.scenes,
+    command = "python -m benchmarks.known_answer" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
+    report: dict[str, Any] = {"command": command, "machine": machine_info("cpu"), "scenes_per_path": args.scenes,
                               "image": [args.height, args.width], "grid": args.grid, "paths": {}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -208,8 +212,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{n} scenes per camera path, 3 views each, {report['image'][0]} x {report['image'][1]} pixels; global",
         f"attention, {report['grid']} x {report['grid']} query grid over frame 0, every block; reference = truth "
         "(the scenes' cameras.npz).",
-        "Produced by `python -m benchmarks.known_answer` "
-        f"({report['seconds']:.0f} s on {report['machine'].get('cpu', 'CPU')}).",
+        f"Produced by `{report.get('command', 'python -m benchmarks.known_answer')}` "
+        f"({report['seconds']:.0f} s on {report['machine'].get('cpu', 'CPU')}, shared with other jobs).",
         "",
         "## The constructed matching block (testing.matching_vggt, block 2)",
         "",
