@@ -104,11 +104,13 @@ def test_global_rows_have_geometry_scores_and_frame_rows_do_not(done_study):
     t = pq.read_table(root / "out" / "scenes" / "b.parquet")
     col = {name: t[name].to_numpy(zero_copy_only=False) for name in t.column_names}
     glob, frame = col["kind"] == "global", col["kind"] == "frame"
-    for m in ("correspondence_score", "epipolar_dist", "epipolar_control"):
+    for m in ("correspondence_score", "correspondence_null", "peak_dist", "epipolar_dist", "epipolar_null"):
         assert np.isfinite(col[m][glob]).all() and np.isnan(col[m][frame]).all()
-    score, control = col["correspondence_score"], col["correspondence_control"]
-    np.testing.assert_allclose(col["correspondence_gain"][glob], (score - control)[glob])
-    np.testing.assert_allclose(col["epipolar_gain"][glob], (col["epipolar_control"] - col["epipolar_dist"])[glob])
+    assert set(col["reference"][glob]) == {"model"} and set(col["reference"][frame]) == {""}
+    score, null = col["correspondence_score"], col["correspondence_null"]
+    np.testing.assert_allclose(col["correspondence_gain"][glob], (score - null)[glob])
+    np.testing.assert_allclose(col["peak_dist_gain"][glob], (col["peak_dist_null"] - col["peak_dist"])[glob])
+    np.testing.assert_allclose(col["epipolar_gain"][glob], (col["epipolar_null"] - col["epipolar_dist"])[glob])
     masses = sum(col[m] for m in ("own_view_mass", "other_views_mass", "camera_mass", "register_mass"))
     np.testing.assert_allclose(masses, 1.0, atol=1e-5)
     assert (np.abs(col["other_views_mass"][frame]) < 1e-6).all()
@@ -130,7 +132,7 @@ def test_resume_skips_done_scenes_and_runs_only_new_ones(tmp_path, monkeypatch):
 
 def test_a_corrupt_scene_lands_in_failures_jsonl_and_the_others_go_on(tmp_path):
     scenes = make_scenes(tmp_path / "scenes", ["a", "c"])
-    (scenes / "b").mkdir()
+    make_scenes(scenes, ["b"])
     (scenes / "b" / "00.png").write_bytes(b"not a png at all")
     report = run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
     assert report.failed == ["b"] and report.done == 2
@@ -146,7 +148,8 @@ def test_a_failed_scene_is_retried_by_the_next_run(tmp_path, monkeypatch):
     (scenes / "b").mkdir()
     run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
     make_scenes(tmp_path / "fixed", ["b"])
-    (tmp_path / "fixed" / "b" / "00.png").rename(scenes / "b" / "00.png")
+    for photo in ("00.png", "01.png"):
+        (tmp_path / "fixed" / "b" / photo).rename(scenes / "b" / photo)
     seen = _calls(monkeypatch)
     report = run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
     assert seen == ["b"] and report.failed == [] and not (tmp_path / "out" / "failures.jsonl").exists()
@@ -243,3 +246,28 @@ def test_progress_in_a_log_is_a_line_per_interval_with_scenes_per_second_and_an_
 
 def test_every_metric_column_is_in_the_schema():
     assert [f.name for f in SCHEMA][-len(METRIC_COLUMNS) :] == list(METRIC_COLUMNS)
+
+
+def test_a_scene_with_one_photo_is_refused_and_never_averaged_in(tmp_path):
+    scenes = make_scenes(tmp_path / "scenes", ["a", "b"])
+    make_scenes(tmp_path / "scenes", ["one"], frames=1)
+    report = run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
+    assert report.failed == ["one"] and report.done == 2
+    failures = [json.loads(ln) for ln in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert [f["scene"] for f in failures] == ["one"] and "at least 2 views" in failures[0]["reason"]
+    combined = pq.read_table(tmp_path / "out" / "scenes.parquet")
+    assert set(combined["scene"].to_pylist()) == {"a", "b"}
+
+
+def test_scenes_with_too_few_photos_are_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import vggt_attn_rerun.batch.job as job
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(job, "load_model", no_model)
+    scenes = make_scenes(tmp_path / "scenes", ["x", "y"], frames=1)
+    with pytest.raises(UserError, match="no scene can run: scene x has 1 photo"):
+        run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
+    failed = [json.loads(line)["scene"] for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert failed == ["x", "y"]

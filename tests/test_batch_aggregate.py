@@ -47,6 +47,7 @@ def _scene_table(name, blocks=2, heads=3, seed=0):
         "kind": ["global"] * n,
         "block": np.repeat(np.arange(blocks), heads),
         "head": np.tile(np.arange(heads), blocks),
+        "reference": ["model"] * n,
         **{c: np.full(n, 4) for c in ("frames", "queries", "correspondence_pairs", "epipolar_pairs")},
         **{m: rng.uniform(0, 1, n) for m in METRIC_COLUMNS},
     }
@@ -93,7 +94,7 @@ def _matrix_values(path, entity):
 def test_the_dataset_rrd_holds_the_mean_matrices_of_the_scene_tables(study):
     rows = pq.read_table(study / "scenes.parquet")
     glob = rows.filter(pc.equal(rows["kind"], "global"))
-    for metric in ("correspondence_score", "epipolar_dist", "entropy"):
+    for metric in ("correspondence_gain", "epipolar_gain", "entropy"):
         per_scene = np.stack(
             [glob.filter(pc.equal(glob["scene"], s))[metric].to_numpy().reshape(4, 4) for s in "abc"]
         )  # [scene, block, head], rows in block-major order
@@ -114,18 +115,33 @@ def test_the_dataset_rrd_has_per_block_curves_and_a_blueprint(study):
     got = [v[0] for v in batch["Scalars:scalars"].to_pylist()]  # series 0: the mean
     np.testing.assert_allclose(got, per_scene.mean(axis=2).mean(axis=0), rtol=1e-12)
     entities = {c.entity_path for c in reader.stream()}
-    assert "/dataset/frame/matrix/correspondence_score" not in entities  # no geometry for frame attention
+    assert "/dataset/frame/matrix/correspondence_gain" not in entities  # no geometry for frame attention
 
 
-def test_summary_md_ranks_heads_by_correspondence_gain(study):
+@pytest.mark.parametrize("gain", ["correspondence_gain", "peak_dist_gain", "epipolar_gain"])
+def test_summary_md_ranks_heads_by_every_gain_with_its_q_value(study, gain):
     text = (study / "summary.md").read_text()
     summary = pq.read_table(study / "summary.parquet")
     cells = np.flatnonzero((_np(summary, "kind") == "global") & (_np(summary, "head") >= 0))
-    best = cells[np.argmax(_np(summary, "correspondence_gain_mean")[cells])]
-    table = text.split("## Top")[1]
-    first_row = [ln for ln in table.splitlines() if ln.startswith("| ") and ln[2].isdigit()][0]
-    assert first_row.startswith(f"| {_np(summary, 'block')[best]} | {_np(summary, 'head')[best]} |")
-    assert "# Dataset study: 3 scenes" in text
+    best = cells[np.argmax(_np(summary, f"{gain}_mean")[cells])]
+    table = text.split(f"heads by `{gain}`")[1]
+    first_row = [ln for ln in table.splitlines() if ln.startswith("| 1 |")][0]
+    q = _np(summary, f"{gain}_q")[best]
+    assert first_row.startswith(f"| 1 | {_np(summary, 'block')[best]} | {_np(summary, 'head')[best]} |")
+    assert f"| {q:.2g}" in first_row
+    assert "# Dataset study: 3 scenes" in text and "Geometry reference: **model**" in text
+
+
+def test_q_values_are_benjamini_hochberg_over_the_block_head_cells():
+    tables = [_scene_table(s, seed=i) for i, s in enumerate("abcde")]
+    summary = aggregate(tables)
+    cells = _np(summary, "head") >= 0
+    p = _np(summary, "epipolar_gain_p")[cells]
+    q = _np(summary, "epipolar_gain_q")[cells]
+    order = np.argsort(p)
+    m = len(p)
+    want = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+    np.testing.assert_allclose(q[order], np.minimum(want, 1))
 
 
 def test_the_dataset_blueprint_has_the_same_ids_every_time():
@@ -142,3 +158,29 @@ def test_the_dataset_blueprint_has_the_same_ids_every_time():
 
     a, b = (dataset_blueprint(["global"], matrices, curves).root_container for _ in range(2))
     assert ids(a) == ids(b) and len(set(ids(a))) == len(ids(a)) > 3
+
+
+def test_gain_matrices_are_symmetric_around_zero_and_mute_the_cells_that_are_not_significant():
+    from vggt_attn_rerun.batch.aggregate import dataset_views
+
+    tables = [_scene_table(s, seed=i) for i, s in enumerate("abcde")]
+    summary = aggregate(tables)
+    _, _, matrices, _ = dataset_views(summary)
+    gain = next(m for m in matrices if m.metric == "correspondence_gain")
+    assert gain.diverging and gain.vmin == -gain.vmax == -np.abs(gain.values).max()
+    cells = _np(summary, "head") >= 0
+    want = (_np(summary, "correspondence_gain_q")[cells] <= 0.05).reshape(2, 3)
+    np.testing.assert_array_equal(gain.significant, want)
+    assert {m.metric for m in matrices} >= {"entropy", "correspondence_gain", "peak_dist_gain", "epipolar_gain"}
+    assert "correspondence_score" not in {m.metric for m in matrices}
+
+
+def test_block_head_matrix_mutes_only_the_given_cells():
+    from vggt_attn_rerun.analysis.summaries import MUTE_RGB, MUTE_WEIGHT, block_head_matrix
+    from vggt_attn_rerun.viz.colormap import diverging_lut
+
+    lut = diverging_lut()
+    rgb = block_head_matrix(np.array([[1.0, -1.0]]), lut, 1, -1.0, 1.0, muted=np.array([[False, True]]))
+    assert tuple(rgb[0, 0]) == tuple(lut[255])
+    want = np.round(MUTE_WEIGHT * lut[0].astype(float) + (1 - MUTE_WEIGHT) * np.array(MUTE_RGB)).astype(np.uint8)
+    assert tuple(rgb[0, 1]) == tuple(want)

@@ -39,7 +39,7 @@ def _assert_same_table(a, b):
 
 def test_local_and_ray_engines_give_equal_tables(tmp_path, local_ray):
     scenes = make_scenes(tmp_path / "scenes", ["a", "b", "d"])
-    (scenes / "c").mkdir()
+    make_scenes(scenes, ["c"])
     (scenes / "c" / "00.png").write_bytes(b"corrupt")
     local = run_study(scenes, tmp_path / "local", OPTIONS, progress=False)
     remote = run_study(scenes, tmp_path / "ray", OPTIONS, engine="ray", ray=RaySettings(workers=2), progress=False)

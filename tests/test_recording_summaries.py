@@ -176,3 +176,18 @@ def test_log_queries_writes_only_the_new_queries(tmp_path, tiny_model, scene_ima
     assert Paths.marker(1, 5) in found
     assert all("q5" in e.split("/") for e in found), sorted(e for e in found if "q5" not in e.split("/"))
     assert Paths.cloud not in found and "world" not in found and Paths.query_index not in found
+
+
+def test_the_mean_gain_matrix_is_score_minus_the_uniform_null_on_a_symmetric_diverging_range(run):
+    result, recording = run
+    from vggt_attn_rerun.analysis.consistency import geometric_consistency
+
+    cons = geometric_consistency(result.rows, result.predictions, radius=OPTIONS.consistency_radius)
+    path = Paths.consistency(MEAN, "gain")
+    values = np.asarray(recording.static(path, "values"), np.float64).reshape(cons.score.shape)
+    np.testing.assert_allclose(values, cons.score - cons.null_score, atol=1e-12)
+    vmin, vmax = recording.static(path, "vmin")[0], recording.static(path, "vmax")[0]
+    assert vmin == -vmax == pytest.approx(-np.nanmax(np.abs(values)))
+    assert len(recording.static(path, "significant")) == values.size
+    notes_legend = recording.static(Paths.matrix_legend(MEAN, "global"), "TextDocument:text")[0]
+    assert "consistency/gain" in notes_legend and "muted" in notes_legend

@@ -11,7 +11,8 @@ its docstring gives the projection and the exclusions. Per block, head and valid
 - Peak: the argmax of the row over the PATCH tokens of view s (special tokens ignored; ties go
   to the first patch in row-major order).
 - ``peak_dist_patches``: Euclidean distance between the peak patch (row, col) and the projected
-  patch (row, col), in patches: 0 when the peak is the projected patch.
+  patch (row, col), in patches: 0 when the peak is the projected patch (with ties: the mean
+  over the tied patches, see below).
 - ``peak_dist_pixels``: Euclidean distance between the centre of the peak patch and the exact
   projected position, in model pixels (at most ``patch_size / sqrt(2)`` when the peak is right).
 - ``mass_near``: the raw probability on the patches of view s within Chebyshev distance
@@ -22,17 +23,30 @@ its docstring gives the projection and the exclusions. Per block, head and valid
   what the head spends on view s that lands near the correspondence. It does not depend on how
   much the head looks at view s at all (``summaries.view_mass`` measures that). A head that is
   uniform over the patches of view s has ``share_near = window cells / (gh * gw)``.
+- Null (what a head unrelated to the geometry scores), per valid pair: the exact expectation for
+  a head UNIFORM over the patches of view s, with the same window clipping and exclusions:
+  ``share_null = window cells / (gh * gw)`` (the window as clipped at the border) and
+  ``peak_dist_null`` = the mean over all patches of view s of their distance (in patches) to the
+  projected patch. It is also the mean of the permutation null (the head's map shuffled over the
+  view's patches), so under the null hypothesis a gain has mean 0.
+- Gains (larger is better; a uniform head scores exactly 0): ``share_gain = share_near -
+  share_null``, ``peak_gain = peak_dist_null - peak_dist_patches``. For the gains the peak of a
+  row with ties is all its tied patches: ``peak_dist_patches`` is the mean distance over the
+  patches that share the maximum (a uniform row: every patch, hence exactly the null).
 - Positional control (``control_*``): the same measures around the query's own (row, col) in
   view s instead of the projection. RoPE gives every frame the same positions, so a head that
-  follows position rather than geometry scores high here; compare ``score`` with
-  ``control_score``.
+  follows position rather than geometry scores high here. Descriptive only: the gains use the null.
 - ``score [L, H]``: the mean of ``share_near`` over all valid (query, view) pairs;
-  ``control_score`` the same for the control (NaN where no pair is valid).
+  ``null_score``, ``gain`` (= score - null_score), ``peak_gain`` and ``control_score`` the same
+  means of share_null, share_gain, peak_gain and control_share_near (NaN where no pair is valid).
+  ``unit_gains()`` gives the per-query means ``[L, Q, H]`` (the units of a single-scene interval).
 
 Excluded pairs are NaN in every ``[L, Q, H, S]`` array and are counted by ``counts()``.
 
-Limits: everything is measured against VGGT's own geometry, not the truth, so a head can only
-agree with what the model predicts (a wrong camera or point map makes a right head look wrong).
+Reference: by default VGGT's own geometry (``reference = "model"``): then a head can only agree
+with what the model predicts (a wrong camera or point map makes a right head look wrong). With a
+``reference.Geometry`` of true cameras and depth (``reference = "truth"``) the query point,
+projection and occlusion come from the truth.
 Confidence scales differ between models (VGGT's are ``1 + exp(x) >= 1``, so the default
 ``min_conf = 0`` excludes nothing; VGGT's demo drops the least confident half,
 ``np.quantile(world_points_conf, 0.5)``). Only global attention looks at other views: frame
@@ -47,6 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vggt_attn_rerun.analysis.reference import Geometry
 from vggt_attn_rerun.analysis.visibility import STATUS_NAMES, VALID, Visibility, query_visibility
 from vggt_attn_rerun.core.images import FrameTransform
 from vggt_attn_rerun.core.rows import AttentionRows
@@ -71,7 +86,13 @@ class Consistency(Visibility):
         peak_dist_patches, peak_dist_pixels, mass_near, share_near: ``[L, Q, H, S]``.
         control_peak_dist_patches, control_mass_near, control_share_near: ``[L, Q, H, S]``, the
             positional control around the query's own (row, col).
-        score, control_score: ``[L, H]`` means of share_near / control_share_near over valid pairs.
+        share_null, peak_dist_null: ``[Q, S]`` the uniform-head expectations (NaN where not valid).
+        share_gain, peak_gain: ``[L, Q, H, S]`` gains against them (larger is better).
+        score, null_score, gain, control_score: ``[L, H]`` means of share_near, share_null,
+            share_gain, control_share_near over valid pairs.
+        peak_dist_score, peak_null_score, peak_gain_score: ``[L, H]`` means of peak_dist_patches,
+            peak_dist_null and peak_gain over valid pairs.
+        reference: "model" (VGGT's predictions) or "truth" (given cameras and depth).
     """
 
     blocks: tuple[int, ...]
@@ -87,6 +108,41 @@ class Consistency(Visibility):
     control_share_near: np.ndarray
     score: np.ndarray
     control_score: np.ndarray
+    share_null: np.ndarray
+    share_gain: np.ndarray
+    peak_dist_null: np.ndarray
+    peak_gain: np.ndarray
+    null_score: np.ndarray
+    gain: np.ndarray
+    peak_gain_score: np.ndarray
+    peak_dist_score: np.ndarray
+    peak_null_score: np.ndarray
+    reference: str = "model"
+
+    def unit_gains(self) -> dict[str, np.ndarray]:
+        """Per query, the mean gain over its valid views: ``{"correspondence", "peak_dist"}`` -> ``[L, Q, H]``."""
+        return {"correspondence": mean_over_views(self.share_gain), "peak_dist": mean_over_views(self.peak_gain)}
+
+
+def mean_over_views(values: np.ndarray) -> np.ndarray:
+    """``[..., S]`` -> ``[...]``: the mean over the finite entries of the last axis (NaN where none)."""
+    ok = np.isfinite(values)
+    count = ok.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.where(ok, values, 0.0).sum(-1) / np.maximum(count, 1), np.nan)
+
+
+def tie_weights(patch_probs: np.ndarray) -> np.ndarray:
+    """``[..., N]`` -> ``[..., N]``: 1/k on the k patches that share the row's maximum, 0 elsewhere."""
+    ties = patch_probs == patch_probs.max(-1, keepdims=True)
+    return ties / ties.sum(-1, keepdims=True)
+
+
+def patch_distances(target: np.ndarray, gh: int, gw: int) -> np.ndarray:
+    """``[Q, S, gh * gw]`` Euclidean distance in patches from every patch to a ``[Q, S, 2]`` (row, col)."""
+    rows, cols = np.divmod(np.arange(gh * gw), gw)
+    t = np.asarray(target, np.float64)
+    return np.hypot(rows - t[..., 0, None], cols - t[..., 1, None])
 
 
 def _window_masks(centers: np.ndarray, ok: np.ndarray, gh: int, gw: int, radius: int) -> np.ndarray:
@@ -125,17 +181,18 @@ class _PeaksAndMasses:
     view_mass: np.ndarray  # all patch mass on view s
     mass_near: np.ndarray  # within the window around the projection
     control_mass: np.ndarray  # within the window around the query's own (row, col)
+    tie_dist: np.ndarray  # mean distance (patches) from the tied peak patches to the target
 
 
 def _peaks_and_masses(
-    probs: torch.Tensor, lay: TokenLayout, near_windows: np.ndarray, control_windows: np.ndarray
+    probs: torch.Tensor, lay: TokenLayout, near_windows: np.ndarray, control_windows: np.ndarray, dist: np.ndarray
 ) -> _PeaksAndMasses:
     """Measure ``[L, Q, H, S, P]`` rows against ``[Q, S, gh, gw]`` windows, one block at a time (memory)."""
     num_blocks, num_queries, num_heads, num_views = probs.shape[:4]
     shape = (num_blocks, num_queries, num_heads, num_views)
     near = near_windows.reshape(num_queries, num_views, -1).astype(np.float64)
     control = control_windows.reshape(num_queries, num_views, -1).astype(np.float64)
-    out = _PeaksAndMasses(np.empty(shape + (2,), np.int64), np.empty(shape), np.empty(shape), np.empty(shape))
+    out = _PeaksAndMasses(np.empty(shape + (2,), np.int64), *(np.empty(shape) for _ in range(4)))
     for block in range(num_blocks):
         patch_probs = probs[block, ..., lay.patch_start :].to("cpu", torch.float64).numpy()  # [Q, H, S, gh*gw]
         peak = patch_probs.argmax(-1)
@@ -143,6 +200,7 @@ def _peaks_and_masses(
         out.view_mass[block] = patch_probs.sum(-1)
         out.mass_near[block] = np.einsum("qhsn,qsn->qhs", patch_probs, near)
         out.control_mass[block] = np.einsum("qhsn,qsn->qhs", patch_probs, control)
+        out.tie_dist[block] = np.einsum("qhsn,qsn->qhs", tie_weights(patch_probs), dist)
     return out
 
 
@@ -178,6 +236,7 @@ def geometric_consistency(
     occlusion_margin: float = 0.05,
     points: np.ndarray | None = None,
     transforms: Sequence[FrameTransform] | None = None,
+    geometry: Geometry | None = None,
 ) -> Consistency:
     """Compare each head's attention in the other views with the projection of the query's 3D point.
 
@@ -192,25 +251,38 @@ def geometric_consistency(
         occlusion_margin: relative depth margin of the occlusion test (>= 0).
         points: optional ``[Q, 3]`` world points replacing the prediction (NaN row: no point).
         transforms: optional frame transforms: projections into white padding count as outside.
+        geometry: the reference cameras and depth (``reference.Geometry``; None: the model's own).
+            A truth geometry needs depth.
 
     Returns:
-        Consistency (``[L, Q, H, S]`` arrays, ``[Q, S]`` status, ``[L, H]`` scores).
+        Consistency (``[L, Q, H, S]`` arrays, ``[Q, S]`` status, ``[L, H]`` scores, nulls and gains).
     """
     radius = _check_request(rows, kind, radius)
     lay = rows.layout
+    gh, gw = lay.grid_h, lay.grid_w
     queries = tuple(rows.queries)
-    seen = query_visibility(lay, queries, predictions, min_conf, occlusion_margin, points, transforms)
+    seen = query_visibility(lay, queries, predictions, min_conf, occlusion_margin, points, transforms, geometry)
     valid = seen.valid
     # The positional control needs the query's own patch: camera and register queries have none.
     control_ok = valid & (seen.query_patch[:, None, 0] >= 0)
     query_patch_per_view = np.broadcast_to(seen.query_patch[:, None], seen.projected_patch.shape)
 
     # Where each head's row peaks in each view, and how much of its mass lands near the projection.
-    near_windows = _window_masks(seen.projected_patch, valid, lay.grid_h, lay.grid_w, radius)
-    control_windows = _window_masks(query_patch_per_view, control_ok, lay.grid_h, lay.grid_w, radius)
-    measured = _peaks_and_masses(rows.probs[kind], lay, near_windows, control_windows)
+    near_windows = _window_masks(seen.projected_patch, valid, gh, gw, radius)
+    control_windows = _window_masks(query_patch_per_view, control_ok, gh, gw, radius)
+    dist = patch_distances(np.where(valid[..., None], seen.projected_patch, 0), gh, gw)  # [Q, S, N]
+    measured = _peaks_and_masses(rows.probs[kind], lay, near_windows, control_windows, dist)
     share_near = _share(measured.mass_near, measured.view_mass, valid)
     control_share_near = _share(measured.control_mass, measured.view_mass, control_ok)
+
+    # The uniform head's expectations, with the same clipped windows and the same exclusions.
+    share_null = np.where(valid, near_windows.sum((-2, -1)) / (gh * gw), np.nan)
+    peak_dist_null = np.where(valid, dist.mean(-1), np.nan)
+    share_gain = share_near - _per_pair(share_null)
+    peak_dist = np.where(_per_pair(valid), measured.tie_dist, np.nan)
+    peak_gain = _per_pair(peak_dist_null) - peak_dist
+    # NaN where the view got no mass: the null is averaged over the same pairs as the score.
+    null_per_pair = np.where(np.isfinite(share_near), _per_pair(share_null), np.nan)
 
     return Consistency(
         **vars(seen),
@@ -218,7 +290,7 @@ def geometric_consistency(
         queries=queries,
         radius=radius,
         peak_patch=measured.peak_patch,
-        peak_dist_patches=_patch_distance(measured.peak_patch, seen.projected_patch, valid),
+        peak_dist_patches=peak_dist,
         peak_dist_pixels=_pixel_distance(measured.peak_patch, seen.projected_xy, valid, lay.patch_size),
         mass_near=np.where(_per_pair(valid), measured.mass_near, np.nan),
         share_near=share_near,
@@ -227,6 +299,16 @@ def geometric_consistency(
         control_share_near=control_share_near,
         score=_mean_lh(share_near),
         control_score=_mean_lh(control_share_near),
+        share_null=share_null,
+        share_gain=share_gain,
+        peak_dist_null=peak_dist_null,
+        peak_gain=peak_gain,
+        null_score=_mean_lh(null_per_pair),
+        gain=_mean_lh(share_gain),
+        peak_gain_score=_mean_lh(peak_gain),
+        peak_dist_score=_mean_lh(peak_dist),
+        peak_null_score=_mean_lh(np.broadcast_to(_per_pair(peak_dist_null), peak_dist.shape)),
+        reference=geometry.reference if geometry is not None else "model",
     )
 
 

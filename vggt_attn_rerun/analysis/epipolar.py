@@ -1,8 +1,9 @@
 """Does a head's attention peak lie on the query's epipolar line? A geometry check with no depth.
 
-VGGT's predicted cameras are the reference (``geometry.pose_encoding_to_cameras``: camera-from-world
-``[R | t]`` and intrinsics ``K``). For a query patch in view a and another view b, the query's
-3D point, whatever its depth, projects somewhere on the epipolar line ``l = F x`` in view b, with
+The reference cameras are VGGT's predicted ones (``geometry.pose_encoding_to_cameras``:
+camera-from-world ``[R | t]`` and intrinsics ``K``), or true cameras (``reference.Geometry``).
+For a query patch in view a and another view b, the query's 3D point, whatever its depth,
+projects somewhere on the epipolar line ``l = F x`` in view b, with
 
     R = R_b R_a^T,  t = t_b - R t_a,  E = [t]_x R,  F = K_b^-T E K_a^-1,  x_b^T F x_a = 0.
 
@@ -13,21 +14,29 @@ Definitions (pixels are model input pixels in the continuous convention of token
 intrinsics sample pixel ``j`` at ``u = j``, so a continuous position ``x`` is ``u + 0.5``):
 
 - Query position ``x_a``: the centre of the query patch. Peak ``x_b``: the centre of the patch
-  with the largest probability among the PATCH tokens of view b (ties: the first in row-major order).
+  with the largest probability among the PATCH tokens of view b (``peak_xy``: ties go to the
+  first in row-major order; the distances below average over all tied patches).
 - ``sampson``: the Sampson distance ``sqrt((x_b^T F x_a)^2 / ((F x_a)_1^2 + (F x_a)_2^2 +
   (F^T x_b)_1^2 + (F^T x_b)_2^2))`` in pixels, the first-order geometric distance of the pair
   (x_a, x_b) to the epipolar constraint, symmetric in the two views. For a pure sideways
   baseline with equal intrinsics (horizontal epipolar lines) it is ``|y_b - y_a| / sqrt(2)``.
 - ``line_dist``: the distance of ``x_b`` to the line ``F x_a`` in view b, in pixels.
-- Positional control: the same Sampson distance for the query's own (row, col) in view b, the
-  peak a head that follows RoPE position alone would have. It does not depend on the head; a head
-  that follows geometry has a smaller distance than the control.
-- ``score`` / ``control_score``: ``[L, H]`` means of ``sampson`` / the control over the valid
-  (query, view) pairs. Lower is closer to the epipolar line.
+- Null (``null [Q, S]``): the exact expectation of ``sampson`` for a head uniform over the
+  patches of view b: the mean Sampson distance of every patch centre of view b. It is informative
+  for any camera motion with a baseline (sideways, forward, orbiting): a line never covers the
+  whole image. ``gain = null - sampson`` (larger is better; a uniform row, whose peak is all its
+  tied patches, scores exactly 0).
+- Positional control (``control``): the same Sampson distance for the query's own (row, col) in
+  view b, the peak a head that follows RoPE position alone would have. Descriptive only: for a
+  sideways camera the query's own position lies on its epipolar line (control 0).
+- ``score`` / ``null_score`` / ``gain_score`` / ``control_score``: ``[L, H]`` means of
+  ``sampson`` / the null / the gain / the control over the valid (query, view) pairs. Lower
+  distances are closer to the epipolar line.
 
 A (query, view) pair is excluded (NaN) and counted by ``counts()`` when: ``own_view`` (the
 query's own frame), ``no_patch`` (a camera or register query has no position), or
-``no_baseline`` (the two camera centres coincide: F vanishes and every point is on the line).
+``no_baseline`` (the two camera centres coincide, e.g. a camera rotating in place: F vanishes
+and every point is on the line).
 Limits: a point on the line is not a match (the whole line is consistent with some depth), so
 this complements the point-based score of consistency.py; it is only as right as VGGT's cameras.
 """
@@ -40,6 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vggt_attn_rerun.analysis.consistency import mean_over_views, tie_weights
+from vggt_attn_rerun.analysis.reference import Geometry
 from vggt_attn_rerun.analysis.scene import continuous_intrinsics
 from vggt_attn_rerun.analysis.visibility import prediction_array, query_patches
 from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
@@ -73,7 +84,9 @@ class Epipolar:
         peak_xy: ``[L, Q, H, S, 2]`` the peak patch centre in every view.
         sampson, line_dist: ``[L, Q, H, S]`` in pixels.
         control: ``[Q, S]`` the Sampson distance of the query's own (row, col) in each view.
-        score, control_score: ``[L, H]`` means over the valid pairs.
+        null: ``[Q, S]`` the uniform head's expected Sampson distance. gain: ``[L, Q, H, S]`` null - sampson.
+        score, control_score, null_score, gain_score: ``[L, H]`` means over the valid pairs.
+        reference: "model" or "truth" (the cameras used).
     """
 
     blocks: tuple[int, ...]
@@ -87,6 +100,15 @@ class Epipolar:
     control: np.ndarray
     score: np.ndarray
     control_score: np.ndarray
+    null: np.ndarray
+    gain: np.ndarray
+    null_score: np.ndarray
+    gain_score: np.ndarray
+    reference: str = "model"
+
+    def unit_gains(self) -> np.ndarray:
+        """``[L, Q, H]``: per query, the mean gain over its valid views (the units of a single-scene interval)."""
+        return mean_over_views(self.gain)
 
     @property
     def valid(self) -> np.ndarray:
@@ -184,6 +206,7 @@ def epipolar_consistency(
     predictions: Mapping[str, object],
     kind: str = "global",
     peak_patch: np.ndarray | None = None,
+    geometry: Geometry | None = None,
 ) -> Epipolar:
     """Sampson distance of each head's attention peak in each other view to the query's epipolar line.
 
@@ -191,10 +214,12 @@ def epipolar_consistency(
         rows: captured rows with global attention (``rows.probs["global"]`` ``[L, Q, H, S, P]``).
         predictions: VGGT's output with ``pose_enc [1, S, 9]`` (tensor or array, batch axis optional).
         kind: must be "global" (frame attention never looks at other views).
-        peak_patch: optional ``[L, Q, H, S, 2]`` peaks already found (``Consistency.peak_patch``).
+        peak_patch: optional ``[L, Q, H, S, 2]`` peaks to measure instead of the rows' own (then
+            ties are not averaged: a uniform row does not score 0).
+        geometry: the reference cameras (None: VGGT's predicted ones).
 
     Returns:
-        Epipolar (``[L, Q, H, S]`` distances, ``[Q, S]`` status, ``[L, H]`` scores).
+        Epipolar (``[L, Q, H, S]`` distances and gains, ``[Q, S]`` status and null, ``[L, H]`` scores).
     """
     if kind != "global":
         raise UserError(f"the epipolar score needs global attention, got {kind!r}: frame attention stays in its view")
@@ -203,8 +228,12 @@ def epipolar_consistency(
     lay = rows.layout
     s_, ps = lay.num_frames, lay.patch_size
     queries = tuple(rows.queries)
-    pose_enc = prediction_array(predictions, "pose_enc", (s_, 9), "the epipolar score")
-    extr, intr = (t.numpy() for t in pose_encoding_to_cameras(torch.from_numpy(pose_enc), lay.image_size))
+    if geometry is None:
+        pose_enc = prediction_array(predictions, "pose_enc", (s_, 9), "the epipolar score")
+        extr, intr = (t.numpy() for t in pose_encoding_to_cameras(torch.from_numpy(pose_enc), lay.image_size))
+        reference = "model"
+    else:
+        extr, intr, reference = geometry.extrinsics, geometry.intrinsics, geometry.reference
     fund, baseline = fundamental_matrices(extr, intr)
 
     frames = np.array([q.frame for q in queries], np.int64)
@@ -220,10 +249,25 @@ def epipolar_consistency(
     f_qs = fund[frames]  # [Q, S, 3, 3]: from the query's view to view s
     peaks = attention_peaks(rows, kind) if peak_patch is None else np.asarray(peak_patch)
     peak_xy = (peaks[..., ::-1] + 0.5) * ps  # [L, Q, H, S, 2] (x, y)
-    xa = np.broadcast_to(query_xy[None, :, None, None, :], peak_xy.shape)
+    # Every patch centre of a view, and each pair's Sampson / line distance to it: [Q, S, N].
+    rows_, cols_ = np.divmod(np.arange(lay.grid_h * lay.grid_w), lay.grid_w)
+    centres = np.stack([(cols_ + 0.5) * ps, (rows_ + 0.5) * ps], -1).astype(np.float64)  # [N, 2]
+    xa = np.where(valid[..., None], query_xy[:, None, :], 0.0)[:, :, None, :]  # [Q, S, 1, 2]
+    all_sampson = sampson_distance(f_qs[:, :, None], np.broadcast_to(xa, xa.shape[:2] + centres.shape), centres)
+    all_line = line_distance(f_qs[:, :, None], np.broadcast_to(xa, xa.shape[:2] + centres.shape), centres)
+    all_sampson = np.where(valid[..., None], all_sampson, 0.0)
+    all_line = np.where(valid[..., None], all_line, 0.0)
+    if peak_patch is None:
+        sampson, line = _tied_distances(rows, kind, all_sampson, all_line)
+    else:  # the given peaks, one patch each
+        flat = peaks[..., 0] * lay.grid_w + peaks[..., 1]  # [L, Q, H, S]
+        q_i, s_i = np.arange(len(queries))[None, :, None, None], np.arange(s_)[None, None, None, :]
+        sampson, line = all_sampson[q_i, s_i, flat], all_line[q_i, s_i, flat]
     v4 = valid[None, :, None, :]
-    sampson = np.where(v4, sampson_distance(f_qs[None, :, None], xa, peak_xy), np.nan)
-    line = np.where(v4, line_distance(f_qs[None, :, None], xa, peak_xy), np.nan)
+    sampson = np.where(v4, sampson, np.nan)
+    line = np.where(v4, line, np.nan)
+    null = np.where(valid, all_sampson.mean(-1), np.nan)
+    gain = null[None, :, None, :] - sampson
     own_xy = np.broadcast_to(query_xy[:, None, :], (len(queries), s_, 2))
     control = np.where(valid, sampson_distance(f_qs, own_xy, own_xy), np.nan)
     control4 = np.broadcast_to(control[None, :, None, :], sampson.shape)
@@ -239,4 +283,24 @@ def epipolar_consistency(
         control=control,
         score=_mean_lh(sampson),
         control_score=_mean_lh(control4),
+        null=null,
+        gain=gain,
+        null_score=_mean_lh(np.broadcast_to(null[None, :, None, :], sampson.shape)),
+        gain_score=_mean_lh(gain),
+        reference=reference,
     )
+
+
+def _tied_distances(
+    rows: AttentionRows, kind: str, all_sampson: np.ndarray, all_line: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[L, Q, H, S]`` Sampson and line distances of each row's peak: the mean over its tied patches."""
+    lay = rows.layout
+    probs = rows.probs[kind]
+    shape = tuple(probs.shape[:4])
+    sampson, line = np.empty(shape), np.empty(shape)
+    for li in range(shape[0]):
+        w = tie_weights(probs[li, ..., lay.patch_start :].to("cpu", torch.float64).numpy())  # [Q, H, S, N]
+        sampson[li] = np.einsum("qhsn,qsn->qhs", w, all_sampson)
+        line[li] = np.einsum("qhsn,qsn->qhs", w, all_line)
+    return sampson, line

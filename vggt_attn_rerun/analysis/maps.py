@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vggt_attn_rerun.analysis.consistency import Consistency, geometric_consistency
+from vggt_attn_rerun.analysis.reference import Geometry
 from vggt_attn_rerun.analysis.summaries import Summary, summarize
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import FrameTransform
@@ -225,13 +226,18 @@ def analyze_run(
     top_k: int,
     radius: int,
     transforms: Sequence[FrameTransform] | None = None,
+    geometry: Geometry | None = None,
 ) -> RunAnalysis:
-    """summarize() per kind and, with global attention, geometric_consistency() of the rows."""
+    """summarize() per kind and, with global attention, geometric_consistency() of the rows.
+
+    ``geometry``: the reference of the consistency scores (``reference.Geometry``; None: the model's own).
+    """
     summaries = {kind: summarize(result.rows, kind, top_k=int(top_k)) for kind in kinds}
     if "global" not in kinds:
         return RunAnalysis(summaries, None, "")
     try:
-        cons = geometric_consistency(result.rows, result.predictions, radius=int(radius), transforms=transforms)
+        cons = geometric_consistency(result.rows, result.predictions, radius=int(radius), transforms=transforms,
+                                     geometry=geometry)  # fmt: skip
     except UserError as e:
         return RunAnalysis(summaries, None, str(e))
     return RunAnalysis(summaries, cons, "")

@@ -41,6 +41,9 @@ import torch
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.errors import UserError
 
+#: a muted cell of block_head_matrix keeps this share of its color and takes the rest from MUTE_RGB
+MUTE_WEIGHT = 0.3
+MUTE_RGB = (40, 40, 40)
 #: names of the ``[L, Q, H]`` metrics of a Summary (the ones block_head matrices are made of)
 METRICS = ("own_view_mass", "other_views_mass", "camera_mass", "register_mass", "entropy", "top_k_mass")
 
@@ -159,6 +162,7 @@ def block_head_matrix(
     vmin: float | None = None,
     vmax: float | None = None,
     nan_rgb: tuple[int, int, int] = (128, 128, 128),
+    muted: np.ndarray | None = None,
 ) -> np.ndarray:
     """A ``[L, H]`` matrix as a colormapped RGB picture: one ``cell x cell`` square per (block, head).
 
@@ -171,6 +175,8 @@ def block_head_matrix(
         vmin, vmax: the values mapped to the first and last LUT entries (default: the finite
             min and max of ``values``); values outside (and +-inf) are clipped. When ``vmax == vmin`` every
             finite value maps to entry 0: pass an explicit range (e.g. 0..1 for masses).
+        muted: optional ``[L, H]`` bool: cells drawn muted (MUTE_WEIGHT of their color blended
+            into MUTE_RGB, a dark gray), e.g. the cells that are not significant.
 
     Returns:
         ``[L * cell, H * cell, 3]`` uint8.
@@ -196,5 +202,9 @@ def block_head_matrix(
     idx = np.round(np.nan_to_num(t, nan=0.0) * 255).astype(np.intp)
     rgb = table[idx]
     rgb[np.isnan(v)] = np.asarray(nan_rgb, dtype=np.uint8)
+    if muted is not None:
+        mute = np.asarray(muted, bool) & ~np.isnan(v)
+        blend = MUTE_WEIGHT * rgb[mute].astype(np.float64) + (1 - MUTE_WEIGHT) * np.asarray(MUTE_RGB, np.float64)
+        rgb[mute] = np.round(blend).astype(np.uint8)
     cell = int(cell)
     return np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)

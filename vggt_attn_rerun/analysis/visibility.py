@@ -25,6 +25,11 @@ Exclusions: each (query, view) pair gets one status code (the first that applies
 
 The point is the mean over a patch and the occlusion test looks at one pixel, so points on depth
 edges are unreliable.
+
+With a ``reference.Geometry`` of true cameras and depth (``reference = "truth"``) the same holds
+with the truth in place of the predictions: the query point is the mean of the true depth
+unprojected over the query patch (no confidence), the projection uses the true cameras and the
+occlusion test the true depth.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vggt_attn_rerun.analysis.reference import Geometry, model_geometry, patch_points
 from vggt_attn_rerun.analysis.scene import continuous_intrinsics
-from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
 from vggt_attn_rerun.core.images import FrameTransform
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
@@ -280,23 +285,32 @@ def query_visibility(
     occlusion_margin: float = 0.05,
     points: np.ndarray | None = None,
     transforms: Sequence[FrameTransform] | None = None,
+    geometry: Geometry | None = None,
 ) -> Visibility:
     """Project each query's 3D point into every view and give each (query, view) pair its status.
 
     Args: as ``consistency.geometric_consistency`` (``predictions`` needs ``pose_enc`` and
-    ``depth``, and ``world_points`` and ``world_points_conf`` unless ``points`` are given).
+    ``depth``, and ``world_points`` and ``world_points_conf`` unless ``points`` are given);
+    ``geometry``: the reference (None: the model's own, ``reference.model_geometry``).
     """
     if not occlusion_margin >= 0:
         raise UserError(f"occlusion_margin must be >= 0, got {occlusion_margin}")
     h_img, w_img = layout.image_size
-    pose_enc = prediction_array(predictions, "pose_enc", (layout.num_frames, 9))
-    depth = prediction_array(predictions, "depth", (layout.num_frames, h_img, w_img))
-    extrinsics, intrinsics = (t.numpy() for t in pose_encoding_to_cameras(torch.from_numpy(pose_enc), (h_img, w_img)))
+    if geometry is None:
+        prediction_array(predictions, "depth", (layout.num_frames, h_img, w_img))  # required: the occlusion test
+        geometry = model_geometry(predictions, layout, "geometric consistency")
     patches = query_patches(queries, layout)
-    query_points, query_conf = _query_points(predictions, queries, patches, layout, points)
+    frames = np.array([q.frame for q in queries], np.int64)
+    if geometry.reference == "model" or points is not None:
+        query_points, query_conf = _query_points(predictions, queries, patches, layout, points)
+    else:
+        query_points = patch_points(geometry, frames, patches, layout.patch_size)
+        query_conf = np.full(len(queries), np.nan)  # the truth has no confidence
+    depth = geometry.depth if geometry.depth is not None else np.full((layout.num_frames, h_img, w_img), np.nan)
     boxes = _image_boxes(transforms, layout)
-    proj = _project(query_points, extrinsics, intrinsics, depth, boxes, layout.patch_size, occlusion_margin)
-    status = _exclusions(proj, np.array([q.frame for q in queries], np.int64), query_conf, min_conf)
+    proj = _project(query_points, geometry.extrinsics, geometry.intrinsics, depth, boxes, layout.patch_size,
+                    occlusion_margin)  # fmt: skip
+    status = _exclusions(proj, frames, query_conf, min_conf)
     return Visibility(
         query_patch=patches,
         points=query_points,

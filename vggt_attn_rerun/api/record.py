@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vggt_attn_rerun.analysis.maps import analyze_run
+from vggt_attn_rerun.analysis.reference import cameras_geometry
 from vggt_attn_rerun.core.adapters import ModelAdapter
 from vggt_attn_rerun.core.capture import CaptureResult, capture
 from vggt_attn_rerun.core.images import (
@@ -146,6 +147,8 @@ def record_attention(
     rec = recording if recording is not None else rr.RecordingStream(application_id)
     if send_blueprint:
         rec.send_blueprint(default_blueprint_for(result, options), make_active=True, make_default=True)
-    analysis = analyze_run(result, options.kinds, options.top_k, options.consistency_radius, loaded.transforms)
+    geometry = cameras_geometry(options.cameras, loaded) if options.cameras else None
+    analysis = analyze_run(result, options.kinds, options.top_k, options.consistency_radius, loaded.transforms,
+                           geometry)  # fmt: skip
     log_run(rec, result, loaded, options, analysis=analysis)
     return result, rec

@@ -11,82 +11,36 @@ the per-block curve, computed from each scene's mean over heads. For every metri
 
 Scenes are the unit: a scene with 64 queries and one with 4 weigh the same (each scene's rows
 already average its queries and views).
+
+For the gains (``job.GAIN_METRICS``: score minus its exact uniform-head null, larger is better)
+also ``m_p``, the one-sided t-test p-value of "mean gain > 0" over the scenes, and ``m_q``, its
+Benjamini-Hochberg q-value over the block x head cells of that kind and measure (the per-block
+rows get q-values over the blocks). A cell is significant when ``q <= 0.05``. ``reference`` says
+which geometry the scenes' geometry scores used: ``truth``, ``model``, or both names joined by
+``+`` when scenes differ.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from vggt_attn_rerun.analysis.significance import ALPHA, bh_qvalues, mean_interval, one_sided_p, t_quantile
 from vggt_attn_rerun.analysis.summaries import METRICS
-from vggt_attn_rerun.batch.job import GEOMETRY_METRICS, METRIC_COLUMNS
+from vggt_attn_rerun.batch.job import GAIN_METRICS, GEOMETRY_METRICS, METRIC_COLUMNS
 from vggt_attn_rerun.viz.log_dataset import DatasetCurve, DatasetMatrix
 
 STATS = ("mean", "low", "high", "n")
+#: the extra statistics of the gains
+TESTS = ("p", "q")
+# t_quantile and mean_interval live in analysis.significance; their old home re-exports them.
+__all__ = ["HEAD_MEAN", "STATS", "TESTS", "aggregate", "dataset_views", "mean_interval", "summary_markdown",
+           "t_quantile"]  # fmt: skip
 #: the ``head`` of the per-block curve rows (the mean over heads)
 HEAD_MEAN = -1
-#: ranges shared by matrices that are compared with each other (score vs control)
-_SHARED = {
-    "correspondence_score": "correspondence",
-    "correspondence_control": "correspondence",
-    "epipolar_dist": "epipolar",
-    "epipolar_control": "epipolar",
-}
-
-
-def _t_two_sided_mass(t: float, df: int) -> float:
-    """P(|T| <= t) for Student's t with ``df`` degrees of freedom (Abramowitz and Stegun 26.7.3/4)."""
-    theta = math.atan(t / math.sqrt(df))
-    c2, s = math.cos(theta) ** 2, math.sin(theta)
-    if df % 2 == 1:
-        term, total = math.cos(theta), 0.0
-        for k in range(1, (df - 1) // 2 + 1):  # cos + 2/3 cos^3 + (2*4)/(3*5) cos^5 + ...
-            total += term
-            term *= c2 * (2 * k) / (2 * k + 1)
-        return (2 / math.pi) * (theta + s * total) if df > 1 else 2 * theta / math.pi
-    term, total = 1.0, 0.0
-    for k in range(1, df // 2 + 1):  # 1 + 1/2 cos^2 + (1*3)/(2*4) cos^4 + ...
-        total += term
-        term *= c2 * (2 * k - 1) / (2 * k)
-    return s * total
-
-
-@lru_cache(maxsize=256)
-def t_quantile(p: float, df: int) -> float:
-    """The ``p`` quantile (p > 0.5) of Student's t with ``df >= 1`` degrees of freedom, by bisection."""
-    if df < 1 or not 0.5 < p < 1:
-        raise ValueError(f"t_quantile needs df >= 1 and 0.5 < p < 1, got df={df}, p={p}")
-    if df > 1000:  # the series below would need df/2 terms; the Cornish-Fisher expansion is exact to ~1e-12 here
-        z = statistics.NormalDist().inv_cdf(p)
-        return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-                + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))  # fmt: skip
-    mass = 2 * p - 1
-    lo, hi = 0.0, 1.0
-    while _t_two_sided_mass(hi, df) < mass:
-        hi *= 2
-    for _ in range(64):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_two_sided_mass(mid, df) < mass else (lo, mid)
-    return (lo + hi) / 2
-
-
-def mean_interval(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``values [G, N]`` (NaN = missing) -> mean, low, high, n ``[G]`` over the finite entries."""
-    ok = np.isfinite(values)
-    n = ok.sum(axis=1)
-    v = np.where(ok, values, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, v.sum(axis=1) / np.maximum(n, 1), np.nan)
-        var = np.where(ok, (values - mean[:, None]) ** 2, 0.0).sum(axis=1) / np.maximum(n - 1, 1)
-    tq = np.array([t_quantile(0.975, int(k) - 1) if k >= 2 else np.nan for k in n])
-    half = tq * np.sqrt(var) / np.sqrt(np.maximum(n, 1))
-    return mean, mean - half, mean + half, n
 
 
 def _grid(tables: Sequence[pa.Table]) -> tuple[list[tuple[str, int, int]], dict[str, np.ndarray]]:
@@ -131,11 +85,24 @@ def aggregate(tables: Sequence[pa.Table]) -> pa.Table:
         "block": np.array([b for _, b, _ in order] + [b for _, b in blocks], np.int32),
         "head": np.array([h for _, _, h in order] + [HEAD_MEAN] * len(blocks), np.int32),
     }
+    kinds = np.array(cols["kind"])
     for m in METRIC_COLUMNS:
+        block_values = _head_means(order, values[m])[1]
         per_head = mean_interval(values[m])
-        per_block = mean_interval(_head_means(order, values[m])[1])
+        per_block = mean_interval(block_values)
         for name, a, b in zip(STATS, per_head, per_block, strict=True):
             cols[f"{m}_{name}"] = np.concatenate([a, b]).astype(np.int32 if name == "n" else np.float64)
+        if m in GAIN_METRICS:
+            p = np.concatenate([one_sided_p(values[m]), one_sided_p(block_values)])
+            q = np.full(p.shape, np.nan)
+            is_head = cols["head"] >= 0
+            for k in dict.fromkeys(kinds.tolist()):  # one family per kind and measure: heads, then blocks
+                for family in (is_head, ~is_head):
+                    sel = family & (kinds == k)
+                    q[sel] = bh_qvalues(p[sel])
+            cols[f"{m}_p"], cols[f"{m}_q"] = p, q
+    refs = sorted({r for t in tables if "reference" in t.column_names for r in t["reference"].to_pylist() if r})
+    cols["reference"] = ["+".join(refs) if k == "global" else "" for k in cols["kind"]]
     return pa.table(cols)
 
 
@@ -146,8 +113,10 @@ def _column(summary: pa.Table, name: str) -> np.ndarray:
 def dataset_views(summary: pa.Table) -> tuple[list[int], int, list[DatasetMatrix], list[DatasetCurve]]:
     """The block x head matrices and per-block curves of the dataset recording, from summary.parquet.
 
-    Returns (blocks, heads, matrices, curves); metrics with no finite value for a kind are left out
-    (the geometry metrics of frame attention).
+    Shown: the summaries (METRICS, on 0..1) and the gains (GAIN_METRICS, on one range symmetric
+    around 0 per gain, cells with q > 0.05 muted); the raw scores and nulls stay in the tables.
+    Returns (blocks, heads, matrices, curves); metrics with no finite value for a kind are left
+    out (the gains of frame attention).
     """
     kind, block, head = _column(summary, "kind"), _column(summary, "block"), _column(summary, "head")
     blocks = sorted(set(block.tolist()))
@@ -157,28 +126,23 @@ def dataset_views(summary: pa.Table) -> tuple[list[int], int, list[DatasetMatrix
         cell = (kind == k) & (head >= 0)
         line = (kind == k) & (head == HEAD_MEAN)
         bi = np.searchsorted(blocks, block[cell])
-        shown: dict[str, np.ndarray] = {}
-        for m in METRIC_COLUMNS:
+        for m in (*METRICS, *GAIN_METRICS):
             mat = np.full((len(blocks), heads), np.nan)
             mat[bi, head[cell]] = _column(summary, f"{m}_mean")[cell]
-            if np.isfinite(mat).any():
-                shown[m] = mat
-                lb = np.searchsorted(blocks, block[line])
-                mean, low, high = (np.full(len(blocks), np.nan) for _ in range(3))
-                for arr, stat in ((mean, "mean"), (low, "low"), (high, "high")):
-                    arr[lb] = _column(summary, f"{m}_{stat}")[line]
-                curves.append(DatasetCurve(k, m, mean, low, high))
-        for m, mat in shown.items():
-            group = [shown[o] for o in shown if _SHARED.get(o, o) == _SHARED.get(m, m)]
-            finite = np.concatenate([g[np.isfinite(g)] for g in group])
+            if not np.isfinite(mat).any():
+                continue
+            lb = np.searchsorted(blocks, block[line])
+            mean, low, high = (np.full(len(blocks), np.nan) for _ in range(3))
+            for arr, stat in ((mean, "mean"), (low, "low"), (high, "high")):
+                arr[lb] = _column(summary, f"{m}_{stat}")[line]
+            curves.append(DatasetCurve(k, m, mean, low, high))
             if m in METRICS:  # masses, entropy and top-k mass are fractions
-                lo, hi = 0.0, 1.0
-            elif m in _SHARED:  # score vs control, distance vs control: one scale, from 0
-                lo, hi = 0.0, max(float(finite.max()), 1e-12)
-            else:  # gains: their own range
-                lo, hi = float(finite.min()), float(finite.max())
-                hi = hi if hi > lo else lo + 1e-12
-            matrices.append(DatasetMatrix(k, m, mat, lo, hi))
+                matrices.append(DatasetMatrix(k, m, mat, 0.0, 1.0))
+                continue
+            top = max(float(np.abs(mat[np.isfinite(mat)]).max()), 1e-12)
+            significant = np.zeros(mat.shape, bool)
+            significant[bi, head[cell]] = np.nan_to_num(_column(summary, f"{m}_q")[cell], nan=1.0) <= ALPHA
+            matrices.append(DatasetMatrix(k, m, mat, -top, top, significant=significant, diverging=True))
     return blocks, heads, matrices, curves
 
 
@@ -191,19 +155,39 @@ def _ci(summary: pa.Table, m: str, i: int) -> str:
     return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) else _fmt(mean)
 
 
+#: what each gain measures, one line each (summary.md, the dataset recording's legend)
+GAIN_MEANINGS = {
+    "correspondence_gain": "share of a view's patch mass within the radius of the projected query point, minus "
+                           "a uniform head's share (same clipped window)",
+    "peak_dist_gain": "a uniform head's mean distance (patches) to the projected patch, minus the peak's",
+    "epipolar_gain": "a uniform head's mean Sampson distance (pixels) to the epipolar line, minus the peak's",
+}  # fmt: skip
+
+
+def _q_text(summary: pa.Table, m: str, i: int) -> str:
+    q = float(_column(summary, f"{m}_q")[i])
+    return "-" if not np.isfinite(q) else (f"{q:.2g}" + (" *" if q <= ALPHA else ""))
+
+
 def summary_markdown(summary: pa.Table, scenes_done: int, failures: int, options: dict[str, Any], top: int = 10) -> str:
-    """``summary.md``: what was run, the per-block curves, the top heads by correspondence gain."""
+    """``summary.md``: what was run, the per-block curves, per gain measure the top heads (q-values)."""
     kind, head = _column(summary, "kind"), _column(summary, "head")
+    refs = [r for r in dict.fromkeys(_column(summary, "reference").tolist()) if r] if "reference" in \
+        summary.column_names else []  # fmt: skip
+    reference = "+".join(refs) or "-"
     opts = ", ".join(f"{k}={v}" for k, v in options.items())
     lines = [
         f"# Dataset study: {scenes_done} scenes",
         "",
         f"{scenes_done} scenes in the table, {failures} failed (failures.jsonl). Options: {opts}.",
+        f"Geometry reference: **{reference}** (`truth`: cameras and depth that came with the scenes; `model`: the",
+        "model's own predicted cameras and depth, so a head can only agree with what the model predicts).",
         "Values: mean over scenes [95% interval of the mean, Student's t]; the definitions are in",
-        "`vggt_attn_rerun.batch.job` (columns) and `vggt_attn_rerun.batch.aggregate` (intervals).",
+        "`vggt_attn_rerun.batch.job` (columns) and `vggt_attn_rerun.batch.aggregate` (intervals, q-values).",
+        "Gains are score minus the exact expectation for a head uniform over the view's patches: larger is",
+        f"better, a uniform head scores 0. q: Benjamini-Hochberg over the block x head cells (* = q <= {ALPHA}).",
     ]
-    curve_metrics = {"global": ("other_views_mass", "entropy", "correspondence_score", "correspondence_control",
-                                "epipolar_dist", "epipolar_control"),
+    curve_metrics = {"global": ("other_views_mass", "entropy", *GAIN_METRICS),
                      "frame": ("camera_mass", "register_mass", "entropy", "top_k_mass")}  # fmt: skip
     for k in dict.fromkeys(kind.tolist()):
         shown = curve_metrics.get(k, METRICS[:4])
@@ -213,22 +197,29 @@ def summary_markdown(summary: pa.Table, scenes_done: int, failures: int, options
             b = int(_column(summary, "block")[i])
             lines.append(f"| {b} | " + " | ".join(_ci(summary, m, i) for m in shown) + " |")
     cell = np.flatnonzero((kind == "global") & (head >= 0))
-    gain = _column(summary, "correspondence_gain_mean")[cell]
-    if cell.size and np.isfinite(gain).any():
+    for m in GAIN_METRICS:
+        gain = _column(summary, f"{m}_mean")[cell]
+        if not (cell.size and np.isfinite(gain).any()):
+            continue
         best = cell[np.argsort(-np.nan_to_num(gain, nan=-np.inf), kind="stable")[:top]]
-        cols = ("correspondence_gain", "correspondence_score", "correspondence_control", "epipolar_dist",
-                "epipolar_control")  # fmt: skip
+        significant = int((np.nan_to_num(_column(summary, f"{m}_q")[cell], nan=1.0) <= ALPHA).sum())
+        base = m.removesuffix("_gain")
         lines += [
             "",
-            f"## Top {len(best)} heads by correspondence score against the positional control (global attention)",
+            f"## Top {len(best)} heads by `{m}` (global attention, reference {reference})",
             "",
-            "Gain = score - control per scene (> 0: the head follows VGGT's geometry more than position).",
+            f"`{m}`: {GAIN_MEANINGS[m]}. {significant} of {cell.size} cells significant (q <= {ALPHA}).",
             "",
-            "| block | head | " + " | ".join(cols) + " |",
-            "|---|---" + "|---" * len(cols) + "|",
+            f"| rank | block | head | {m} | q | {base} score | null |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for i in best:
+        score_col = "correspondence_score" if base == "correspondence" else f"{base}_dist" if base == "epipolar" \
+            else "peak_dist"  # fmt: skip
+        null_col = f"{base}_null"
+        for r, i in enumerate(best, start=1):
             b, h = int(_column(summary, "block")[i]), int(head[i])
-            lines.append(f"| {b} | {h} | " + " | ".join(_ci(summary, m, i) for m in cols) + " |")
+            lines.append(f"| {r} | {b} | {h} | {_ci(summary, m, i)} | {_q_text(summary, m, i)} | "
+                         f"{_fmt(float(_column(summary, f'{score_col}_mean')[i]))} | "
+                         f"{_fmt(float(_column(summary, f'{null_col}_mean')[i]))} |")  # fmt: skip
     lines += ["", f"Geometry columns ({', '.join(GEOMETRY_METRICS)}) exist for global attention only."]
     return "\n".join(lines) + "\n"

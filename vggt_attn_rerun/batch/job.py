@@ -1,6 +1,8 @@
 """One scene of a study: one forward pass, then its rows of the study table.
 
-Per scene: the photos of its folder (``core.images``), a query grid over the reference view
+Per scene: the photos of its folder (``core.images``; or of its ``images/`` sub-folder), its
+true cameras when it brings them (``cameras.npz`` or a COLMAP ``sparse/`` folder: ``io.cameras``;
+then the geometry scores use them, ``reference = truth``), a query grid over the reference view
 (``api.query_grid``), ONE forward pass for all queries (``api.capture_run``), then per (kind,
 block, head) the summaries averaged over the queries (``analysis.summaries``) and, for global
 attention, the correspondence score of ``analysis.consistency`` and the epipolar score of
@@ -9,13 +11,18 @@ block, head); its columns:
 
 - ``scene``, ``kind``, ``block``, ``head``; ``frames`` (S) and ``queries`` (Q) of the scene;
 - ``own_view_mass`` .. ``top_k_mass`` (summaries.METRICS): means over the queries;
-- ``correspondence_score`` / ``correspondence_control``: ``Consistency.score`` /
-  ``control_score``, the share of a head's patch mass near the projected query point / near the
-  query's own (row, col), mean over the valid (query, view) pairs; ``correspondence_gain`` their
-  difference (> 0: the head follows geometry more than position);
-- ``epipolar_dist`` / ``epipolar_control``: ``Epipolar.score`` / ``control_score``, the mean
-  Sampson distance (model pixels) of the peak / of the query's own position to the epipolar line;
-  ``epipolar_gain`` = control - distance (> 0: closer to the line than a positional head);
+- ``reference``: ``"truth"`` when the scene brought cameras (and depth) and the geometry
+  scores use them, ``"model"`` when they use VGGT's own predictions (``""`` for frame rows);
+- three measures, each with its null (the exact expectation for a head uniform over the view's
+  patches, same windows and exclusions) and ``*_gain`` (larger is better, a uniform head scores 0):
+  ``correspondence_score`` / ``_null`` / ``_gain`` (``Consistency.score`` / ``null_score`` /
+  ``gain``: the share of a head's patch mass on a view within ``radius`` patches of the
+  projected query point, gain = score - null); ``peak_dist`` / ``_null`` / ``_gain`` (patches
+  from the peak to the projected patch, gain = null - distance); ``epipolar_dist`` / ``_null`` /
+  ``_gain`` (Sampson distance in model pixels of the peak to the query's epipolar line, gain =
+  null - distance). All are means over the valid (query, view) pairs;
+- ``correspondence_control`` / ``epipolar_control``: the positional controls (the same around the
+  query's own (row, col)), descriptive only;
 - ``correspondence_pairs`` / ``epipolar_pairs``: the valid (query, view) pairs behind them.
 
 Frame-attention rows have NaN geometry metrics and 0 pairs (frame attention stays in its view).
@@ -35,6 +42,7 @@ import torch
 
 from vggt_attn_rerun.analysis.consistency import geometric_consistency
 from vggt_attn_rerun.analysis.epipolar import epipolar_consistency
+from vggt_attn_rerun.analysis.reference import Geometry, truth_geometry
 from vggt_attn_rerun.analysis.summaries import METRICS, summarize
 from vggt_attn_rerun.api import BadInput, capture_run, query_grid
 from vggt_attn_rerun.batch.inputs import Scene
@@ -45,23 +53,37 @@ from vggt_attn_rerun.core.models import DEFAULT_MODEL, load_model
 from vggt_attn_rerun.core.resources import DTYPES, resolve_device
 from vggt_attn_rerun.core.tokens import parse_index_list
 from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.io.cameras import find_cameras, read_cameras
 from vggt_attn_rerun.viz.log_dataset import scene_recording_bytes
 from vggt_attn_rerun.viz.options import RecordingOptions
 
 GEOMETRY_METRICS = (
     "correspondence_score",
-    "correspondence_control",
+    "correspondence_null",
     "correspondence_gain",
+    "correspondence_control",
+    "peak_dist",
+    "peak_dist_null",
+    "peak_dist_gain",
     "epipolar_dist",
-    "epipolar_control",
+    "epipolar_null",
     "epipolar_gain",
+    "epipolar_control",
 )
+#: the gains (score against its null, larger is better): the measures a study ranks and tests
+GAIN_METRICS = ("correspondence_gain", "peak_dist_gain", "epipolar_gain")
 #: every metric column of the study table, in order
 METRIC_COLUMNS = (*METRICS, *GEOMETRY_METRICS)
 KEY_COLUMNS = ("scene", "kind", "block", "head")
 COUNT_COLUMNS = ("frames", "queries", "correspondence_pairs", "epipolar_pairs")
 SCHEMA = pa.schema(
-    [("scene", pa.string()), ("kind", pa.string()), ("block", pa.int32()), ("head", pa.int32())]
+    [
+        ("scene", pa.string()),
+        ("kind", pa.string()),
+        ("block", pa.int32()),
+        ("head", pa.int32()),
+        ("reference", pa.string()),
+    ]
     + [(c, pa.int32()) for c in COUNT_COLUMNS]
     + [(m, pa.float64()) for m in METRIC_COLUMNS]
 )
@@ -112,17 +134,26 @@ class StudyOptions:
         return RecordingOptions(kinds=self.kinds, top_k=self.top_k, consistency_radius=self.radius)
 
 
+#: fewer views than this cannot be scored (every geometry score compares a view with another)
+MIN_FRAMES = 2
+
+
 def scene_photos(scene: Scene, options: StudyOptions) -> list[Path]:
     """The photos of the scene that a study uses (the first ``options.frames`` by name when set);
-    UserError when the folder cannot give them (missing, empty, fewer than --frames or --frame
-    needs). Reads the folder, not the photos: cheap enough to check every scene before the model."""
+    UserError when the folder cannot give them (missing, empty, fewer than MIN_FRAMES, fewer than
+    --frames or --frame needs). The photos are the images in the scene folder or, when it has none,
+    in its ``images/`` sub-folder (the COLMAP layout: ``images/`` beside ``sparse/``). Reads the
+    folder, not the photos: cheap enough to check every scene before the model."""
     if not scene.path.is_dir():
         if scene.path.is_symlink():
             raise UserError(f"scene {scene.name}: {scene.path} is a symbolic link that loops or points nowhere")
         what = "is not a folder" if scene.path.exists() else "does not exist"
         raise UserError(f"scene {scene.name}: {scene.path} {what}")
     try:
-        paths = expand_image_paths([scene.path])
+        folder = (
+            scene.path / "images" if (scene.path / "images").is_dir() and not _has_images(scene.path) else scene.path
+        )
+        paths = expand_image_paths([folder])
     except OSError as e:
         raise UserError(f"scene {scene.name}: cannot read {scene.path} ({e.strerror or e})") from None
     if options.frames is not None:
@@ -131,7 +162,19 @@ def scene_photos(scene: Scene, options: StudyOptions) -> list[Path]:
         paths = paths[: options.frames]
     if options.frame >= len(paths):
         raise UserError(f"scene {scene.name} has {len(paths)} photos: --frame {options.frame} is not one of them")
+    if len(paths) < MIN_FRAMES:
+        raise UserError(
+            f"scene {scene.name} has {len(paths)} photo(s): a scene needs at least {MIN_FRAMES} views (the geometry "
+            "scores compare a view with the others)"
+        )
     return paths
+
+
+def _has_images(folder: Path) -> bool:
+    try:
+        return bool(expand_image_paths([folder]))
+    except UserError:
+        return False
 
 
 def scene_images(scene: Scene, options: StudyOptions, patch_size: int) -> LoadedImages:
@@ -166,8 +209,13 @@ def capture_scene(model: torch.nn.Module, images: LoadedImages, options: StudyOp
                        options=options.recording_options(), autocast_dtype=autocast)  # fmt: skip
 
 
-def scene_table(name: str, result: CaptureResult, images: LoadedImages, options: StudyOptions) -> pa.Table:
-    """The scene's rows (see the module docstring): one per (kind, block, head), SCHEMA columns."""
+def scene_table(name: str, result: CaptureResult, images: LoadedImages, options: StudyOptions,
+                geometry: Geometry | None = None) -> pa.Table:  # fmt: skip
+    """The scene's rows (see the module docstring): one per (kind, block, head), SCHEMA columns.
+
+    ``geometry``: the scene's true cameras in model pixels (``reference.truth_geometry``); None:
+    VGGT's own. Truth without depth leaves the point-based columns NaN (they need depth).
+    """
     rows = result.rows
     l_, h_ = len(rows.blocks), rows.num_heads
     parts = []
@@ -175,26 +223,39 @@ def scene_table(name: str, result: CaptureResult, images: LoadedImages, options:
         summary = summarize(rows, kind, top_k=options.top_k).mean_over_queries()
         cols: dict[str, Any] = {m: getattr(summary, m)[:, 0, :] for m in METRICS}  # [L, H] each
         nan = np.full((l_, h_), np.nan)
-        geo = {m: nan for m in GEOMETRY_METRICS}
+        geo: dict[str, np.ndarray] = {m: nan for m in GEOMETRY_METRICS}
         pairs = (0, 0)
+        reference = ""
         if kind == "global":
-            cons = geometric_consistency(rows, result.predictions, radius=options.radius, transforms=images.transforms)
-            epi = epipolar_consistency(rows, result.predictions, peak_patch=cons.peak_patch)
-            geo = {
-                "correspondence_score": cons.score,
-                "correspondence_control": cons.control_score,
-                "correspondence_gain": cons.score - cons.control_score,
+            reference = geometry.reference if geometry is not None else "model"
+            epi = epipolar_consistency(rows, result.predictions, geometry=geometry)
+            geo.update({
                 "epipolar_dist": epi.score,
+                "epipolar_null": epi.null_score,
+                "epipolar_gain": epi.gain_score,
                 "epipolar_control": epi.control_score,
-                "epipolar_gain": epi.control_score - epi.score,
-            }
-            pairs = (int(cons.valid.sum()), int(epi.valid.sum()))
+            })  # fmt: skip
+            pairs = (0, int(epi.valid.sum()))
+            if geometry is None or geometry.depth is not None:
+                cons = geometric_consistency(rows, result.predictions, radius=options.radius,
+                                             transforms=images.transforms, geometry=geometry)  # fmt: skip
+                geo.update({
+                    "correspondence_score": cons.score,
+                    "correspondence_null": cons.null_score,
+                    "correspondence_gain": cons.gain,
+                    "correspondence_control": cons.control_score,
+                    "peak_dist": cons.peak_dist_score,
+                    "peak_dist_null": cons.peak_null_score,
+                    "peak_dist_gain": cons.peak_gain_score,
+                })  # fmt: skip
+                pairs = (int(cons.valid.sum()), pairs[1])
         cols.update(geo)
         block, head = np.meshgrid(np.asarray(rows.blocks), np.arange(h_), indexing="ij")
         n = l_ * h_
         data = {
             "scene": [name] * n,
             "kind": [kind] * n,
+            "reference": [reference] * n,
             "block": block.ravel(),
             "head": head.ravel(),
             "frames": np.full(n, rows.layout.num_frames),
@@ -205,6 +266,19 @@ def scene_table(name: str, result: CaptureResult, images: LoadedImages, options:
         data.update({m: np.asarray(cols[m], np.float64).ravel() for m in METRIC_COLUMNS})
         parts.append(pa.Table.from_pydict(data, schema=SCHEMA))
     return pa.concat_tables(parts)
+
+
+def scene_truth(scene: Scene, images: LoadedImages) -> Geometry | None:
+    """The scene's true cameras (and depth) in model pixels, when its folder brings them, else None.
+
+    ``cameras.npz``, ``sparse/0/`` or ``sparse/`` in the scene folder (``io.cameras.find_cameras``),
+    matched to the photos by file name and mapped through their resize/crop.
+    """
+    found = find_cameras(scene.path)
+    if found is None or images.paths is None:
+        return None
+    extr, intr, depth = read_cameras(found).for_photos(images.paths)
+    return truth_geometry(extr, intr, depth, images.transforms)
 
 
 @dataclass
@@ -238,8 +312,9 @@ class SceneRunner:
         start = time.perf_counter()
         try:
             images = scene_images(scene, self.options, model_patch_size(self.model))
+            geometry = scene_truth(scene, images)
             result = capture_scene(self.model, images, self.options, self.autocast)
-            table = scene_table(scene.name, result, images, self.options)
+            table = scene_table(scene.name, result, images, self.options, geometry)
             rrd = None
             if self.options.rrd:
                 rrd = scene_recording_bytes(result, images, self.options.recording_options(), scene.name)

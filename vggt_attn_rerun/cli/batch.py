@@ -124,7 +124,9 @@ def batch(**o: Any) -> None:
     """Run the attention summaries, correspondence and epipolar scores over a dataset of scenes.
 
     SCENES is a folder of scene folders (each a folder of photos) or a manifest file: one scene
-    folder per line, or CSV with the header scene,path. Each scene gets one forward pass.
+    folder per line, or CSV with the header scene,path. Each scene gets one forward pass. A scene
+    folder with cameras.npz or a COLMAP sparse/0/ (photos in images/) is scored against those
+    true cameras (reference = truth; docs/datasets.md).
     """
     try:
         options = _plan(o)

@@ -247,6 +247,9 @@ _OPTIONS = (
                  help="View shown behind the head grid. Default: the query's own frame."),
     click.option("--colormap", type=click.Choice(COLORMAPS, case_sensitive=False), default="inferno",
                  show_default=True, help="Colormap of the heatmaps."),
+    click.option("--cameras", metavar="PATH",
+                 help="True cameras of the photos (cameras.npz or a COLMAP sparse folder, matched by file name): "
+                 "the consistency scores use them (reference = truth) instead of VGGT's own."),
     click.option("--ask", is_flag=True, help=_ASK_HELP),
     click.option("--save", metavar="OUT.rrd",
                  help="Write the recording to a file (whole or not at all); opens no viewer unless --spawn."),
@@ -299,7 +302,7 @@ def run_options(images: tuple[str, ...], connect: str | None, **f: Any) -> api.R
             grid_view=f["grid_view"], points=f["points"], conf_threshold=f["conf_threshold"],
             conf_percentile=f["conf_percentile"], max_points=f["max_points"],
             per_view_normalize=f["per_view_normalize"], scale=f["scale"], gamma=f["gamma"],
-            clip_percentile=f["clip_percentile"], rays=f["rays"], colormap=f["colormap"],
+            clip_percentile=f["clip_percentile"], rays=f["rays"], colormap=f["colormap"], cameras=f["cameras"],
         )  # fmt: skip
         return api.RunOptions(
             images=images, queries=tuple(queries), query_grid=checks.parse_query_grid(f["query_grid"], f["grid_frame"]),

@@ -32,6 +32,11 @@ CONSTRUCTED_NOTE = (
 )
 #: the label the model carries (core.models.ModelLabel): every recording of it shows it
 CONSTRUCTED_LABEL = ModelLabel("CONSTRUCTED demo model, not VGGT", CONSTRUCTED_NOTE)
+UNIFORM_LABEL = ModelLabel(
+    "CONSTRUCTED uniform model, not VGGT",
+    "Model: CONSTRUCTED null model (testing.uniform_vggt): a tiny random VGGT whose global attention is exactly "
+    "uniform; every consistency gain of its global blocks is 0 by construction.",
+)
 
 
 def _slow_rope_mask(head_dim: int, frequency: float, max_step: float) -> torch.Tensor:
@@ -69,3 +74,18 @@ def matching_vggt(seed: int = 0, block: int = 2, gain: float = 1.5, max_step: fl
             norm.weight.copy_(gain * mask)
             norm.bias.zero_()
     return label_model(model, CONSTRUCTED_LABEL).eval()
+
+
+def uniform_vggt(seed: int = 0) -> TinyVGGT:
+    """``tiny_vggt(seed)`` whose global attention is exactly uniform: every global block's query is 0.
+
+    The q LayerNorm's gain and bias are zeroed, so every query vector is 0 (RoPE rotates 0 to 0),
+    every logit is 0 and softmax gives each key ``1 / (S * P)``: a null model whose heads cannot
+    follow geometry. The rest of the model is ``tiny_vggt(seed)``.
+    """
+    model = tiny_vggt(seed)
+    with torch.no_grad():
+        for block in model.aggregator.global_blocks:
+            block.attn.q_norm.weight.zero_()
+            block.attn.q_norm.bias.zero_()
+    return label_model(model, UNIFORM_LABEL).eval()

@@ -40,6 +40,17 @@ _ANCHORS = {
 
 COLORMAPS = tuple(_ANCHORS)
 
+#: the diverging map of signed values centred at 0 (gains): blue < 0, light gray = 0, red > 0.
+#: Not one of COLORMAPS (the attention maps' choices): ``diverging_lut()`` gives it.
+DIVERGING = "coolwarm"
+_ANCHORS_DIVERGING = {
+    "coolwarm": (
+        "3b4cc0 445acc 4e68d8 5875e1 6282ea 6c8ff1 779af7 82a6fb 8db0fe 98b9ff a3c2fe aec9fc b9d0f9 c3d5f4"
+        " ccd9ed d5dbe5 dddcdc e5d8d1 ecd3c5 f1ccb8 f5c4ac f7ba9f f7b093 f6a586 f4987a f08b6e eb7d62 e46e56"
+        " dd5f4b d44e41 ca3b37 be242e b40426"
+    ),
+}
+
 
 def check_colormap(name: str) -> str:
     """The canonical colormap name, or UserError naming the valid ones."""
@@ -51,7 +62,8 @@ def check_colormap(name: str) -> str:
 
 @cache
 def _lut(name: str) -> np.ndarray:
-    anchors = np.array([[int(h[i : i + 2], 16) for i in (0, 2, 4)] for h in _ANCHORS[name].split()], np.float64)
+    spec = _ANCHORS[name] if name in _ANCHORS else _ANCHORS_DIVERGING[name]
+    anchors = np.array([[int(h[i : i + 2], 16) for i in (0, 2, 4)] for h in spec.split()], np.float64)
     x = np.arange(256)
     table = np.stack([np.interp(x, ANCHOR_INDICES, anchors[:, c]) for c in range(3)], axis=-1)
     table = np.round(table).astype(np.uint8)
@@ -62,6 +74,11 @@ def _lut(name: str) -> np.ndarray:
 def lut(name: str) -> np.ndarray:
     """``[256, 3]`` uint8 RGB table of a colormap (read-only)."""
     return _lut(check_colormap(name))
+
+
+def diverging_lut() -> np.ndarray:
+    """``[256, 3]`` uint8 RGB table of the diverging map (DIVERGING): entry 128 is the centre (0)."""
+    return _lut(DIVERGING)
 
 
 def apply(values: np.ndarray, name: str) -> np.ndarray:

@@ -7,8 +7,11 @@ The dataset recording shows a whole study (means over scenes) in the viewer::
     dataset/{kind}/matrix/{metric}        Image [L*cell, H*cell, 3]: block x head matrix of the mean
                                           over scenes (rows = blocks, columns = heads), static, with
                                           AnyValues ``values`` (the [L, H] means, row-major),
-                                          ``blocks``, ``vmin``, ``vmax``; ``/axes``: Points2D labels
-                                          of the rows (blocks) and columns (heads)
+                                          ``blocks``, ``vmin``, ``vmax`` (and ``significant`` for gains)
+    dataset/{kind}/matrix/{metric}/axes   Points2D: labels of the rows (blocks) and columns (heads)
+
+Gains (``*_gain``) are drawn with a diverging colormap centred at 0 (blue < 0 < red) on one range
+symmetric around 0 per gain; cells that are not significant (q > 0.05) are muted (grayed out).
     dataset/{kind}/curve/{metric}         Scalars on the ``block`` timeline: the per-block curve (mean
                                           over heads and scenes) and its 95% interval over scenes
 
@@ -53,13 +56,19 @@ def curve_path(kind: str, metric: str) -> str:
 
 @dataclass
 class DatasetMatrix:
-    """A block x head matrix of one metric: ``values [L, H]`` drawn on ``vmin..vmax``."""
+    """A block x head matrix of one metric: ``values [L, H]`` drawn on ``vmin..vmax``.
+
+    ``diverging``: a signed value (a gain) drawn with the diverging colormap centred at 0
+    (``vmin == -vmax``); ``significant``: optional ``[L, H]`` bool, the other cells are drawn muted.
+    """
 
     kind: str
     metric: str
     values: np.ndarray
     vmin: float
     vmax: float
+    significant: np.ndarray | None = None
+    diverging: bool = False
 
 
 @dataclass
@@ -126,8 +135,13 @@ def _legend(blocks: Sequence[int], num_heads: int, matrices: Sequence[DatasetMat
     lines = [
         "# Block x head matrices (mean over scenes)",
         "",
-        f"**Rows = blocks** (top to bottom: {', '.join(map(str, blocks))}), **columns = heads** "
-        f"(left to right: 0..{num_heads - 1}). Colormap {cmap}: dark = low end, bright = high end; gray = no value.",
+        f"**Rows = blocks** (top to bottom: {', '.join(map(str, blocks))}, labelled b0, b1, ...), **columns = "
+        f"heads** (left to right: 0..{num_heads - 1}, labelled h0, h1, ...). Summaries: colormap {cmap} on 0 .. 1, "
+        "dark = low, bright = high; gray = no value.",
+        f"**Gains** (`*_gain`, score minus the uniform-head null, larger is better): colormap {colormap.DIVERGING}, "
+        "centred at 0 (light gray), **red = above the null, blue = below**, one range symmetric around 0 per gain; "
+        "cells that are **not significant** (Benjamini-Hochberg q > 0.05 over the block x head cells) are "
+        "**muted (grayed out)**.",
         "Exact values: the matrix entity's `values` (hover it in the selection panel).",
         "Curves (below the matrices, on the `block` timeline): the white line is the mean over heads and",
         "scenes, the blue lines the 95% interval over scenes.",
@@ -160,12 +174,16 @@ def dataset_recording_bytes(
     lut = colormap.lut(cmap)
     block_index = np.asarray(blocks, np.int64)
     for m in matrices:
-        rgb = block_head_matrix(m.values, lut, cell, m.vmin, m.vmax)
+        muted = None if m.significant is None else ~np.asarray(m.significant, bool)
+        table = colormap.diverging_lut() if m.diverging else lut
+        rgb = block_head_matrix(m.values, table, cell, m.vmin, m.vmax, muted=muted)
         extra = rr.AnyValues(values=np.asarray(m.values, np.float64).ravel(), blocks=block_index,
                              vmin=float(m.vmin), vmax=float(m.vmax))  # fmt: skip
-        rec.log(matrix_path(m.kind, m.metric), rr.Image(rgb), extra, static=True)
-    for m in matrices:  # labelled axes: which row is which block, which column which head
-        rec.log(f"{matrix_path(m.kind, m.metric)}/axes", matrix_axes(blocks, num_heads, cell), static=True)
+        path = matrix_path(m.kind, m.metric)
+        rec.log(path, rr.Image(rgb), extra, static=True)
+        if m.significant is not None:
+            rec.log(path, rr.AnyValues(significant=np.asarray(m.significant, bool).ravel()), static=True)
+        rec.log(f"{path}/axes", matrix_axes(blocks, m.values.shape[1], cell), static=True)
     for c in curves:
         path = curve_path(c.kind, c.metric)
         rec.log(path, rr.SeriesLines(names=list(CURVE_SERIES), colors=[(255, 255, 255), (120, 160, 255),

@@ -36,6 +36,7 @@ import numpy as np
 import rerun as rr
 
 from vggt_attn_rerun.analysis.maps import SCALE_MEANING, RunAnalysis, analyze_run
+from vggt_attn_rerun.analysis.reference import cameras_geometry
 from vggt_attn_rerun.analysis.scene import (
     PointMap,
     Scene,
@@ -227,7 +228,9 @@ def _analysis(result: CaptureResult, images: LoadedImages, options: RecordingOpt
               analysis: RunAnalysis | None) -> RunAnalysis:  # fmt: skip
     if analysis is not None:
         return analysis
-    return analyze_run(result, options.kinds, int(options.top_k), int(options.consistency_radius), images.transforms)
+    geometry = cameras_geometry(options.cameras, images) if options.cameras else None
+    return analyze_run(result, options.kinds, int(options.top_k), int(options.consistency_radius), images.transforms,
+                       geometry)  # fmt: skip
 
 
 def _index_text(result: CaptureResult) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import rerun as rr
 
 from vggt_attn_rerun.analysis.consistency import STATUS_NAMES, VALID, Consistency
+from vggt_attn_rerun.analysis.significance import ALPHA, cell_tests
 from vggt_attn_rerun.analysis.summaries import METRICS, Summary, block_head_matrix
 from vggt_attn_rerun.analysis.visibility import STATUS_MEANING
 from vggt_attn_rerun.core.capture import CaptureResult
@@ -96,6 +97,24 @@ def _log_matrix(rec: rr.RecordingStream, path: str, values: np.ndarray, lo: floa
     rec.log(f"{path}/axes", matrix_axes(blocks, np.shape(values)[1], cell), static=True)
 
 
+def _log_gain_matrix(rec: rr.RecordingStream, path: str, gain: np.ndarray, significant: np.ndarray | None,
+                     options: RecordingOptions, blocks: Sequence[int]) -> float:  # fmt: skip
+    """``[L, H]`` gains on the diverging colormap, range symmetric around 0; cells not significant muted.
+
+    Returns the top of the range (the range is ``-top .. top``).
+    """
+    finite = np.abs(gain[np.isfinite(gain)])
+    top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    muted = None if significant is None else ~significant
+    rgb = block_head_matrix(gain, colormap.diverging_lut(), int(options.matrix_cell), -top, top, muted=muted)
+    extra = {"vmin": -top, "vmax": top, "values": np.asarray(gain, np.float64).ravel()}
+    if significant is not None:
+        extra["significant"] = np.asarray(significant, bool).ravel()
+    rec.log(path, rr.Image(rgb), rr.AnyValues(**extra), static=True)
+    rec.log(f"{path}/axes", matrix_axes(blocks, np.shape(gain)[1], int(options.matrix_cell)), static=True)
+    return top
+
+
 def _log_summaries(rec: rr.RecordingStream, q: int | str, kind: str, values: dict[str, np.ndarray],
                    blocks: Sequence[int], options: RecordingOptions) -> None:  # fmt: skip
     """values: metric -> ``[L, H]``. Series: heads then the head mean per row; matrices on 0..1."""
@@ -128,6 +147,11 @@ def _legend_text(q: int | str, kind: str, blocks: Sequence[int], num_heads: int,
     if consistency_range is not None:
         r, hi = options.consistency_radius, f"{consistency_range:.4g}"
         lines += [
+            f"| `consistency/gain` | symmetric around 0 | score minus the exact score of a head uniform over the "
+            f"view's patches (same clipped window): > 0 (red) = above the null, < 0 (blue) = below; colormap "
+            f"{colormap.DIVERGING} centred at 0 (light gray); on the mean over queries, cells that are not "
+            "significant (Benjamini-Hochberg q > 0.05 over the block x head cells, one-sided t-test over "
+            "the queries) are muted (grayed out) |",
             f"| `consistency/score` | 0 .. {hi} | share of a head's patch mass on another view that lies within "
             f"{r} patch(es) of the projected query point (mean over valid views) |",
             f"| `consistency/control_score` | 0 .. {hi} | the same around the query's own (row, col): "
@@ -174,9 +198,17 @@ def _log_projected(rec: rr.RecordingStream, i: int, s: int, xy: np.ndarray, patc
 def _consistency_notes(j: int, cons: Consistency, top: float) -> list[str]:
     """The query's notes on geometric consistency: every view's projection or why it is excluded."""
     status, conf, r = cons.status[j], cons.query_conf[j], cons.radius
+    reference = (
+        "reference = truth: the cameras and depth that came with the images"
+        if cons.reference == "truth"
+        else "reference = model: VGGT's own predicted cameras and point map, so a head can only agree with "
+        "what the model predicts (a wrong prediction makes a right head look wrong)"
+    )
     lines = [
         "",
         "## Geometric consistency (global attention)",
+        "",
+        f"Geometry {reference}.",
         "",
         f"The query's 3D point (VGGT's point map over the query patch{'' if np.isnan(conf) else f', conf {conf:.3g}'})"
         f" is projected into every other view (magenta cross `projected`, with the {2 * r + 1}x{2 * r + 1}-patch "
@@ -209,6 +241,9 @@ def _log_query_consistency(rec: rr.RecordingStream, i: int, j: int, cons: Consis
     score = _mean_over_views(cons.share_near[:, j])  # [L, H]
     control = _mean_over_views(cons.control_share_near[:, j])
     top = _shared_range(score, control)
+    _log_gain_matrix(
+        rec, Paths.consistency(i, "gain"), _mean_over_views(cons.share_gain[:, j]), None, options, cons.blocks
+    )
     _log_matrix(rec, Paths.consistency(i, "score"), score, 0.0, top, options, cons.blocks)
     _log_matrix(rec, Paths.consistency(i, "control_score"), control, 0.0, top, options, cons.blocks)
     if valid.size:
@@ -259,9 +294,14 @@ def log_query_means(rec: rr.RecordingStream, result: CaptureResult, summaries: d
         if kind == "global" and consistency is not None:
             cons = consistency
             top = _shared_range(cons.score, cons.control_score)
+            units = cons.unit_gains()["correspondence"]  # [L, Q, H]: the queries are the units
+            tests = cell_tests(np.moveaxis(units, 1, -1).reshape(-1, units.shape[1]))
+            significant = (np.nan_to_num(tests["q"], nan=1.0) <= ALPHA).reshape(cons.gain.shape)
+            _log_gain_matrix(rec, Paths.consistency(MEAN, "gain"), cons.gain, significant, options, rows.blocks)
             _log_matrix(rec, Paths.consistency(MEAN, "score"), cons.score, 0.0, top, options, rows.blocks)
-            _log_matrix(rec, Paths.consistency(MEAN, "control_score"), cons.control_score, 0.0, top, options,
-                        rows.blocks)  # fmt: skip
+            _log_matrix(
+                rec, Paths.consistency(MEAN, "control_score"), cons.control_score, 0.0, top, options, rows.blocks
+            )
         legend = _legend_text(MEAN, kind, rows.blocks, rows.num_heads, options, top)
         legend += f"\n\nMeans over the {len(rows.queries)} queries q0..q{len(rows.queries) - 1} of the run"
         if top is not None:

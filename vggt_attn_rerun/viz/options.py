@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -48,6 +49,9 @@ class RecordingOptions:
         consistency_radius: Chebyshev radius in patches of the consistency windows
             (consistency.geometric_consistency).
         matrix_cell: pixels per (block, head) cell of the block x head matrix images.
+        cameras: true cameras of the photos (``cameras.npz`` or a COLMAP sparse folder,
+            ``io.cameras``; matched by file name): the consistency scores use them and say
+            ``reference = truth``. None: VGGT's own predictions (``reference = model``).
     """
 
     kinds: Sequence[str] = ("global",)
@@ -70,8 +74,11 @@ class RecordingOptions:
     top_k: int = 10
     consistency_radius: int = 1
     matrix_cell: int = 8
+    cameras: str | None = None
 
     def __post_init__(self) -> None:
+        if self.cameras is not None and not Path(self.cameras).expanduser().exists():
+            raise UserError(f"cameras {self.cameras}: no such file or folder (cameras.npz or a COLMAP sparse folder)")
         self.kinds = check_kinds((self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds))
         if self.points not in POINT_SOURCES:
             raise UserError(f"unknown point source {self.points!r}: valid are {', '.join(POINT_SOURCES)}")

@@ -28,13 +28,13 @@ Entity paths (``s`` a frame, ``i`` a query, ``kind`` "frame" or "global", ``h`` 
     queries/q{i}/{kind}/summary/{metric}        Scalars, block timeline: one series per head + "head mean"
     queries/q{i}/{kind}/matrix/{metric}         Image [L*cell, H*cell, 3]: block x head matrix (static)
     queries/q{i}/{kind}/matrix/legend           TextDocument: rows = blocks, columns = heads, color ranges
-    queries/q{i}/global/consistency/{score,control_score}  Image: block x head consistency matrices
+    queries/q{i}/global/consistency/{gain,score,control_score}  Image: block x head consistency matrices
     queries/q{i}/global/consistency/peak_dist   Scalars, block timeline: peak distance (pixels, head
                                                 mean), one series per valid view
     world/frames/{s}/image/queries/q{i}/projected  Points2D (magenta): the query's 3D point projected
                                                 into view s (+ /cross, /window); valid views only
     queries/mean/{kind}/summary|matrix/...      the same averaged over the run's queries (Q > 1), and
-    queries/mean/global/consistency/{score,control_score}  (means over all valid query-view pairs)
+    queries/mean/global/consistency/{gain,score,control_score}  (means over all valid query-view pairs)
     queries/index                               TextDocument: every query (name, token, frame, patch)
     notes                                       TextDocument: the model's label, what the 3D view cannot show
     legend/colorbar                             Image [12, 256, 3]: the colormap, 0 (cold, left) to the scale (hot)
@@ -241,7 +241,7 @@ class Paths(metaclass=_RootedNames):
 
     @staticmethod
     def consistency(q: int | str, name: str) -> str:
-        """``score`` / ``control_score`` (block x head matrices) or ``peak_dist`` (series)."""
+        """``gain`` / ``score`` / ``control_score`` (block x head matrices) or ``peak_dist`` (series)."""
         return _rooted(f"queries/{_query_name(q)}/global/consistency/{name}")
 
     @staticmethod
@@ -260,7 +260,7 @@ class Paths(metaclass=_RootedNames):
 #: the query name of the means over the run's queries (``queries/mean/...``)
 MEAN = "mean"
 #: the block x head matrices of the consistency subtree
-CONSISTENCY_MATRICES = ("score", "control_score")
+CONSISTENCY_MATRICES = ("gain", "score", "control_score")
 
 
 def _query_name(q: int | str) -> str:
