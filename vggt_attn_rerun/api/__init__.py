@@ -5,8 +5,10 @@
 - ``runner``: ``run``, one whole command-line run from a typed ``RunOptions`` (checks, model, sinks, files).
 - ``comparison``: ``record_comparison`` and ``compare`` (``CompareOptions``): several models on the
   same photos and queries in one recording, each under ``models/{name}``.
+- ``ablation``: ``ablate`` (interventions measured on depth, points, cameras) and ``record_ablation``.
 """
 
+from vggt_attn_rerun.api.ablation import ablate, record_ablation
 from vggt_attn_rerun.api.comparison import CompareOptions, compare, record_comparison
 from vggt_attn_rerun.api.record import (
     ImagesLike,
@@ -26,11 +28,13 @@ __all__ = [
     "RunHooks",
     "RunOptions",
     "RunSummary",
+    "ablate",
     "as_loaded_images",
     "capture_run",
     "compare",
     "plural",
     "query_grid",
+    "record_ablation",
     "record_attention",
     "record_comparison",
     "run",

@@ -329,3 +329,43 @@ def intervene(
             if site.blocks or site.knockouts:
                 handles.append(attn.register_forward_hook(attn_hook(site)))
         yield
+
+
+WHATS = ("heads", "blocks", "knockout")
+
+
+def sweep(
+    model: nn.Module,
+    what: str,
+    kinds: Sequence[str] = ("global",),
+    blocks: Sequence[int] | None = None,
+    ablation: str = "zero",
+    tokens: Sequence[int] | None = None,
+    arch: str | ModelAdapter | None = None,
+) -> list[Intervention]:
+    """Every intervention of one sort over the chosen blocks, one per forward pass.
+
+    ``what``: "heads" (each head of each block of each kind), "blocks" (each block's attention
+    branch) or "knockout" (each global block; ``tokens`` None: all patch tokens, else those global
+    token indices). ``kinds`` are ignored by knockouts, which exist in global blocks only.
+    """
+    adapter = arch if isinstance(arch, ModelAdapter) else adapter_for(model, arch)
+    root = adapter.root(model)
+    if what not in WHATS:
+        raise UserError(f"unknown intervention sort {what!r}: valid are {', '.join(WHATS)}")
+    if ablation not in ABLATIONS:
+        raise UserError(f"unknown ablation {ablation!r}: valid are {', '.join(ABLATIONS)}")
+    depth = len(adapter.blocks(root, "global"))
+    blocks = tuple(range(depth)) if blocks is None else tuple(blocks)
+    if what == "knockout":
+        toks = None if tokens is None else tuple(int(t) for t in tokens)
+        return [CrossViewKnockout(b, toks) for b in blocks]
+    out: list[Intervention] = []
+    for kind in kinds:
+        for b in blocks:
+            if what == "blocks":
+                out.append(BlockAblation(kind, b, ablation))
+            else:
+                heads = int(adapter.blocks(root, kind)[b].attn.num_heads) if 0 <= b < depth else 1
+                out += [HeadAblation(kind, b, h, ablation) for h in range(heads)]
+    return out
