@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import rerun as rr
@@ -18,16 +20,50 @@ from torch import nn
 
 from vggt_attn_rerun.analysis.effects import EFFECTS, Effects, baseline, effect, geometry
 from vggt_attn_rerun.api.record import ImagesLike, as_loaded_images
+from vggt_attn_rerun.api.runner import (
+    Prepared,
+    RunHooks,
+    RunOptions,
+    as_bad_input,
+    check_against_model,
+    load_model_for_run,
+    load_photos,
+    plural,
+    resolve_queries,
+)
 from vggt_attn_rerun.core.adapters import adapter_for
-from vggt_attn_rerun.core.images import LoadedImages, batched_images, images_from_tensor
-from vggt_attn_rerun.core.interventions import Intervention, check_interventions, intervene
+from vggt_attn_rerun.core.images import (
+    LoadedImages,
+    batched_images,
+    check_image_size,
+    expand_image_paths,
+    images_from_tensor,
+)
+from vggt_attn_rerun.core.interventions import (
+    ABLATIONS,
+    WHATS,
+    Intervention,
+    check_interventions,
+    intervene,
+    sweep,
+)
 from vggt_attn_rerun.core.introspect import model_layout, model_patch_size
 from vggt_attn_rerun.core.models import model_device
-from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, Query, TokenLayout, parse_query
+from vggt_attn_rerun.core.resources import resolve_device, translate_oom
+from vggt_attn_rerun.core.tokens import (
+    QUERY_SYNTAX,
+    VGGT_NUM_REGISTERS,
+    VGGT_PATCH_SIZE,
+    Query,
+    TokenLayout,
+    parse_query,
+)
 from vggt_attn_rerun.errors import UserError
+from vggt_attn_rerun.io.atomic import PendingFile, commit, discard
 from vggt_attn_rerun.viz.log_effects import effects_blueprint, log_effects
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
+from vggt_attn_rerun.viz.sinks import open_sinks, plan_sinks, serve_forever
 
 
 def _loaded(model: nn.Module, images: ImagesLike, arch: str | None) -> LoadedImages:
@@ -151,3 +187,120 @@ def record_ablation(
         rec.send_blueprint(effects_blueprint(effects), make_active=True, make_default=True)
     log_effects(rec, effects, loaded, options)
     return effects, rec
+
+
+# ------------------------------------------------------------------------------------------------
+# One whole ablation run, as the command line asks for it (``vggt-attn-rerun ablate``)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AblateOptions:
+    """An ablation run: the main command's options (photos, queries, blocks, kinds, model, sinks)
+    and what to intervene on.
+
+    Attributes:
+        run: the photos, queries, ``blocks``, ``recording.kinds``, model and sinks (``RunOptions``).
+        what: "heads", "blocks" or "knockout" (core.interventions.sweep).
+        ablation: "zero" or "mean" (heads and blocks).
+        scope: knockouts: "patches" (every patch token) or "query" (only the queries' tokens).
+        batch_size: interventions per forward pass.
+        show: ``KIND:BLOCK[:HEAD]``, the intervention whose moved points are shown; None: the
+            one with the largest point effect.
+    """
+
+    run: RunOptions
+    what: str = "heads"
+    ablation: str = "zero"
+    scope: str = "patches"
+    batch_size: int = 4
+    show: str | None = None
+
+
+SCOPES = ("patches", "query")
+
+
+def _shown(text: str | None, interventions: Sequence[Intervention]) -> list[int] | None:
+    """The index of the intervention ``KIND:BLOCK[:HEAD]`` names; None for no choice."""
+    if text is None:
+        return None
+    parts = text.strip().split(":")
+    syntax = "use KIND:BLOCK for blocks and knockouts, KIND:BLOCK:HEAD for heads (e.g. global:3:2)"
+    if len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts[1:]):
+        raise UserError(f"--show {text!r}: {syntax}")
+    kind, block = parts[0].strip().lower(), int(parts[1])
+    head = int(parts[2]) if len(parts) == 3 else None
+    for i, iv in enumerate(interventions):
+        if iv.kind == kind and iv.block == block and getattr(iv, "head", None) == head:
+            return [i]
+    raise UserError(f"--show {text}: no such intervention in this run ({len(interventions)} run); {syntax}")
+
+
+def run_ablation(options: AblateOptions, hooks: RunHooks | None = None) -> Effects:
+    """Check, load the photos and the model, run every intervention, log the effects, write the file.
+
+    Every intervention is checked before the first forward pass; the recording is written only
+    after the last one (``--save`` whole or not at all: an interrupted run leaves no file).
+    """
+    hooks = hooks if hooks is not None else RunHooks()
+    run = options.run
+    with as_bad_input():
+        if options.what not in WHATS:
+            raise UserError(f"--what {options.what}: valid are {', '.join(WHATS)}")
+        if options.ablation not in ABLATIONS:
+            raise UserError(f"--ablation {options.ablation}: valid are {', '.join(ABLATIONS)}")
+        if options.scope not in SCOPES:
+            raise UserError(f"--scope {options.scope}: valid are {', '.join(SCOPES)}")
+        if options.batch_size < 1:
+            raise UserError(f"--batch-size {options.batch_size}: give an integer >= 1")
+        paths = expand_image_paths(list(run.images))
+        check_image_size(run.image_size, VGGT_PATCH_SIZE)
+        device, autocast = resolve_device(run.device, run.dtype)
+        sinks = plan_sinks(run.save, run.connect, run.serve, run.headless, run.overwrite, spawn=run.spawn,
+                           stdout=run.stdout)  # fmt: skip
+        images = load_photos(paths, run, VGGT_PATCH_SIZE, hooks)
+        resolve_queries(run, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)  # syntax, range
+    model = load_model_for_run(run.model, device, hooks, run.arch)
+    prep = Prepared(images, [], device, autocast, sinks, None)
+    with as_bad_input():
+        blocks, queries, recording = check_against_model(model, prep, run, hooks)
+        h, w = prep.images.layout_hw
+        layout = model_layout(model, prep.images.tensor.shape[0], h, w)
+        tokens = [q.token(layout) for q in queries] if options.scope == "query" else None
+        interventions = sweep(model, options.what, recording.kinds, blocks, options.ablation, tokens)
+        check_interventions(model, interventions, layout)
+        keep = _shown(options.show, interventions)
+    bar = hooks.progress(f"{plural(len(interventions), 'intervention')}", len(interventions))
+    state = {"done": 0}
+
+    def on_forward(done: int, total: int) -> None:
+        bar.update(done - state["done"])
+        state["done"] = done
+
+    try:
+        with translate_oom(device):
+            effects = ablate(model, prep.images, interventions, queries=queries, batch_size=options.batch_size,
+                             conf_percentile=recording.conf_percentile, keep_moved=keep, autocast_dtype=autocast,
+                             on_forward=on_forward)  # fmt: skip
+    finally:
+        bar.close()
+    pending: list[PendingFile] = []
+    rec = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid4())
+    try:
+        with open_sinks(rec, sinks) as opened:
+            rec.send_blueprint(effects_blueprint(effects), make_active=True, make_default=True)
+            log_effects(rec, effects, prep.images, recording)
+            pending += opened.finish()
+        commit(pending)
+    except BaseException:
+        discard(pending)
+        raise
+    top = int(np.nanargmax(np.nan_to_num(effects.values["points"], nan=-1.0)))
+    each = effects.seconds / max(len(effects), 1)
+    hooks.echo(
+        f"{plural(len(effects), 'intervention')} ({each:.3g} s each); largest point effect: "
+        f"{effects.interventions[top].label} ({effects.values['points'][top]:.3g} x scene scale): {sinks.describe()}"
+    )
+    if sinks.serve:
+        serve_forever(opened, echo=hooks.echo)
+    return effects

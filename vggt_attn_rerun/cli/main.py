@@ -74,6 +74,8 @@ Other commands:
       dataset mode: summaries and correspondence scores over many scenes (batch --help)
   {PROG} compare IMAGES --model A --model B [-q QUERY ...] [--save OUT.rrd]
       two or more models side by side in one recording (compare --help)
+  {PROG} ablate IMAGES --what heads|blocks|knockout [--ablation zero|mean] ...
+      what each head or block does: ablate it, measure depth, points, cameras (ablate --help)
 
 \b
 Exit codes: 0 done, 1 error while running, 2 bad command line or input, 130 interrupted.
@@ -89,14 +91,16 @@ Exit codes: 0 done, 1 error while running, 2 bad command line or input, 130 inte
 def run(argv: Sequence[str] | None = None, command: click.Command | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
-    ``command`` None (or the main command) dispatches: ``install-vggt ...``, ``batch ...``, ``compare ...`` or the
-    main command.
+    ``command`` None (or the main command) dispatches: ``install-vggt ...``, ``batch ...``, ``compare ...``,
+    ``ablate ...`` or the main command.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if command is None or command is cli:
         # A group would put its own options and usage line before `IMAGES...`; a first word
         # that is a subcommand name is unambiguous enough (a folder can be passed as ./install-vggt).
         sub = {"install-vggt": install_vggt, "batch": batch, "compare": compare}.get(args[0] if args else "")
+        if sub is None and args and args[0] == "ablate":  # imported here: it reuses this module's flags
+            from vggt_attn_rerun.cli.ablate import ablate as sub
         command, args = (sub, args[1:]) if sub is not None else (cli, args)
     prog = PROG if command is cli else f"{PROG} {command.name}"
     debug = "--debug" in args
