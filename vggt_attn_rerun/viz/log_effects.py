@@ -51,6 +51,16 @@ def _top(values: np.ndarray) -> float:
     return top if top > 0 else 1.0
 
 
+SHORT_NAMES = {"depth": "depth", "points": "points", "rotation_deg": "rotation deg", "translation_deg": "direction deg",
+               "query": "query point"}  # fmt: skip
+
+
+def _ranges(effects: Effects) -> dict[tuple[str, str], float]:
+    """(kind, effect) -> the top of the matrix's colour range (its largest value; 1 when none is positive)."""
+    names = MATRIX_EFFECTS if effects.queries else EFFECTS
+    return {(kind, name): _top(effects.matrix(name, kind)[2]) for kind in _kinds(effects) for name in names}
+
+
 def _axes(blocks: tuple[int, ...], cols: int, cell: int, heads: bool) -> rr.Points2D:
     """Labels of the matrix's axes, outside the picture: blocks on the left, heads on top."""
     rows = [[-0.5 * cell, (r + 0.5) * cell] for r in range(len(blocks))]
@@ -100,17 +110,14 @@ def _legend(effects: Effects, ranges: dict[tuple[str, str], float], options: Rec
 def log_effects(rec: rr.RecordingStream, effects: Effects, images: LoadedImages, options: RecordingOptions) -> None:
     """Log the matrices, their legend and the moved-points cloud of the kept interventions."""
     lut, cell = colormap.lut(options.colormap), int(options.matrix_cell)
-    ranges: dict[tuple[str, str], float] = {}
-    names = MATRIX_EFFECTS if effects.queries else EFFECTS
-    for kind in _kinds(effects):
-        for name in names:
-            blocks, cols, values = effects.matrix(name, kind)
-            top = ranges[(kind, name)] = _top(values)
-            rgb = block_head_matrix(values, lut, cell, 0.0, top)
-            path = matrix_path(kind, name)
-            rec.log(path, rr.Image(rgb), rr.AnyValues(vmin=0.0, vmax=top), static=True)
-            heads = any(hasattr(iv, "head") for iv in effects.interventions if iv.kind == kind)
-            rec.log(f"{path}/axes", _axes(blocks, cols, cell, heads), static=True)
+    ranges = _ranges(effects)
+    for (kind, name), top in ranges.items():
+        blocks, cols, values = effects.matrix(name, kind)
+        rgb = block_head_matrix(values, lut, cell, 0.0, top)
+        path = matrix_path(kind, name)
+        rec.log(path, rr.Image(rgb), rr.AnyValues(vmin=0.0, vmax=top), static=True)
+        heads = any(hasattr(iv, "head") for iv in effects.interventions if iv.kind == kind)
+        rec.log(f"{path}/axes", _axes(blocks, cols, cell, heads), static=True)
     rec.log(LEGEND_PATH, rr.TextDocument(_legend(effects, ranges, options), media_type=rr.MediaType.MARKDOWN),
             static=True)  # fmt: skip
     _log_moved(rec, effects, images, options)
@@ -129,8 +136,8 @@ def _log_moved(rec: rr.RecordingStream, effects: Effects, images: LoadedImages, 
     top = float(np.percentile(allv, 99)) if allv.size else 1.0
     top = top if top > 0 else 1.0
     rgb = images_u8(images).reshape(-1, 3)[pick]
-    rec.log(POINTS_PATH, rr.Points3D(positions, radii=0.003 * base.scale), static=True)
-    rec.log(f"{ROOT}/scene/photo_colours", rr.Points3D(positions, colors=rgb, radii=0.002 * base.scale),
+    rec.log(POINTS_PATH, rr.Points3D(positions, radii=0.0015 * base.scale), static=True)
+    rec.log(f"{ROOT}/scene/photo_colours", rr.Points3D(positions, colors=rgb, radii=0.0015 * base.scale),
             static=True)  # fmt: skip
     for i, m in moved.items():
         rec.set_time(TIMELINE, sequence=i)
@@ -148,18 +155,27 @@ def _log_moved(rec: rr.RecordingStream, effects: Effects, images: LoadedImages, 
 def effects_blueprint(effects: Effects) -> rrb.Blueprint:
     """A tab with the moved-points cloud and its legend, a tab with the matrices and their legend."""
     names = MATRIX_EFFECTS if effects.queries else EFFECTS
+    # The colour range in each view's name: the legend of the matrix where it is seen.
     mats = [
-        rrb.Spatial2DView(origin=matrix_path(kind, name), name=f"{kind}: {EFFECT_TITLES[name]}")
-        for kind in _kinds(effects)
-        for name in names
+        rrb.Spatial2DView(origin=matrix_path(kind, name), name=f"{kind} {SHORT_NAMES[name]} 0..{top:.2g}")
+        for (kind, name), top in _ranges(effects).items()
     ]
     legend = rrb.TextDocumentView(origin=LEGEND_PATH, name="legend")
-    tabs = [rrb.Grid(*mats, legend, grid_columns=len(names) if len(mats) > len(names) else 3, name="effects")]
+    grid = rrb.Grid(*mats, grid_columns=len(names))
+    tabs = [rrb.Horizontal(grid, legend, column_shares=[4, 1], name="effects")]
     if effects.moved:
+        # Seen from just behind the first camera (VGGT's world frame, y down), as the photos were taken.
+        scale = effects.baseline.scale
+        eye = rrb.EyeControls3D(position=[0.0, -0.1 * scale, -0.3 * scale], look_target=[0.0, 0.0, scale],
+                                eye_up=[0.0, -1.0, 0.0])  # fmt: skip
         scene = rrb.Horizontal(
-            rrb.Spatial3DView(origin=f"{ROOT}/scene", contents=[f"+ {POINTS_PATH}"], name="points moved"),
+            rrb.Spatial3DView(
+                origin=f"{ROOT}/scene", contents=[f"+ {POINTS_PATH}"], name="points moved", eye_controls=eye
+            ),  # fmt: skip
             rrb.Vertical(
-                rrb.Spatial3DView(origin=f"{ROOT}/scene", contents=[f"+ {ROOT}/scene/photo_colours"], name="photos"),
+                rrb.Spatial3DView(
+                    origin=f"{ROOT}/scene", contents=[f"+ {ROOT}/scene/photo_colours"], name="photos", eye_controls=eye
+                ),  # fmt: skip
                 rrb.TextDocumentView(origin=SCENE_LEGEND_PATH, name="ablation"),
             ),
             column_shares=[2, 1],
