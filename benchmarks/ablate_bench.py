@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model, "device": args.device, "frames": args.frames, "size": args.size,
         "tokens": layout.num_tokens, "blocks": model_depth(model), "heads": heads, "rounds": args.repeats,
         "count": count, "machine": machine_info(args.device), "note": args.note,
-        "rows": _interleaved(calls, device, args.repeats),
+        "load_average_before": os.getloadavg(), "rows": _interleaved(calls, device, args.repeats),
+        "load_average_after": os.getloadavg(),
     }  # fmt: skip
 
 
@@ -107,6 +109,9 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     if res.get("note"):
         lines += [f"Note: {res['note']}", ""]
+    if res.get("load_average_before"):
+        before, after = res["load_average_before"][0], res["load_average_after"][0]
+        lines += [f"Load average (1 min) before / after the rounds: {before:.1f} / {after:.1f}.", ""]
     lines += ["| intervention | s per intervention | / plain forward |", "|---|---|---|"]
     for name, r in res["rows"].items():
         lines.append(f"| {name} | {r['seconds']:.3f} | {r['over_plain']:.2f} |")

@@ -140,7 +140,7 @@ def ablate(
         first = c * batch_size
         items = [dataclasses.replace(iv, item=j) for j, iv in enumerate(chunk)]
         with intervene(model, items, layout, adapter):
-            pred = forward(x.expand(len(chunk), *x.shape[1:]))
+            pred = forward(x.expand(len(chunk), *x.shape[1:]).contiguous())
         for j in range(len(chunk)):
             e = effect(base, geometry(pred, layout, j), layout, qs)
             for name in EFFECTS:
