@@ -42,6 +42,7 @@ import torch
 from vggt_attn_rerun.io.atomic import write_file
 
 from .common import machine_info
+from .gpu_ablate import step_ablate
 from .gpu_exact import step_exact
 from .gpu_record import step_cli, step_recording
 from .gpu_report import markdown, targets
@@ -51,14 +52,15 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # Sized for one H200 (VGGT-1B bf16 forward: well under a second at S = 8, tens of seconds at S = 200)
 # and for a device lease of 15 minutes with the machine's start: the whole run stays under 8 minutes,
 # so a second, shorter try still fits.
-STEP_BUDGET_S = {"exact": 60.0, "overhead": 60.0, "scale": 180.0, "recording": 75.0, "cli": 120.0}
+STEP_BUDGET_S = {"exact": 60.0, "overhead": 60.0, "scale": 180.0, "recording": 75.0, "ablate": 60.0, "cli": 120.0}
 TOTAL_BUDGET_S = 420.0
-MODEL_STEPS = ("exact", "overhead", "scale", "recording")
+MODEL_STEPS = ("exact", "overhead", "scale", "recording", "ablate")
 STEPS = {
     "exact": step_exact,
     "overhead": step_overhead,
     "scale": step_scale,
     "recording": step_recording,
+    "ablate": step_ablate,
     "cli": step_cli,
 }
 # --dry: the same code paths on CPU with the tiny model at toy sizes (seconds; run by the test suite).
@@ -73,6 +75,8 @@ DRY = {
     "scale_queries": 4,
     "baseline_budget_gb": 2 / 1024,
     "recording_frames": (2, 3),
+    "ablate_frames": 2,
+    "ablate_batch_sizes": (1, 2),
     "cli_photos": 2,
     "cli_size": 56,
 }
@@ -127,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-budget-gb", type=float, help="3: memory budget of the full-matrix baseline")
     p.add_argument("--host-memory-gb", type=float, help="3: host memory the kept rows may take")
     p.add_argument("--recording-frames", type=_ints, help="4: frames, e.g. 8,100")
+    p.add_argument("--ablate-frames", type=int, help="ablate: frames S")
+    p.add_argument("--ablate-batch-sizes", type=_ints, help="ablate: interventions per forward, e.g. 1,4")
     p.add_argument("--cli-photos", type=int, help="5: photos (cycled when the folder has fewer)")
     p.add_argument("--cli-size", type=int, help="5: --image-size of the CLI")
     p.add_argument("--photos", help="5: folder of photos (default: ../shared/data/kitchen beside the repository)")
@@ -154,6 +160,8 @@ def settings_from_args(args: argparse.Namespace):
         "baseline_budget_gb",
         "host_memory_gb",
         "recording_frames",
+        "ablate_frames",
+        "ablate_batch_sizes",
         "cli_photos",
         "cli_size",
         "photos",

@@ -278,11 +278,36 @@ def _cli(c: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ablate(a: dict[str, Any]) -> list[str]:
+    if "plain_forward_s" not in a:
+        return []
+    lines = [
+        f"S = {a['frames']} at {a['size'][0]}x{a['size'][1]} ({a['tokens']} tokens), {a['dtype']}; head ablations of "
+        f"global block {a['block']}. No intervention bit-identical: {a.get('noop_bit_identical')}; zero ablation "
+        f"of head 0 vs zeroed proj columns, max abs difference {_value(a.get('head_vs_zeroed_proj_max_abs'))} "
+        f"(the ablation itself changes the output by up to {_value(a.get('head_changed_output_max_abs'))}).",
+        "",
+    ]
+    rows = [["plain forward", "", fmt_s(a["plain_forward_s"]), "1", fmt_bytes(a.get("plain_peak_bytes"))]]
+    for r in a.get("sweeps", []):
+        if r.get("status") != "ok":
+            rows.append([f"batch {r['batch_size']}", "", r.get("status", ""), "", ""])
+            continue
+        rows.append([f"batch {r['batch_size']}", str(r["interventions"]), fmt_s(r["seconds_per_intervention"]),
+                     fmt_ratio(r["over_plain_forward"]), fmt_bytes(r.get("peak_bytes"))])  # fmt: skip
+    k = a.get("knockout")
+    if k:
+        rows.append(["knockout (all patches)", "1", fmt_s(k["seconds"]), fmt_ratio(k["seconds"] / a["plain_forward_s"]),
+                     fmt_bytes(k.get("peak_bytes"))])  # fmt: skip
+    return lines + _table(["run", "interventions", "s per intervention", "/ plain forward", "peak"], rows)
+
+
 _SECTIONS = (
     ("exact", "1. Exactness", _exact),
     ("overhead", "2. Overhead", _overhead),
     ("scale", "3. Scale", _scale),
     ("recording", "4. Recording", _recording),
+    ("ablate", "Ablations", _ablate),
     ("cli", "5. CLI end to end", _cli),
 )
 

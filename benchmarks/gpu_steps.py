@@ -90,6 +90,8 @@ class CheckSettings:
     host_memory_gb: float | None = None  # None: half of MemAvailable on CPU, unchecked on CUDA
     recording_frames: tuple[int, ...] = (8, 100)
     recording_queries: int = 1
+    ablate_frames: int = 8
+    ablate_batch_sizes: tuple[int, ...] = (1, 4)
     cli_photos: int = 8
     cli_size: int = 518
     photos: str = str(REPO_ROOT.parent / "shared" / "data" / "kitchen")

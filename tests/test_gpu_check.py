@@ -47,7 +47,7 @@ def _positive(x) -> bool:
 
 
 def test_dry_run_finishes_every_step_in_order(dry):
-    assert list(dry["steps"]) == ["exact", "overhead", "scale", "recording", "cli"]
+    assert list(dry["steps"]) == ["exact", "overhead", "scale", "recording", "ablate", "cli"]
     assert {name: s["status"] for name, s in dry["steps"].items()} == dict.fromkeys(dry["steps"], "ok")
     assert all(_positive(s["seconds"]) for s in dry["steps"].values())
 
@@ -202,3 +202,11 @@ def test_a_step_stopped_by_its_budget_leaves_no_hook_on_the_model(tmp_path, monk
     res = _run(tmp_path, ["exact"], {"exact": 1.5}, monkeypatch, {"exact": hooked})
     assert res["steps"]["exact"]["status"].startswith("stopped")
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in models[0].modules())
+
+
+def test_dry_ablate_step_finds_the_no_op_bit_identical_and_the_head_ablation_exact(dry):
+    a = dry["steps"]["ablate"]
+    assert a["noop_bit_identical"] is True
+    assert a["head_vs_zeroed_proj_max_abs"] < 1e-5 < a["head_changed_output_max_abs"]
+    assert [r["batch_size"] for r in a["sweeps"]] == [1, 2] and all(r["status"] == "ok" for r in a["sweeps"])
+    assert all(_positive(r["seconds_per_intervention"]) for r in a["sweeps"]) and _positive(a["knockout"]["seconds"])

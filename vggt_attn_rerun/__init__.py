@@ -2,7 +2,8 @@
 
 The data flows one way: images -> model + capture -> attention rows + predictions -> recording.
 The public names are ``__all__``: load a model and images, name queries, capture rows, record
-them, run the command line's work, compare models, and the options of each. Everything else is
+them, run the command line's work, compare models, ablate heads and blocks, and the options of
+each. Everything else is
 imported from its module (``vggt_attn_rerun.core.tokens.TokenLayout``, ...). Names that used to
 resolve here still do, with a DeprecationWarning that says where they live now; the earlier
 visualize_attention script's names live in the module ``visualize_attention``.
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 # (and so the console script, vggt_attn_rerun.cli) loads neither torch nor rerun before the
 # command line's error policy is in place (Ctrl-C while they load), and no legacy code at all.
 _EXPORTS = {
+    "ablate": "vggt_attn_rerun.api.ablation",
     "compare": "vggt_attn_rerun.api.comparison",
     "CompareOptions": "vggt_attn_rerun.api.comparison",
     "record_attention": "vggt_attn_rerun.api.record",
@@ -80,6 +82,7 @@ __all__ = [
     "Query",
     "RecordingOptions",
     "RunOptions",
+    "ablate",
     "capture",
     "compare",
     "load_images",

@@ -6,8 +6,10 @@
 - ``demo``: ``run_demo``, the offline demo (generated photos, the constructed model).
 - ``comparison``: ``record_comparison`` and ``compare`` (``CompareOptions``): several models on the
   same photos and queries in one recording, each under ``models/{name}``.
+- ``ablation``: ``ablate`` (interventions measured on depth, points, cameras) and ``record_ablation``.
 """
 
+from vggt_attn_rerun.api.ablation import ablate, record_ablation
 from vggt_attn_rerun.api.comparison import CompareOptions, compare, record_comparison
 from vggt_attn_rerun.api.demo import run_demo
 from vggt_attn_rerun.api.record import (
@@ -28,10 +30,12 @@ __all__ = [
     "RunHooks",
     "RunOptions",
     "RunSummary",
+    "ablate",
     "as_loaded_images",
     "capture_run",
     "compare",
     "query_grid",
+    "record_ablation",
     "record_attention",
     "record_comparison",
     "run",

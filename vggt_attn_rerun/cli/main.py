@@ -79,6 +79,8 @@ Other commands:
       dataset mode: summaries and correspondence scores over many scenes (batch --help)
   {PROG} compare IMAGES --model A --model B [-q QUERY ...] [--save OUT.rrd]
       two or more models side by side in one recording (compare --help)
+  {PROG} ablate IMAGES --what heads|blocks|knockout [--ablation zero|mean] ...
+      what each head or block does: ablate it, measure depth, points, cameras (ablate --help)
 
 \b
 Exit codes: 0 done, 1 error while running, 2 bad command line or input, 130 interrupted.
@@ -95,7 +97,7 @@ def run(argv: Sequence[str] | None = None, command: click.Command | None = None)
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
     ``command`` None (or the main command) dispatches: ``install-vggt ...``, ``batch ...``, ``compare ...``,
-    ``demo ...`` or the main command.
+    ``demo ...``, ``ablate ...`` or the main command.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if command is None or command is cli:
@@ -103,6 +105,8 @@ def run(argv: Sequence[str] | None = None, command: click.Command | None = None)
         # that is a subcommand name is unambiguous enough (a folder can be passed as ./install-vggt).
         subcommands = {"install-vggt": install_vggt, "batch": batch, "compare": compare, "demo": demo}
         sub = subcommands.get(args[0] if args else "")
+        if sub is None and args and args[0] == "ablate":  # imported here: it reuses this module's flags
+            from vggt_attn_rerun.cli.ablate import ablate as sub
         command, args = (sub, args[1:]) if sub is not None else (cli, args)
     prog = PROG if command is cli else f"{PROG} {command.name}"
     debug = "--debug" in args
