@@ -3,10 +3,9 @@
 The data flows one way: images -> model + capture -> attention rows + predictions -> recording.
 The public names are ``__all__``: load a model and images, name queries, capture rows, record
 them, run the command line's work, compare models, ablate heads and blocks, and the options of
-each. Everything else is
-imported from its module (``vggt_attn_rerun.core.tokens.TokenLayout``, ...). Names that used to
-resolve here still do, with a DeprecationWarning that says where they live now; the earlier
-visualize_attention script's names live in the module ``visualize_attention``.
+each. Everything else is imported from its module (``vggt_attn_rerun.core.tokens.TokenLayout``,
+...). Names that used to resolve here still do, with a DeprecationWarning that says where they
+live now; the earlier visualize_attention script's names live in the module ``visualize_attention``.
 """
 
 from __future__ import annotations
