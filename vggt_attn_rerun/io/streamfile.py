@@ -32,6 +32,18 @@ def write_chunk(f: BinaryIO, data: bytes) -> None:
     f.write(data)
 
 
+def _widen(fd: int) -> None:
+    """Let the pipe hold CHUNK_BYTES (Linux; 64 KiB by default): the copy thread, which needs the
+    interpreter lock to run, then wakes once a MiB instead of once every 64 KiB, and the writer's
+    own queue (data waiting to be encoded, unbounded in Rerun) does not grow while it waits."""
+    try:
+        import fcntl  # POSIX only
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHUNK_BYTES)
+    except (ImportError, AttributeError, OSError):
+        pass  # other systems, or a lower /proc/sys/fs/pipe-max-size: the default size works too
+
+
 class PipeToFile:
     """A fresh named pipe at ``path``, copied into ``dest`` until its writer closes it.
 
@@ -57,6 +69,7 @@ class PipeToFile:
         except OSError as e:
             self.error = e
             return
+        _widen(fd)
         try:
             while chunk := os.read(fd, CHUNK_BYTES):
                 if self.error is not None:
