@@ -345,17 +345,16 @@ def test_an_unreferenced_member_counts_against_the_bound(good, tmp_path, name):
 
 
 def test_rows_count_with_what_logging_them_allocates(good, tmp_path):
-    """One-hot rows compress ~100x: 24 MiB of them fit in a 64 MiB bound, not with their logging."""
-    m = _members(good)
-    q = (24 << 20) // (2 * m["probs_global"][:, :1].nbytes)  # queries for 24 MiB of rows, two kinds
-    rows = np.zeros((2, q, 4, S, 11), np.float32)
+    """One-hot rows compress ~100x: 16 MiB of one query's rows fit in a 64 MiB bound, not with
+    the float64 copies that logging that query makes."""
+    blocks = (8 << 20) // (4 * S * 11 * 4)  # 8 MiB of rows per kind, one query
+    rows = np.zeros((blocks, 1, 4, S, 11), np.float32)
     rows[..., 0, 5] = 1  # every row on one key
-    queries = np.tile(m["queries"][:1], (q, 1))
-    path = _rewrite(good, tmp_path / "many.npz", queries=queries, query_labels=np.array(["q"] * q),
-                    probs_global=rows, probs_frame=rows)  # fmt: skip
+    m = _members(good)
+    path = _rewrite(good, tmp_path / "long.npz", blocks=np.arange(blocks), queries=m["queries"][:1],
+                    query_labels=m["query_labels"][:1], probs_global=rows, probs_frame=rows)  # fmt: skip
     assert path.stat().st_size < 2 << 20
-    with pytest.raises(
-        UserError, match=r"declares 24\.\d MiB of arrays \(9\d\.\d MiB with what using them allocates\), over the 64"
-    ):
+    counted = r"\(8\d\.\d MiB with what using them allocates\)"
+    with pytest.raises(UserError, match=rf"declares 16\.\d MiB of arrays {counted}, over the 64\.0 MiB allowed"):
         load_run(path)
     load_run(path, max_bytes=1 << 30)  # a valid run: only its size is refused

@@ -234,11 +234,13 @@ class CheckedNpz(SafeNpz):
         return values
 
     def check_budget(self, names: list[str], bound: int, weights: dict[str, int] | None = None,
-                     hint: str = "", others: bool = False) -> None:  # fmt: skip
+                     hint: str = "", others: bool = False, extra: int = 0) -> None:  # fmt: skip
         """Refuse the file when the members ``names`` declare more than ``bound`` bytes in all
         (``weights``: a member's bytes count that many times; ``others``: the entries that are
-        not ``.npy`` members count too). Reads headers only."""
-        total = raw = self.other_bytes if others else 0
+        not ``.npy`` members count too; ``extra``: bytes that using them allocates on top).
+        Reads headers only."""
+        raw = self.other_bytes if others else 0
+        total = raw + int(extra)
         for name in names:
             try:
                 nbytes = self.header(name).nbytes

@@ -66,9 +66,9 @@ _TRANSFORM_INTS = frozenset(f.name for f in dataclasses.fields(FrameTransform) i
 _MAX_LAYOUT = 1 << 20  # largest layout value, block index or head count a file may declare
 #: how far a saved row's sum may be from 1 (fp16 or bf16 rows round each probability by < 0.4%)
 ROW_SUM_TOLERANCE = 0.01
-#: what loading and showing a run allocates per byte of rows, beyond the rows themselves (the
-#: importer's logging: maps, scales and summaries per query); counted against ``read_bound``
-LOGGING_BYTES_PER_ROW_BYTE = 3
+#: what showing a run allocates beyond the rows, per byte of ONE query's rows of one kind: the
+#: logging works a query at a time, in float64 (a 2x copy and up to three temporaries of its size)
+LOGGING_BYTES_PER_QUERY_ROW_BYTE = 8
 _INT, _STR = "iu", "U"
 
 _TORCH_DTYPES = {
@@ -364,6 +364,21 @@ def _prediction_shape(name: str, layout: TokenLayout) -> tuple[int, ...]:
             "world_points": (1, s, h, w, 3), "world_points_conf": (1, s, h, w)}[name]  # fmt: skip
 
 
+def _logging_bytes(run: CheckedNpz) -> int:
+    """What logging the rows allocates beyond them: ``LOGGING_BYTES_PER_QUERY_ROW_BYTE`` x one
+    query's rows of the largest kind (``[L, Q, H, S, P]`` headers; 0 when they are not rows)."""
+    per_query = 0
+    for k in KINDS:
+        if run.has(f"probs_{k}"):
+            try:
+                head = run.header(f"probs_{k}")
+            except NpzDamaged as e:
+                raise run.damaged(e) from None
+            if len(head.shape) == 5 and head.shape[1] > 0:
+                per_query = max(per_query, head.nbytes // head.shape[1])
+    return LOGGING_BYTES_PER_QUERY_ROW_BYTE * per_query
+
+
 def load_run(path: str | os.PathLike[str], max_bytes: int | None = None) -> tuple[CaptureResult, LoadedImages]:
     """Re-open a run written by ``save_run``: equal objects, no model needed.
 
@@ -376,8 +391,8 @@ def load_run(path: str | os.PathLike[str], max_bytes: int | None = None) -> tupl
     together (every entry of the archive, read or not) must stay within
     ``npzsafe.read_bound(file size)``: ``min(4 GiB, max(64 MiB, 64 x the file size))``
     (``max_bytes`` replaces that bound), so no file makes loading and showing it allocate more
-    than that (images counted as the float32 tensor they become, rows with what logging them
-    allocates: ``1 + LOGGING_BYTES_PER_ROW_BYTE`` times). A file that breaks any rule raises
+    than that (images counted as the float32 tensor they become, and what logging the rows
+    allocates: ``LOGGING_BYTES_PER_QUERY_ROW_BYTE`` times one query's rows). A file that breaks any rule raises
     UserError before its big arrays are read. Rows must be attention probabilities: finite,
     non-negative, each summing to 1 (``ROW_SUM_TOLERANCE``). A run file cut short (its zip
     directory lost) is reported as damaged.
@@ -385,10 +400,10 @@ def load_run(path: str | os.PathLike[str], max_bytes: int | None = None) -> tupl
     p, z = _open(path)
     with z as run:
         # Every member counts, read or not (an unreferenced one too): images 5x (the uint8 array
-        # and the float32 tensor made from it), rows 1 + LOGGING_BYTES_PER_ROW_BYTE times.
+        # and the float32 tensor made from it), and what logging one query's rows allocates.
         bound = read_bound(p.stat().st_size) if max_bytes is None else int(max_bytes)
-        weights = {"images_uint8": 5, **{f"probs_{k}": 1 + LOGGING_BYTES_PER_ROW_BYTE for k in KINDS}}
-        run.check_budget(sorted(run.names), bound, weights, "pass max_bytes to load_run to raise it", others=True)
+        run.check_budget(sorted(run.names), bound, {"images_uint8": 5}, "pass max_bytes to load_run to raise it",
+                         others=True, extra=_logging_bytes(run))  # fmt: skip
         layout = _read_layout(run)
         kinds = _read_kinds(run)
         blocks = tuple(run.ints(run.read("blocks", _INT, (None,)), "blocks", 0, _MAX_LAYOUT))
