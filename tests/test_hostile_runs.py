@@ -218,7 +218,10 @@ def test_a_zip_bomb_is_refused_before_its_rows_are_allocated(good, tmp_path):
     assert json.loads(str(m["dtypes"]))["probs_global"] == "float32"
     tracemalloc.start()
     try:
-        with pytest.raises(UserError, match=r"declares 5\d\d\.\d MiB of arrays, over the \d+\.\d MiB allowed"):
+        counted = r"\(\d+\.\d MiB with what using them allocates\)"
+        with pytest.raises(
+            UserError, match=rf"declares 5\d\d\.\d MiB of arrays {counted}, over the \d+\.\d MiB allowed"
+        ):
             load_run(bomb)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -253,3 +256,105 @@ def test_load_extra_refuses_malformed_extras(good, tmp_path):
     ]:
         with pytest.raises(UserError, match=match):
             load_extra(_rewrite(good, tmp_path / name, **changes))
+
+
+# -- rows that cannot be attention probabilities, and values the viewer leaves out --------------------
+
+
+def _one_line(err: bytes, prefix: str) -> str:
+    lines = err.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda p: np.where(np.arange(p.shape[-1]) == 3, -p, p), "negative probability"),
+        (lambda p: p * 0, "summing to 0"),
+        (lambda p: p * 0.5, "summing to 0.5"),
+        (lambda p: p * 1e6, "summing to 1e+06"),
+    ],
+    ids=["negative", "sum 0", "sum 0.5", "sum 1e6"],
+)
+def test_rows_that_are_not_probabilities_are_refused_in_one_line(good, tmp_path, capfdbinary, edit, said):
+    probs = _members(good)["probs_global"]
+    path = _rewrite(good, tmp_path / "edited.npz", probs_global=edit(probs).astype(probs.dtype))
+    code, out, err = _run_importer(path, capfdbinary)
+    assert (code, out) == (1, b"")
+    assert said in _one_line(err, "error: run file")
+
+
+@pytest.mark.parametrize("member", ["pred_world_points", "pred_world_points_conf", "pred_depth", "pred_depth_conf"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_points_depth_or_confidence_are_shown_with_one_warning_line(good, tmp_path, capfdbinary,
+                                                                               member, value):  # fmt: skip
+    a = _members(good)[member].copy()
+    a.reshape(-1)[[0, 5, 7]] = value
+    path = _rewrite(good, tmp_path / "edited.npz", **{member: a})
+    code, out, err = _run_importer(path, capfdbinary)
+    assert code == 0 and out.startswith(b"RRF2")
+    line = _one_line(err, "warning: run file")
+    assert f"{member} holds 3 NaN or infinite values of {a.size}" in line
+
+
+def test_a_degenerate_camera_is_one_warning_line(good, tmp_path, capfdbinary):
+    pose = _members(good)["pred_pose_enc"].copy()
+    pose[0, 1, 7:] = 0  # a zero field of view for view 1
+    code, out, err = _run_importer(_rewrite(good, tmp_path / "cam.npz", pred_pose_enc=pose), capfdbinary)
+    assert code == 0 and out.startswith(b"RRF2")
+    assert "Degenerate camera in view 1" in _one_line(err, "warning: ")
+
+
+def test_a_run_file_cut_short_is_one_error_line(good, tmp_path, capfdbinary):
+    cut = tmp_path / "cut.npz"
+    data = good.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    assert is_run_file(cut)
+    code, out, err = _run_importer(cut, capfdbinary)
+    assert (code, out) == (1, b"")
+    assert "is damaged: its end is missing" in _one_line(err, f"error: run file {cut}")
+
+
+def test_a_cut_short_file_of_another_program_is_left_to_other_importers(tmp_path, capfdbinary):
+    other = tmp_path / "other.npz"
+    np.savez_compressed(other, __format__=np.array("another/format"), data=np.arange(10**5))
+    data = other.read_bytes()
+    other.write_bytes(data[: len(data) // 2])
+    assert not is_run_file(other)
+    assert _run_importer(other, capfdbinary)[:2] == (rr.EXTERNAL_IMPORTER_INCOMPATIBLE_EXIT_CODE, b"")
+
+
+# -- every member counts against the bound; so does what logging the rows allocates ------------------
+
+
+def _compressible_npy(nbytes: int) -> bytes:
+    return _npy(np.zeros(nbytes // 4, np.float32))
+
+
+@pytest.mark.parametrize("name", ["extra_unused.npy", "unused.bin"])
+def test_an_unreferenced_member_counts_against_the_bound(good, tmp_path, name):
+    path = tmp_path / "padded.npz"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            zout.writestr(item.filename, zin.read(item.filename))
+        zout.writestr(name, _compressible_npy(80 << 20))  # 80 MiB of zeros: a few hundred KB
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(UserError, match=r"declares 8\d\.\d MiB of arrays.*, over the 64\.0 MiB allowed"):
+        load_run(path)
+
+
+def test_rows_count_with_what_logging_them_allocates(good, tmp_path):
+    """One-hot rows compress ~100x: 16 MiB of one query's rows fit in a 64 MiB bound, not with
+    the float64 copies that logging that query makes."""
+    blocks = (8 << 20) // (4 * S * 11 * 4)  # 8 MiB of rows per kind, one query
+    rows = np.zeros((blocks, 1, 4, S, 11), np.float32)
+    rows[..., 0, 5] = 1  # every row on one key
+    m = _members(good)
+    path = _rewrite(good, tmp_path / "long.npz", blocks=np.arange(blocks), queries=m["queries"][:1],
+                    query_labels=m["query_labels"][:1], probs_global=rows, probs_frame=rows)  # fmt: skip
+    assert path.stat().st_size < 2 << 20
+    counted = r"\(8\d\.\d MiB with what using them allocates\)"
+    with pytest.raises(UserError, match=rf"declares 16\.\d MiB of arrays {counted}, over the 64\.0 MiB allowed"):
+        load_run(path)
+    load_run(path, max_bytes=1 << 30)  # a valid run: only its size is refused

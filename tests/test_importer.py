@@ -1,9 +1,12 @@
 """A saved run re-opens in the viewer through the rerun-importer-* entry point."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 import rerun as rr
 
 from vggt_attn_rerun.core.capture import capture
@@ -52,3 +55,50 @@ def test_other_files_are_left_to_other_importers(tmp_path):
     other = tmp_path / "photo.png"
     other.write_bytes(b"\x89PNG not really")
     assert importer.main([str(other), "--application-id", "x"]) == rr.EXTERNAL_IMPORTER_INCOMPATIBLE_EXIT_CODE
+
+
+@pytest.fixture(scope="module")
+def run_file(tiny_model, scene_images, tmp_path_factory):
+    images = images_from_tensor(scene_images)
+    result = capture(tiny_model, scene_images, lambda lay: [Query.from_patch(lay, 0, 1, 1)], blocks=[0, 1])
+    return save_run(tmp_path_factory.mktemp("run") / "run.npz", result, images)
+
+
+def _stderr_line(proc) -> str:
+    text = proc.stderr.decode() if isinstance(proc.stderr, bytes) else proc.stderr.read().decode()
+    lines = text.splitlines()
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+def test_a_closed_stdout_is_one_error_line(run_file):
+    proc = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -m vggt_attn_rerun.io.importer "{run_file}" >&-'],
+        capture_output=False, stderr=subprocess.PIPE, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert _stderr_line(proc).startswith("error: standard output is closed")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_stdout_is_one_error_line(run_file):
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-m", "vggt_attn_rerun.io.importer", str(run_file)], stdout=full,
+                              stderr=subprocess.PIPE, timeout=120)  # fmt: skip
+    assert proc.returncode == 1
+    line = _stderr_line(proc)
+    assert line.startswith("error: cannot write the recording to standard output: No space left on device"), line
+
+
+def test_a_pipe_nobody_reads_is_one_error_line(run_file):
+    read, write = os.pipe()
+    os.close(read)  # as `| true` does once true has exited
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vggt_attn_rerun.io.importer", str(run_file)], stdout=write,
+                              stderr=subprocess.PIPE, timeout=120)  # fmt: skip
+    finally:
+        os.close(write)
+    assert proc.returncode == 1
+    assert _stderr_line(proc) == (
+        "error: cannot write the recording to standard output: the reader closed the pipe (Broken pipe)"
+    )

@@ -610,13 +610,13 @@ def test_save_and_export_together(scene, pair):
 
 
 def test_disk_full_while_saving_is_one_line_and_leaves_nothing(scene, pair, monkeypatch):
-    from vggt_attn_rerun.viz import sinks
+    from vggt_attn_rerun.io import streamfile
 
     def disk_full(f, data):
         f.write(data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sinks, "write_recording", disk_full)
+    monkeypatch.setattr(streamfile, "write_chunk", disk_full)
     result = invoke(scene, *FAST, *_both(pair))
     assert_error(result, 1, f"cannot save the recording to {pair[0]}: No space left on device (the disk is full)")
     _folder_holds(pair, set())

@@ -55,6 +55,7 @@ attention is refused.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -187,20 +188,21 @@ class _PeaksAndMasses:
 def _peaks_and_masses(
     probs: torch.Tensor, lay: TokenLayout, near_windows: np.ndarray, control_windows: np.ndarray, dist: np.ndarray
 ) -> _PeaksAndMasses:
-    """Measure ``[L, Q, H, S, P]`` rows against ``[Q, S, gh, gw]`` windows, one block at a time (memory)."""
+    """Measure ``[L, Q, H, S, P]`` rows against ``[Q, S, gh, gw]`` windows, one (block, query) at a
+    time: the float64 copy is one query's rows of one block, never a multiple of all the rows."""
     num_blocks, num_queries, num_heads, num_views = probs.shape[:4]
     shape = (num_blocks, num_queries, num_heads, num_views)
     near = near_windows.reshape(num_queries, num_views, -1).astype(np.float64)
     control = control_windows.reshape(num_queries, num_views, -1).astype(np.float64)
     out = _PeaksAndMasses(np.empty(shape + (2,), np.int64), *(np.empty(shape) for _ in range(4)))
-    for block in range(num_blocks):
-        patch_probs = probs[block, ..., lay.patch_start :].to("cpu", torch.float64).numpy()  # [Q, H, S, gh*gw]
+    for block, q in itertools.product(range(num_blocks), range(num_queries)):
+        patch_probs = probs[block, q, ..., lay.patch_start :].to("cpu", torch.float64).numpy()  # [H, S, gh*gw]
         peak = patch_probs.argmax(-1)
-        out.peak_patch[block] = np.stack([peak // lay.grid_w, peak % lay.grid_w], -1)
-        out.view_mass[block] = patch_probs.sum(-1)
-        out.mass_near[block] = np.einsum("qhsn,qsn->qhs", patch_probs, near)
-        out.control_mass[block] = np.einsum("qhsn,qsn->qhs", patch_probs, control)
-        out.tie_dist[block] = np.einsum("qhsn,qsn->qhs", tie_weights(patch_probs), dist)
+        out.peak_patch[block, q] = np.stack([peak // lay.grid_w, peak % lay.grid_w], -1)
+        out.view_mass[block, q] = patch_probs.sum(-1)
+        out.mass_near[block, q] = np.einsum("hsn,sn->hs", patch_probs, near[q])
+        out.control_mass[block, q] = np.einsum("hsn,sn->hs", patch_probs, control[q])
+        out.tie_dist[block, q] = np.einsum("hsn,sn->hs", tie_weights(patch_probs), dist[q])
     return out
 
 

@@ -32,6 +32,7 @@ at one block of rows in float64.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, fields, replace
 
@@ -137,21 +138,23 @@ def summarize(rows: AttentionRows, kind: str, top_k: int = 10, head_mean: bool =
     ps, nc = lay.patch_start, lay.num_cameras
     log_n = math.log(n_keys) if n_keys > 1 else 1.0
     with torch.no_grad():
-        for li in range(l_):
-            p = probs[li].to(device="cpu", dtype=torch.float64)  # [Q, H, S, P]
+        # One (block, query) at a time: the float64 temporaries are a few times one query's rows
+        # of one block, never a multiple of all the rows (they may be most of the memory).
+        for li, qi in itertools.product(range(l_), range(q_)):
+            p = probs[li, qi].to(device="cpu", dtype=torch.float64)  # [H, S, P]
             if head_mean:
-                p = p.mean(dim=1, keepdim=True)
-            vm = p[..., ps:].sum(-1)  # [Q, H', S]
-            own_mass = vm.gather(-1, own.view(-1, 1, 1).expand(-1, vm.shape[1], 1))[..., 0]
-            flat = p.flatten(-2)  # [Q, H', S * P]
-            view_mass[li] = vm.numpy()
-            out["own_view_mass"][li] = own_mass.numpy()
-            out["other_views_mass"][li] = (vm.sum(-1) - own_mass).numpy()
+                p = p.mean(dim=0, keepdim=True)
+            vm = p[..., ps:].sum(-1)  # [H', S]
+            own_mass = vm[:, int(own[qi])]
+            flat = p.flatten(-2)  # [H', S * P]
+            view_mass[li, qi] = vm.numpy()
+            out["own_view_mass"][li, qi] = own_mass.numpy()
+            out["other_views_mass"][li, qi] = (vm.sum(-1) - own_mass).numpy()
             # Per frame the first num_cameras tokens (none for pi3: camera_mass 0), then registers.
-            out["camera_mass"][li] = p[..., :nc].sum((-1, -2)).numpy()
-            out["register_mass"][li] = p[..., nc:ps].sum((-1, -2)).numpy()
-            out["entropy"][li] = (-torch.special.xlogy(flat, flat).sum(-1) / log_n).numpy()
-            out["top_k_mass"][li] = flat.topk(k, dim=-1).values.sum(-1).numpy()
+            out["camera_mass"][li, qi] = p[..., :nc].sum((-1, -2)).numpy()
+            out["register_mass"][li, qi] = p[..., nc:ps].sum((-1, -2)).numpy()
+            out["entropy"][li, qi] = (-torch.special.xlogy(flat, flat).sum(-1) / log_n).numpy()
+            out["top_k_mass"][li, qi] = flat.topk(k, dim=-1).values.sum(-1).numpy()
     return Summary(kind, tuple(rows.blocks), int(top_k), n_keys, bool(head_mean), view_mass, **out)
 
 

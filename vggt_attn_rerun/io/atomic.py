@@ -66,6 +66,54 @@ def _umask() -> int:
     return 0o022
 
 
+class PendingWriter:
+    """A file for ``target`` being written under a temporary name beside it, a piece at a time.
+
+    ``file`` takes the bytes as they come (nothing is held in memory); ``complete()`` flushes it
+    to disk and returns the ``PendingFile`` that ``commit`` moves in place; ``discard()`` removes
+    it. An OSError (while writing, flushing or closing) becomes one UserError line, ``cannot
+    {action}: {reason}`` (``action`` defaults to ``write {target}``; a full disk says so).
+    """
+
+    def __init__(self, target: str | os.PathLike[str], *, overwrite: bool = False, action: str | None = None) -> None:
+        self.target = Path(target)
+        self.overwrite = overwrite
+        self.action = action or f"write {self.target}"
+        try:
+            # mkstemp reserves a unique name: two runs writing to one folder cannot collide.
+            fd, name = tempfile.mkstemp(prefix=f".{self.target.name}{PARTIAL_MARK}", dir=self.target.parent)
+        except OSError as e:
+            raise self.error(e) from e
+        self.temp = Path(name)
+        self.file: BinaryIO = os.fdopen(fd, "wb")
+
+    def error(self, e: OSError) -> UserError:
+        """The one-line UserError for an OSError met while writing this file."""
+        return UserError(f"cannot {self.action}: {describe_os_error(e)}")
+
+    def complete(self) -> PendingFile:
+        """Flush the file to disk and close it; on any error it is removed."""
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.chmod(self.temp, 0o666 & ~_umask())  # mkstemp makes it private (0600); give it the usual mode
+        except BaseException as e:
+            self.discard()
+            if isinstance(e, OSError):
+                raise self.error(e) from e
+            raise
+        return PendingFile(self.target, self.temp, self.overwrite)
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (after an error)."""
+        try:
+            self.file.close()
+        except OSError:
+            pass  # a full disk refuses the last buffered bytes: the file goes anyway
+        self.temp.unlink(missing_ok=True)
+
+
 def write_pending(target: str | os.PathLike[str], write: Callable[[BinaryIO], object], *,
                   overwrite: bool = False, action: str | None = None) -> PendingFile:  # fmt: skip
     """Write a file for ``target`` under a temporary name beside it; ``commit`` moves it in place.
@@ -74,26 +122,15 @@ def write_pending(target: str | os.PathLike[str], write: Callable[[BinaryIO], ob
     OSError becomes one UserError line, ``cannot {action}: {reason}`` (``action`` defaults to
     ``write {target}``; a full disk says so).
     """
-    target = Path(target)
-    action = action or f"write {target}"
+    writer = PendingWriter(target, overwrite=overwrite, action=action)
     try:
-        # mkstemp reserves a unique name: two runs writing to one folder cannot collide.
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}{PARTIAL_MARK}", dir=target.parent)
-    except OSError as e:
-        raise UserError(f"cannot {action}: {describe_os_error(e)}") from e
-    temp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes it private (0600); give it the usual mode
+        write(writer.file)
     except BaseException as e:
-        temp.unlink(missing_ok=True)
+        writer.discard()
         if isinstance(e, OSError):
-            raise UserError(f"cannot {action}: {describe_os_error(e)}") from e
+            raise writer.error(e) from e
         raise
-    return PendingFile(target, temp, overwrite)
+    return writer.complete()
 
 
 def produce_pending(target: str | os.PathLike[str], produce: Callable[[Path], object], *, overwrite: bool = False,

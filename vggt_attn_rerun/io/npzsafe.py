@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,8 @@ class SafeNpz:
         except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError) as e:
             raise NpzDamaged(f"not a readable zip archive ({e})") from None
         self._infos = {i.filename.removesuffix(".npy"): i for i in self._zip.infolist() if i.filename.endswith(".npy")}
+        #: bytes the archive's other entries (not ``.npy`` members) declare: never read, still counted
+        self.other_bytes = sum(i.file_size for i in self._zip.infolist() if not i.filename.endswith(".npy"))
         self._headers: dict[str, MemberHeader] = {}
 
     @property
@@ -139,6 +142,34 @@ def read_identity(path: str | Path, names: tuple[str, ...], max_chars: int = 64)
             return tuple(out)
     except (NpzDamaged, KeyError, OSError):
         return None
+
+
+_LOCAL_HEADER = b"PK\x03\x04"
+
+
+def first_member(path: str | Path, max_bytes: int = 4096) -> tuple[str, bytes] | None:
+    """Name and first bytes (at most ``max_bytes``, decompressed) of an archive's first entry, read
+    from its local header: works when the end of the file, and with it the zip directory, is
+    lost. None when the file does not start with a zip entry."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(30 + 0xFFFF * 2 + max_bytes)
+    except OSError:
+        return None
+    if len(head) < 30 or not head.startswith(_LOCAL_HEADER):
+        return None
+    method = int.from_bytes(head[8:10], "little")
+    name_len, extra_len = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
+    name = head[30 : 30 + name_len].decode("utf-8", "replace")
+    data = head[30 + name_len + extra_len :]
+    if method == zipfile.ZIP_DEFLATED:
+        try:
+            data = zlib.decompressobj(-15).decompress(data, max_bytes)
+        except zlib.error:
+            data = b""
+    elif method != zipfile.ZIP_STORED:
+        data = b""
+    return name, data[:max_bytes]
 
 
 def check_header(head: MemberHeader, kinds: str, shape: tuple[int | None, ...], what: str) -> None:
@@ -203,18 +234,24 @@ class CheckedNpz(SafeNpz):
         return values
 
     def check_budget(self, names: list[str], bound: int, weights: dict[str, int] | None = None,
-                     hint: str = "") -> None:  # fmt: skip
+                     hint: str = "", others: bool = False, extra: int = 0) -> None:  # fmt: skip
         """Refuse the file when the members ``names`` declare more than ``bound`` bytes in all
-        (``weights``: a member's bytes count that many times). Reads headers only."""
-        total = 0
+        (``weights``: a member's bytes count that many times; ``others``: the entries that are
+        not ``.npy`` members count too; ``extra``: bytes that using them allocates on top).
+        Reads headers only."""
+        raw = self.other_bytes if others else 0
+        total = raw + int(extra)
         for name in names:
             try:
-                total += self.header(name).nbytes * (weights or {}).get(name, 1)
+                nbytes = self.header(name).nbytes
             except NpzDamaged as e:
                 raise self.damaged(e) from None
+            raw += nbytes
+            total += nbytes * (weights or {}).get(name, 1)
         if total > bound:
+            counted = f" ({total / 2**20:.1f} MiB with what using them allocates)" if total != raw else ""
             raise UserError(
-                f"{self.what} declares {total / 2**20:.1f} MiB of arrays, over the {bound / 2**20:.1f} MiB "
+                f"{self.what} declares {raw / 2**20:.1f} MiB of arrays{counted}, over the {bound / 2**20:.1f} MiB "
                 f"allowed for a file of {self.path.stat().st_size} bytes (the larger of {SMALL_BYTES >> 20} MiB and "
                 f"{MAX_EXPANSION}x the file size, at most {MAX_TOTAL_BYTES >> 30} GiB): refusing it"
                 + (f"; {hint}" if hint else "")

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -52,7 +53,7 @@ from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.atomic import write_file
-from vggt_attn_rerun.io.npzsafe import CheckedNpz, NpzDamaged, read_bound, read_identity
+from vggt_attn_rerun.io.npzsafe import CheckedNpz, NpzDamaged, first_member, read_bound, read_identity
 from vggt_attn_rerun.io.runextra import extra_members
 
 FORMAT_NAME = "vggt-attn-rerun/run"
@@ -66,6 +67,11 @@ _TRANSFORM_FIELDS = tuple(f.name for f in dataclasses.fields(FrameTransform))
 _TRANSFORM_INTS = frozenset(f.name for f in dataclasses.fields(FrameTransform) if f.type in (int, "int"))
 
 _MAX_LAYOUT = 1 << 20  # largest layout value, block index or head count a file may declare
+#: how far a saved row's sum may be from 1 (fp16 or bf16 rows round each probability by < 0.4%)
+ROW_SUM_TOLERANCE = 0.01
+#: what showing a run allocates beyond the rows, per byte of ONE query's rows of one kind: the
+#: logging works a query at a time, in float64 (a 2x copy and up to three temporaries of its size)
+LOGGING_BYTES_PER_QUERY_ROW_BYTE = 8
 _INT, _STR = "iu", "U"
 
 _TORCH_DTYPES = {
@@ -206,18 +212,30 @@ def _format_of(path: Path) -> tuple[str, str] | None:
     return None if fmt is None else (fmt[0], fmt[1])
 
 
+def _cut_short(path: Path) -> bool:
+    """A run file whose end is lost (a copy cut short): its zip directory cannot be read, but its
+    first member, read from its local header, is the format name (npzsafe.first_member)."""
+    try:
+        with zipfile.ZipFile(path):
+            return False
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
+        pass
+    first = first_member(path)
+    return first is not None and first[0] == "__format__.npy" and FORMAT_NAME.encode("utf-32-le") in first[1]
+
+
 def is_run_file(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a run file written by ``save_run`` (any format version).
 
     Cheap: reads the zip directory and two tiny members, never the arrays; a member that declares
-    a huge shape is not read. A file of another version returns True so that ``load_run`` can say
-    which version it is.
+    a huge shape is not read. A file of another version, or a run file cut short, returns True so
+    that ``load_run`` can say what is wrong with it.
     """
     p = Path(path)
     if not p.is_file():
         return False
     fmt = _format_of(p)
-    return fmt is not None and fmt[0] == FORMAT_NAME
+    return (fmt is not None and fmt[0] == FORMAT_NAME) or (fmt is None and _cut_short(p))
 
 
 def _open(path: str | os.PathLike[str]) -> tuple[Path, CheckedNpz]:
@@ -225,6 +243,10 @@ def _open(path: str | os.PathLike[str]) -> tuple[Path, CheckedNpz]:
     if not p.is_file():
         raise UserError(f"run file {p} does not exist")
     fmt = _format_of(p)
+    if fmt is None and _cut_short(p):
+        raise UserError(
+            f"run file {p} is damaged: its end is missing (not a readable zip archive); save or copy it again"
+        )
     if fmt is None or fmt[0] != FORMAT_NAME:
         raise UserError(f"{p} is not a vggt-attn-rerun run file (expected an .npz written by save_run)")
     if fmt[1] != FORMAT_VERSION:
@@ -282,9 +304,28 @@ def _tensor(run: CheckedNpz, name: str, shape: tuple[int, ...], dtypes: Mapping[
     if head.dtype != _STORED_AS[want]:
         raise run.damaged(f"{name!r} is stored as {head.dtype}, which cannot hold {want} exactly")
     a = run.read(name, "f", shape)
-    if not np.isfinite(a).all() and name.startswith("probs_"):
-        raise run.damaged(f"{name!r} holds NaN or infinite probabilities")
+    if name.startswith("probs_"):
+        _check_probabilities(run, name, a)
     return _from_numpy(a, want)
+
+
+def _check_probabilities(run: CheckedNpz, name: str, probs: np.ndarray) -> None:
+    """Refuse rows ``[L, Q, H, S, P]`` that are not softmax rows: each ``[l, q, h]`` is finite,
+    non-negative and sums to 1 (within ``ROW_SUM_TOLERANCE``). Checked one block at a time:
+    the temporaries are a block's size, not the rows'."""
+    for b, block in enumerate(probs):
+        if not np.isfinite(block).all():
+            raise run.damaged(f"{name!r} holds NaN or infinite probabilities")
+        low = float(block.min(initial=0.0))
+        if low < 0:
+            raise run.damaged(f"{name!r} holds a negative probability ({low:.3g}): attention rows are >= 0")
+        sums = block.sum(axis=(-1, -2), dtype=np.float64)
+        worst = sums.reshape(-1)[int(np.abs(sums - 1).argmax())] if sums.size else 1.0
+        if abs(worst - 1) > ROW_SUM_TOLERANCE:
+            raise run.damaged(
+                f"{name!r} holds a row (block index {b}) summing to {worst:.6g}: attention rows sum to 1 "
+                f"(within {ROW_SUM_TOLERANCE:g})"
+            )
 
 
 def _read_transforms(run: CheckedNpz, layout: TokenLayout) -> list[FrameTransform]:
@@ -328,6 +369,21 @@ def _prediction_shape(name: str, layout: TokenLayout) -> tuple[int, ...]:
             "world_points": (1, s, h, w, 3), "world_points_conf": (1, s, h, w)}[name]  # fmt: skip
 
 
+def _logging_bytes(run: CheckedNpz) -> int:
+    """What logging the rows allocates beyond them: ``LOGGING_BYTES_PER_QUERY_ROW_BYTE`` x one
+    query's rows of the largest kind (``[L, Q, H, S, P]`` headers; 0 when they are not rows)."""
+    per_query = 0
+    for k in KINDS:
+        if run.has(f"probs_{k}"):
+            try:
+                head = run.header(f"probs_{k}")
+            except NpzDamaged as e:
+                raise run.damaged(e) from None
+            if len(head.shape) == 5 and head.shape[1] > 0:
+                per_query = max(per_query, head.nbytes // head.shape[1])
+    return LOGGING_BYTES_PER_QUERY_ROW_BYTE * per_query
+
+
 def load_run(path: str | os.PathLike[str], max_bytes: int | None = None) -> tuple[CaptureResult, LoadedImages]:
     """Re-open a run written by ``save_run``: equal objects, no model needed.
 
@@ -337,17 +393,22 @@ def load_run(path: str | os.PathLike[str], max_bytes: int | None = None) -> tupl
 
     Hostile files: every member's ``.npy`` header is checked against the format (dtype, and
     shape from the layout) before its data is read, and the declared sizes of all members
-    together must stay within ``npzsafe.read_bound(file size)``: ``min(4 GiB, max(64 MiB, 64 x
-    the file size))`` (``max_bytes`` replaces that bound), so no file makes loading allocate more
-    than that (images counted as the float32 tensor they become). A file that breaks any rule
-    raises UserError before its big arrays are read.
+    together (every entry of the archive, read or not) must stay within
+    ``npzsafe.read_bound(file size)``: ``min(4 GiB, max(64 MiB, 64 x the file size))``
+    (``max_bytes`` replaces that bound), so no file makes loading and showing it allocate more
+    than that (images counted as the float32 tensor they become, and what logging the rows
+    allocates: ``LOGGING_BYTES_PER_QUERY_ROW_BYTE`` times one query's rows). A file that breaks any rule raises
+    UserError before its big arrays are read. Rows must be attention probabilities: finite,
+    non-negative, each summing to 1 (``ROW_SUM_TOLERANCE``). A run file cut short (its zip
+    directory lost) is reported as damaged.
     """
     p, z = _open(path)
     with z as run:
-        names = sorted(n for n in run.names if not n.startswith("extra_"))
-        # images count 5x: the uint8 array and the float32 tensor made from it
+        # Every member counts, read or not (an unreferenced one too): images 5x (the uint8 array
+        # and the float32 tensor made from it), and what logging one query's rows allocates.
         bound = read_bound(p.stat().st_size) if max_bytes is None else int(max_bytes)
-        run.check_budget(names, bound, {"images_uint8": 5}, "pass max_bytes to load_run to raise it")
+        run.check_budget(sorted(run.names), bound, {"images_uint8": 5}, "pass max_bytes to load_run to raise it",
+                         others=True, extra=_logging_bytes(run))  # fmt: skip
         layout = _read_layout(run)
         kinds = _read_kinds(run)
         blocks = tuple(run.ints(run.read("blocks", _INT, (None,)), "blocks", 0, _MAX_LAYOUT))

@@ -6,10 +6,14 @@ Rerun's own scripts (``rr.script_add_args`` / ``rr.script_setup``) pick ONE sink
 output was asked for), and lets ``--save`` go along with a viewer (``--spawn``, ``--connect``,
 ``--serve``): the file is written as well. ``--stdout`` pipes the recording and nothing else.
 
-A saved recording is never written piecemeal under its final name: the data is buffered
-(a Rerun ``BinaryStream``), written under a temporary name when the run is complete and moved
-in place with the other files of the run by ``io.atomic.commit`` (all or nothing). So an error,
-a full disk or Ctrl-C leaves no partial file, and a full disk is reported in one line.
+A saved recording is never written under its final name until it is complete: Rerun's file
+sink streams it, as it is logged, through a named pipe (``io.streamfile``) into a temporary file
+beside the target, which ``io.atomic.commit`` moves in place with the other files of the run
+(all or nothing). Memory does not grow with the file; an error, a full disk or Ctrl-C leaves no
+partial file, and a full disk is reported in one line. Two cases buffer the recording in memory
+instead (a Rerun ``BinaryStream``, written when the run is complete): ``--serve`` (its server
+keeps the whole recording in memory for the viewers anyway, and the file sink's closing footer
+could only be written by stopping the server) and platforms without named pipes.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.io.atomic import PARTIAL_MARK, PendingFile, write_pending
+from vggt_attn_rerun.io import streamfile
+from vggt_attn_rerun.io.atomic import PARTIAL_MARK, PendingFile, PendingWriter
 from vggt_attn_rerun.io.pipe import StdoutFailed, StdoutRelay, check_stdout
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
 
@@ -255,11 +260,6 @@ def script_setup(args: argparse.Namespace, application_id: str = APPLICATION_ID,
     return rr.script_setup(args, application_id, **kwargs)
 
 
-def write_recording(f: BinaryIO, data: bytes) -> None:
-    """Write a buffered recording to an open file (the one place a saved .rrd is written)."""
-    f.write(data)
-
-
 class OpenSinks:
     """The sinks of one recording while it is being logged (see ``open_sinks``)."""
 
@@ -267,7 +267,9 @@ class OpenSinks:
         self.recording = recording
         self.plan = plan
         self.blueprint = blueprint
-        self.buffer: Any = None  # rr.BinaryStream holding the recording for --save
+        self.buffer: Any = None  # rr.BinaryStream holding the recording for --save (with --serve)
+        self.writer: PendingWriter | None = None  # the --save file, under its temporary name
+        self.pipe: streamfile.PipeToFile | None = None  # Rerun's file sink -> self.writer.file
         self.relay: StdoutRelay | None = None  # --stdout: Rerun writes into it (io.pipe)
         self.server_uri: str | None = None
 
@@ -281,12 +283,17 @@ class OpenSinks:
             return
         sinks: list[Any] = []
         if plan.save is not None:
-            # In memory until the run is complete (peak memory about 5x the file size, measured;
-            # one query at VGGT-1B size makes a few MB): the file is then written whole, by us, so
-            # a full disk is one clear error and never a partial file. One read only: every read
-            # returns a complete .rrd stream, and two of them do not concatenate into one file.
-            self.buffer = self.recording.binary_stream()
-            sinks.append(self.buffer)
+            self.writer = PendingWriter(
+                plan.save, overwrite=plan.overwrite, action=f"save the recording to {plan.save}"
+            )
+            if streamfile.available() and not plan.serve:
+                self.pipe = streamfile.PipeToFile(self.writer.file)
+                sinks.append(rr.FileSink(str(self.pipe.path)))
+            else:
+                # In memory until the run is complete (about 5x the file, measured). One read only:
+                # every read returns a complete .rrd stream, and two of them do not concatenate.
+                self.buffer = self.recording.binary_stream()
+                sinks.append(self.buffer)
         if plan.spawn:
             self._spawn(rr)
             sinks.append(rr.GrpcSink(f"rerun+http://127.0.0.1:{plan.grpc_port}/proxy"))
@@ -324,7 +331,7 @@ class OpenSinks:
             ) from e
 
     def finish(self) -> list[PendingFile]:
-        """Deliver everything to the viewers, and write the .rrd under a temporary name.
+        """Deliver everything to the viewers, and complete the .rrd under its temporary name.
 
         Returns the pending file (``io.atomic.commit`` moves it onto ``--save`` together with the
         run's other files), or [] without --save.
@@ -337,24 +344,45 @@ class OpenSinks:
         if self.relay is not None:
             self.recording.disconnect()  # Rerun writes the stream's footer into the relay now
             self.relay.close(timeout=FLUSH_TIMEOUT_S)
-        if self.buffer is None:
+        writer = self.writer
+        if writer is None:
             return []
-        data = self.buffer.read(flush=True, flush_timeout_sec=FLUSH_TIMEOUT_S) or b""
-        save = self.plan.save
-        assert save is not None
-        return [write_pending(save, lambda f: write_recording(f, data), overwrite=self.plan.overwrite,
-                              action=f"save the recording to {save}")]  # fmt: skip
+        if self.pipe is not None:
+            # The file sink writes its footer (the manifest of every chunk) and closes the pipe
+            # when it is dropped: disconnect, after the flush above has delivered to the viewers.
+            self.recording.disconnect()
+            complete = self.pipe.close(FLUSH_TIMEOUT_S)
+            error, self.pipe = self.pipe.error, None
+            if error is not None:
+                raise writer.error(error)
+            if not complete:
+                raise UserError(f"cannot {writer.action}: Rerun did not finish the file within {FLUSH_TIMEOUT_S:g} s")
+        else:
+            data = self.buffer.read(flush=True, flush_timeout_sec=FLUSH_TIMEOUT_S) or b""
+            self.buffer = None
+            try:
+                streamfile.write_chunk(writer.file, data)
+            except OSError as e:
+                raise writer.error(e) from e
+        self.writer = None
+        return [writer.complete()]
 
     def abort(self) -> None:
-        """Close every sink (on any error or Ctrl-C); nothing was written under --save."""
+        """Close every sink (on any error or Ctrl-C); nothing is left under --save."""
         self.recording.disconnect()
         if self.relay is not None:
             self.relay.close(drop=True)
+        if self.pipe is not None:
+            self.pipe.close(PROBE_TIMEOUT_S)
+            self.pipe = None
         if self.buffer is not None:
             # Drained after the disconnect: Rerun logs a warning (a coloured Rust log line) for
             # every buffer it drops unread.
             self.buffer.read(flush=False)
             self.buffer = None
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
 
     def close(self) -> None:
         self.recording.disconnect()
