@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import AuthenticationError, Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,7 @@ class Relay:
         while not self._closed:
             try:
                 conn = self.listener.accept()
-            except (OSError, EOFError):
+            except (OSError, EOFError, AuthenticationError):
                 if self._closed:
                     return
                 continue  # a connection with the wrong key, or one that went away at once
