@@ -129,3 +129,9 @@ def test_save_and_export_hold_every_clicked_query(scene, tmp_path):
     assert [(q.frame, q.patch(result.layout)) for q in result.rows.queries] == [(0, (1, 2)), (2, (2, 1))]
     entities = {str(c.entity_path) for c in rr.chunk.RrdReader(out).stream()}
     assert any(e.startswith("/world/frames/2/image/attention/q1") for e in entities)
+
+
+def test_ask_and_interactive_together_are_refused_before_the_model(scene):
+    options = api.RunOptions(images=(str(scene),), model="tiny", ask=True, interactive=True, port=0)
+    with pytest.raises(api.BadInput, match="--ask and --interactive"):
+        api.run(options)
