@@ -190,8 +190,8 @@ _ASK_HELP = (
 _INTERACTIVE_HELP = (
     "Experimental. After the run, serve it in a browser page (the rerun-notebook viewer under Voila) and print its "
     "URL: a click on a pixel of any image adds that pixel as a query, from a q/k cache (no second forward pass). "
-    "Ctrl-C stops; --save and --export then hold every clicked query. The page does not always show the recording "
-    "yet (docs/interactive.md). Needs pip install 'vggt-attn-rerun[interactive]'."
+    "Ctrl-C stops; --save and --export then hold every clicked query (docs/interactive.md). Needs "
+    "pip install 'vggt-attn-rerun[interactive]'."
 )
 _OPTIONS = (
     click.argument("images", nargs=-1, required=True, metavar="IMAGES..."),

@@ -333,15 +333,13 @@ def page(address: tuple[str, int], authkey_hex: str, height: int = PAGE_HEIGHT) 
         except (OSError, EOFError):
             status.value = "the run has stopped: clicks add nothing now"
 
-    def on_message(widget: Any, content: Any, buffers: Any) -> None:
-        if content == "ready":  # a view of the widget has opened its viewer: give it the recording
-            ask("history")
-
     def on_event(event: Any) -> None:
         if event_field(event, "type") == "selection_change":
             ask("event", event)
 
-    viewer._viewer.on_msg(on_message)
+    # The recording so far, before the viewer is displayed: the widget queues it until its frontend
+    # is ready, as it does for data logged before ``rerun.notebook.Viewer(recording=...)``.
+    ask("history")
     viewer.on_event(on_event)
     viewer.display()
     display(status)
