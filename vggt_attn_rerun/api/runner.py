@@ -56,7 +56,15 @@ from vggt_attn_rerun.io.pipe import StdoutFailed
 from vggt_attn_rerun.io.runfile import RUN_SUFFIX, save_run
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
-from vggt_attn_rerun.viz.sinks import SinkPlan, check_output_path, open_sinks, plan_sinks, serve_forever
+from vggt_attn_rerun.viz.sinks import (
+    INTERACTIVE_PORT,
+    SinkPlan,
+    check_output_path,
+    check_port_free,
+    open_sinks,
+    plan_sinks,
+    serve_forever,
+)
 
 # ------------------------------------------------------------------------------------------------
 # One whole run, as the command line asks for it: RunOptions in, files and viewers out
@@ -90,6 +98,8 @@ class RunOptions:
         save, spawn, stdout, connect, serve, headless, overwrite: sinks.plan_sinks.
         export: also write the run file (io.runfile), committed with ``save``: both or neither.
         ask: keep the q/k cache for ``RunHooks.ask``; force: run past the memory estimate.
+        interactive: keep the q/k cache and the recording's bytes for ``RunHooks.serve_clicks``
+            (click-to-query in a browser page on ``port``).
     """
 
     images: tuple[str | os.PathLike[str], ...]
@@ -113,6 +123,8 @@ class RunOptions:
     export: str | os.PathLike[str] | None = None
     ask: bool = False
     force: bool = False
+    interactive: bool = False
+    port: int = INTERACTIVE_PORT
 
 
 class ProgressBar(Protocol):
@@ -136,11 +148,16 @@ class RunHooks:
         progress: ``progress(description, total)`` opens a bar (``total`` None: a status line).
         ask: after the run is logged, add more queries: ``ask(recording, result, images, options)``
             returns how many it added (the command line's --ask prompt).
+        serve_clicks: after the run is logged, serve it for clicks (``--interactive``):
+            ``serve_clicks(recording, result, images, options, relay, port)``, where ``relay`` is the
+            ``rr.BinaryStream`` holding the recording's bytes, returns the run with every added
+            query (``QuerySession.merged_result``): what ``--export`` then writes.
     """
 
     echo: Callable[[str], object] = lambda line: None
     progress: Callable[[str, int | None], ProgressBar] = lambda desc, total: _Silent()
     ask: Callable[[rr.RecordingStream, CaptureResult, LoadedImages, RecordingOptions], int] | None = None
+    serve_clicks: Callable[..., CaptureResult] | None = None
 
 
 @dataclass
@@ -200,8 +217,8 @@ def run(options: RunOptions, hooks: RunHooks | None = None) -> RunSummary:
     h, w = prep.images.layout_hw
     line = resources.check_forward_memory(
         model, model_layout(model, prep.images.tensor.shape[0], h, w, adapter), autocast=prep.autocast,
-        queries=len(queries), blocks=len(blocks), kinds=recording.kinds, device=prep.device, keep_qk=options.ask,
-        force=options.force, arch=adapter,
+        queries=len(queries), blocks=len(blocks), kinds=recording.kinds, device=prep.device,
+        keep_qk=options.ask or options.interactive, force=options.force, arch=adapter,
     )  # fmt: skip
     if line:
         hooks.echo(line)
@@ -239,7 +256,12 @@ def _prepare(options: RunOptions, hooks: RunHooks) -> Prepared:
     export = check_output_path(options.export, "--export", RUN_SUFFIX, "the run file format",
                                options.overwrite) if options.export else None  # fmt: skip
     sinks = plan_sinks(options.save, options.connect, options.serve, options.headless, options.overwrite,
-                       spawn=options.spawn, stdout=options.stdout, allow_none=export is not None)  # fmt: skip
+                       spawn=options.spawn, stdout=options.stdout, allow_none=export is not None,
+                       relay=options.interactive)  # fmt: skip
+    if options.interactive:
+        if options.ask:
+            raise UserError("--ask and --interactive both add queries after the run: give one")
+        check_port_free(options.port, "page", "--interactive")
     if options.ask and sinks.empty:
         raise UserError("--ask with --export alone has nowhere to show new queries: add --save, --connect or --serve")
     return Prepared(images, queries, device, autocast, sinks, export)
@@ -361,11 +383,16 @@ def _capture_and_log(model: nn.Module, prep: Prepared, options: RunOptions, bloc
             with open_sinks(rec, prep.sinks) as sinks:
                 result, _ = record_attention(
                     model, prep.images, queries, blocks=blocks, options=recording, recording=rec,
-                    autocast_dtype=prep.autocast, keep_qk=options.ask, on_block=progress, arch=adapter,
+                    autocast_dtype=prep.autocast, keep_qk=options.ask or options.interactive, on_block=progress,
+                    arch=adapter,
                 )  # fmt: skip
                 progress.close()
                 if options.ask and hooks.ask is not None:
                     added = hooks.ask(rec, result, prep.images, recording)
+                if options.interactive and hooks.serve_clicks is not None:
+                    before = len(result.rows.queries)
+                    result = hooks.serve_clicks(rec, result, prep.images, recording, sinks.page_stream, options.port)
+                    added = len(result.rows.queries) - before  # --export below holds them too
                 pending += sinks.finish()
         progress.close()
         if prep.export is not None:

@@ -9,6 +9,7 @@ exit code (0 done, 1 error while running, 2 bad input, 130 interrupted); traceba
 
 from __future__ import annotations
 
+import functools
 import sys
 import traceback
 import warnings
@@ -31,7 +32,7 @@ from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, VGGT_IMAGE_SIZE
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.colormap import COLORMAPS
 from vggt_attn_rerun.viz.options import RecordingOptions
-from vggt_attn_rerun.viz.sinks import DEFAULT_URL, WEB_PORT
+from vggt_attn_rerun.viz.sinks import DEFAULT_URL, INTERACTIVE_PORT, WEB_PORT
 
 PROG = "vggt-attn-rerun"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -196,6 +197,12 @@ _ASK_HELP = (
     "(VGGT-1B: ~540 MB per 518x518 frame). The native viewer does not report clicks to Python in Rerun 0.41; in "
     "notebooks clicks work (docs/interactive.md)."
 )
+_INTERACTIVE_HELP = (
+    "Experimental. After the run, serve it in a browser page (the rerun-notebook viewer under Voila) and print its "
+    "URL: a click on a pixel of any image adds that pixel as a query, from a q/k cache (no second forward pass). "
+    "Ctrl-C stops; --save and --export then hold every clicked query (docs/interactive.md). Needs "
+    "pip install 'vggt-attn-rerun[interactive]'."
+)
 _OPTIONS = (
     click.argument("images", nargs=-1, required=True, metavar="IMAGES..."),
     click.option("-q", "--query", "queries", multiple=True, metavar="QUERY",
@@ -255,6 +262,9 @@ _OPTIONS = (
                  help="True cameras of the photos (cameras.npz or a COLMAP sparse folder, matched by file name): "
                  "the consistency scores use them (reference = truth) instead of VGGT's own."),
     click.option("--ask", is_flag=True, help=_ASK_HELP),
+    click.option("--interactive", is_flag=True, help=_INTERACTIVE_HELP),
+    click.option("--port", type=click.IntRange(1, 65535), default=INTERACTIVE_PORT, show_default=True,
+                 help="Port of the --interactive page (on 127.0.0.1; forward it with ssh -L from a remote machine)."),
     click.option("--save", metavar="OUT.rrd",
                  help="Write the recording to a file (whole or not at all); opens no viewer unless --spawn."),
     click.option("--export", metavar="RUN.npz",
@@ -290,6 +300,11 @@ def cli(**flags: Any) -> None:
     """
     options = run_options(**flags)
     hooks = api.RunHooks(echo=_echo, progress=progress, ask=_ask if options.ask else None)
+    if options.interactive:
+        from vggt_attn_rerun.interactive.web import check_web_dependencies, serve_run
+
+        check_web_dependencies()
+        hooks.serve_clicks = functools.partial(serve_run, echo=_echo)
     api.run(options, hooks)
 
 
@@ -314,7 +329,7 @@ def run_options(images: tuple[str, ...], connect: str | None, **f: Any) -> api.R
             dtype=f["dtype"],
             mode=f["mode"], image_size=f["image_size"], save=f["save"], spawn=f["spawn"], stdout=f["stdout"],
             connect=connect, serve=f["serve"], headless=f["headless"], overwrite=f["overwrite"], export=f["export"],
-            ask=f["ask"], force=f["force"],
+            ask=f["ask"], force=f["force"], interactive=f["interactive"], port=f["port"],
         )  # fmt: skip
     except api.BadInput:
         raise

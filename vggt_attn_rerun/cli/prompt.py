@@ -13,7 +13,6 @@ from typing import Any
 
 from vggt_attn_rerun.interactive.prompt import QUIT_WORDS, prompt_queries
 from vggt_attn_rerun.interactive.session import QuerySession
-from vggt_attn_rerun.viz.blueprint import default_blueprint
 from vggt_attn_rerun.viz.options import RecordingOptions
 
 PROMPT = "new query (FRAME:X,Y | FRAME:pROW,COL | FRAME:camera | q to quit)> "
@@ -46,8 +45,5 @@ def ask_queries(rec: Any, result: Any, images: Any, options: RecordingOptions, *
     except KeyboardInterrupt:  # Ctrl-C at the prompt ends the prompt, as q does: keep what was added
         pass
     if session.added:
-        count = max(session.queries) + 1
-        bp = default_blueprint(result.layout.num_frames, tuple(options.kinds), result.rows.num_heads, count,
-                               shown_queries=list(range(count)))  # fmt: skip
-        rec.send_blueprint(bp, make_active=True, make_default=True)
+        session.show_all()
     return len(session.added)

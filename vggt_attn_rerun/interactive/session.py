@@ -22,12 +22,14 @@ from typing import Any, Literal
 import numpy as np
 import rerun as rr
 import rerun.blueprint as rrb
+import torch
 from torch import nn
 
 from vggt_attn_rerun.analysis.scene import cameras
 from vggt_attn_rerun.api import ImagesLike, QueriesLike, as_loaded_images, record_attention
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import LoadedImages
+from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.interactive.clicks import Click, Units, click_from_selection, view_units
@@ -177,10 +179,36 @@ class QuerySession:
         self.added.append(AddedQuery(index, query, result, t1 - t0, t2 - t1))
         return index
 
+    def merged_result(self) -> CaptureResult:
+        """The run with every added query after its own: rows ``[L, Q + added, H, S, P]`` per kind, in
+        query-index order when the session numbered them after the run's (the default), no q/k cache.
+
+        What ``--export`` writes after a session: the run file then holds every added query too.
+        """
+        rows = self.result.rows
+        parts = [rows] + [a.result.rows for a in self.added]
+        merged = AttentionRows(
+            rows.layout,
+            tuple(q for part in parts for q in part.queries),
+            rows.blocks,
+            rows.num_heads,
+            {kind: torch.cat([part.probs[kind] for part in parts], dim=1) for kind in rows.probs},
+        )
+        return CaptureResult(self.result.predictions, merged, self.layout, None)
+
     def show(self, index: int) -> None:
         """Send the default layout with the dashboards of query ``index`` (active and default)."""
         self.rec.send_blueprint(self._blueprint(shown=index), make_active=True, make_default=True)
         self.shown = index
+
+    def show_all(self) -> None:
+        """Send the default layout with a dashboard for every query (active and default): what a
+        saved recording should open on after a session, not only the last query's."""
+        count = max(self.queries) + 1
+        bp = default_blueprint(self.layout.num_frames, tuple(self.options.kinds), self.result.rows.num_heads, count,
+                               shown_queries=list(range(count)))  # fmt: skip
+        self.rec.send_blueprint(bp, make_active=True, make_default=True)
+        self.shown = None
 
     def _blueprint(self, shown: int | None = None) -> rrb.Blueprint:
         count = max(self.queries) + 1 if self.queries else 1

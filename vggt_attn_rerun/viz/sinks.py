@@ -47,6 +47,7 @@ DEFAULT_URL = "rerun+http://127.0.0.1:9876/proxy"
 URL_SCHEMES = ("rerun://", "rerun+http://", "rerun+https://")
 VIEWER_PORT = 9876
 WEB_PORT = 9090
+INTERACTIVE_PORT = 8866  # --interactive's page (Voila's own default port)
 # A viewer that went away must not hang the CLI forever in flush.
 FLUSH_TIMEOUT_S = 60.0
 # Long enough for a viewer on another machine, short enough not to look like a hang.
@@ -63,6 +64,8 @@ class SinkPlan:
         stdout: stream the recording to standard output (exclusive: nothing else goes there).
         connect: URL of a running viewer to stream to, or None.
         serve: host a gRPC server and a web viewer, and keep serving until Ctrl-C.
+        relay: also keep the recording's bytes in a ``rr.BinaryStream`` (``OpenSinks.relay``)
+            for a viewer the caller feeds itself (``--interactive``: the browser page).
     """
 
     save: Path | None = None
@@ -75,11 +78,12 @@ class SinkPlan:
     grpc_port: int = VIEWER_PORT
     web_port: int = WEB_PORT
     open_browser: bool = True
+    relay: bool = False
 
     @property
     def empty(self) -> bool:
         """Nothing receives the recording (``--export --headless``: capture and export only)."""
-        return not (self.save or self.spawn or self.stdout or self.connect or self.serve)
+        return not (self.save or self.spawn or self.stdout or self.connect or self.serve or self.relay)
 
     def describe(self) -> str:
         parts = []
@@ -93,6 +97,8 @@ class SinkPlan:
             parts.append(f"sent to {self.connect}")
         if self.serve:
             parts.append("served to the web viewer")
+        if self.relay:
+            parts.append("shown in the browser page")
         return ", ".join(parts)
 
 
@@ -125,8 +131,8 @@ def check_viewer_listening(url: str) -> None:
         ) from e
 
 
-def check_port_free(port: int, what: str) -> None:
-    """Refuse --serve early when its port is taken (found otherwise only after the forward pass)."""
+def check_port_free(port: int, what: str, option: str = "--serve") -> None:
+    """Refuse --serve (or ``option``) early when its port is taken (found otherwise only after the forward pass)."""
     with socket.socket() as probe:
         # SO_REUSEADDR, as Rerun's servers bind: a port left in TIME_WAIT by an earlier run is free.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -134,7 +140,7 @@ def check_port_free(port: int, what: str) -> None:
             probe.bind(("0.0.0.0", port))  # the servers bind every interface too
         except OSError as e:
             raise UserError(
-                f"--serve: port {port} for the {what} is taken ({e.strerror or e}); is another viewer running?"
+                f"{option}: port {port} for the {what} is taken ({e.strerror or e}); is another viewer running?"
             ) from e
 
 
@@ -210,12 +216,14 @@ def plan_sinks(
     stdout: bool = False,
     allow_none: bool = False,
     open_browser: bool = True,
+    relay: bool = False,
 ) -> SinkPlan:
     """Check the sink options and decide the sinks (cheap: before the model loads).
 
     A viewer is spawned when asked (``spawn``) or when no other output is (Rerun's default:
     ``--save`` alone only writes the file). ``stdout`` excludes every other sink. ``allow_none``:
     the caller has another output (``--export``): no viewer by default, and an empty plan is fine.
+    ``relay``: the caller shows the recording itself (``OpenSinks.relay``), so no viewer by default.
     """
     others = [flag for flag, on in (("--save", save), ("--connect", connect), ("--serve", serve), ("--spawn", spawn))
               if on]  # fmt: skip
@@ -232,12 +240,14 @@ def plan_sinks(
         check_viewer_listening(url)
     if stdout:
         check_stdout_is_a_pipe()
-    spawn = spawn or not (headless or stdout or serve or url or save_path or allow_none)
+    if stdout and relay:
+        raise UserError("--stdout sends the recording down the pipe only: drop --interactive")
+    spawn = spawn or not (headless or stdout or serve or url or save_path or allow_none or relay)
     if serve:
         check_port_free(VIEWER_PORT, "gRPC server")
         check_port_free(WEB_PORT, "web viewer")
     plan = SinkPlan(save=save_path, spawn=spawn, stdout=stdout, connect=url, serve=serve, overwrite=overwrite,
-                    viewer=find_viewer() if spawn else None, open_browser=open_browser)  # fmt: skip
+                    viewer=find_viewer() if spawn else None, open_browser=open_browser, relay=relay)  # fmt: skip
     if plan.empty and not allow_none:
         raise UserError(
             "--headless alone would discard the recording: add --save out.rrd (or --stdout/--connect/--serve)"
@@ -271,6 +281,7 @@ class OpenSinks:
         self.writer: PendingWriter | None = None  # the --save file, under its temporary name
         self.pipe: streamfile.PipeToFile | None = None  # Rerun's file sink -> self.writer.file
         self.relay: StdoutRelay | None = None  # --stdout: Rerun writes into it (io.pipe)
+        self.page_stream: Any = None  # rr.BinaryStream the caller reads and forwards (SinkPlan.relay)
         self.server_uri: str | None = None
 
     def start(self) -> None:
@@ -294,6 +305,9 @@ class OpenSinks:
                 # every read returns a complete .rrd stream, and two of them do not concatenate.
                 self.buffer = self.recording.binary_stream()
                 sinks.append(self.buffer)
+        if plan.relay:
+            self.page_stream = self.recording.binary_stream()
+            sinks.append(self.page_stream)
         if plan.spawn:
             self._spawn(rr)
             sinks.append(rr.GrpcSink(f"rerun+http://127.0.0.1:{plan.grpc_port}/proxy"))
@@ -341,6 +355,8 @@ class OpenSinks:
         except RuntimeError as e:  # Rerun reports a timeout as a plain RuntimeError
             where = "to the viewer (did it close?)" if not self.plan.stdout else "down the pipe"
             raise UserError(f"the recording could not be delivered {where} within {FLUSH_TIMEOUT_S:g} s ({e})") from e
+        if self.page_stream is not None:  # its reader is done: nothing more goes to the page
+            self.page_stream.read(flush=False)
         if self.relay is not None:
             self.recording.disconnect()  # Rerun writes the stream's footer into the relay now
             self.relay.close(timeout=FLUSH_TIMEOUT_S)
@@ -383,6 +399,9 @@ class OpenSinks:
         if self.writer is not None:
             self.writer.discard()
             self.writer = None
+        if self.page_stream is not None:
+            self.page_stream.read(flush=False)
+            self.page_stream = None
 
     def close(self) -> None:
         self.recording.disconnect()
