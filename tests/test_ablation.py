@@ -110,7 +110,7 @@ def test_recorded_matrix_is_the_colormapped_effect(recorded):
     got = np.asarray(data[0] if isinstance(data[0], list) else data, np.uint8).reshape(fmt["height"], fmt["width"], 3)
     np.testing.assert_array_equal(got, want)
     labels = recording.static(matrix_path("global", "depth") + "/axes", "Points2D:labels")
-    assert labels[:2] == ["block 0", "block 2"] and labels[2:] == ["h0", "h1", "h2", "h3"]
+    assert labels[:2] == ["block 0", "b2"] and labels[2:] == ["h0", "h1", "h2", "h3", ""]
 
 
 def test_recorded_points_are_coloured_by_how_far_they_moved(recorded):

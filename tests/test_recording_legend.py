@@ -110,4 +110,14 @@ def test_block_x_head_matrices_have_labelled_axes(run):
     result, recording, _ = run
     labels = recording.static(f"{Paths.matrix(0, 'global', 'entropy')}/axes", "Points2D:labels")
     last_head = result.rows.num_heads - 1
-    assert {"block 1", "block 2", "head 0", f"head {last_head}"} <= set(labels)
+    assert {"block 1", "b2", "h0", f"h{last_head}"} <= set(labels)
+
+
+def test_a_deep_matrix_labels_about_five_rows_and_always_its_first_and_last():
+    from vggt_attn_rerun.viz.log_summaries import matrix_axes
+
+    labels = [str(x) for x in matrix_axes(list(range(24)), 16, 12).labels.as_arrow_array().to_pylist()]
+    rows = [x for x in labels if x.startswith("b")]
+    heads = [x for x in labels if x.startswith("h")]
+    assert rows[0] == "block 0" and rows[-1] == "b23" and 4 <= len(rows) <= 6
+    assert heads[0] == "h0" and heads[-1] == "h15" and 4 <= len(heads) <= 6

@@ -27,6 +27,7 @@ from vggt_attn_rerun.analysis.scene import images_u8, subsample
 from vggt_attn_rerun.analysis.summaries import block_head_matrix
 from vggt_attn_rerun.core.images import LoadedImages
 from vggt_attn_rerun.viz import colormap
+from vggt_attn_rerun.viz.log_summaries import matrix_axes
 from vggt_attn_rerun.viz.options import RecordingOptions
 
 ROOT = "ablations"
@@ -59,16 +60,6 @@ def _ranges(effects: Effects) -> dict[tuple[str, str], float]:
     """(kind, effect) -> the top of the matrix's colour range (its largest value; 1 when none is positive)."""
     names = MATRIX_EFFECTS if effects.queries else EFFECTS
     return {(kind, name): _top(effects.matrix(name, kind)[2]) for kind in _kinds(effects) for name in names}
-
-
-def _axes(blocks: tuple[int, ...], cols: int, cell: int, heads: bool) -> rr.Points2D:
-    """Labels of the matrix's axes, outside the picture: blocks on the left, heads on top."""
-    rows = [[-0.5 * cell, (r + 0.5) * cell] for r in range(len(blocks))]
-    labels = [f"block {b}" for b in blocks]
-    if heads:
-        rows += [[(h + 0.5) * cell, -0.5 * cell] for h in range(cols)]
-        labels += [f"h{h}" for h in range(cols)]
-    return rr.Points2D(rows, labels=labels, radii=0.01, colors=[(200, 200, 200)], show_labels=True)
 
 
 def _fmt(v: float) -> str:
@@ -117,7 +108,7 @@ def log_effects(rec: rr.RecordingStream, effects: Effects, images: LoadedImages,
         path = matrix_path(kind, name)
         rec.log(path, rr.Image(rgb), rr.AnyValues(vmin=0.0, vmax=top), static=True)
         heads = any(hasattr(iv, "head") for iv in effects.interventions if iv.kind == kind)
-        rec.log(f"{path}/axes", _axes(blocks, cols, cell, heads), static=True)
+        rec.log(f"{path}/axes", matrix_axes(blocks, cols, cell, heads), static=True)
     rec.log(LEGEND_PATH, rr.TextDocument(_legend(effects, ranges, options), media_type=rr.MediaType.MARKDOWN),
             static=True)  # fmt: skip
     _log_moved(rec, effects, images, options)

@@ -72,15 +72,24 @@ def _send_batches(rec: rr.RecordingStream, path: str, blocks: Sequence[int], val
 AXIS_COLOR = (200, 200, 200)
 
 
-def matrix_axes(blocks: Sequence[int], num_heads: int, cell: int) -> rr.Points2D:
+def _ticks(n: int, most: int = 8) -> list[int]:
+    """Which of ``n`` rows (or columns) get a label: all up to ``most``, else about five, evenly
+    spaced, always the first and the last (screen-size text: more would overlap on a small view)."""
+    if n <= most:
+        return list(range(n))
+    step = -(-n // 5)
+    ticks = list(range(0, n - step // 2, step))
+    return ticks + [n - 1]
+
+
+def matrix_axes(blocks: Sequence[int], num_heads: int, cell: int, heads: bool = True) -> rr.Points2D:
     """Axis labels of a block x head matrix image (``block_head_matrix``, ``cell`` pixels per
-    entry): ``block b`` left of the first and the last row, ``head h`` above the first and the
-    last column (screen-size text: more labels would overlap on a small matrix). Log at
-    ``{matrix}/axes``."""
-    rows = sorted({0, len(blocks) - 1})
-    cols = sorted({0, num_heads - 1})
+    entry): the first row ``block b`` and the others ``b{block}`` left of the rows, ``h{head}`` above
+    the columns (none when ``heads`` is False: one column, e.g. whole blocks). Log at ``{matrix}/axes``."""
+    rows = _ticks(len(blocks))
+    cols = _ticks(num_heads) if heads else []
     xy = [(-2.0 * cell, (i + 0.5) * cell) for i in rows] + [((h + 0.5) * cell, -1.0 * cell) for h in cols]
-    labels = [f"block {blocks[i]}" for i in rows] + [f"head {h}" for h in cols]
+    labels = [f"block {blocks[i]}" if i == 0 else f"b{blocks[i]}" for i in rows] + [f"h{h}" for h in cols]
     # An unlabelled point as far below the matrix as the head labels are above it: the view's
     # framing then keeps the last row (and its label) in sight.
     xy.append((-2.0 * cell, (len(blocks) + 1.0) * cell))
