@@ -11,7 +11,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from vggt_attn_rerun.batch import job
 from vggt_attn_rerun.batch.inputs import Scene, discover_scenes
@@ -21,19 +20,11 @@ from vggt_attn_rerun.batch.study import run_study
 from vggt_attn_rerun.cli.main import run
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.atomic import PARTIAL_MARK
-from vggt_attn_rerun.testing import synthetic_scene
+
+from .helpers import make_scenes
 
 OPTIONS = StudyOptions(model="tiny", grid=(2, 2), image_size=84, device="cpu")
 FLAGS = ["--model", "tiny", "--query-grid", "2x2", "--image-size", "84", "--device", "cpu"]
-
-
-def make_scenes(root: Path, names, frames=2) -> Path:
-    for i, name in enumerate(names):
-        folder = root / name
-        folder.mkdir(parents=True)
-        for k, img in enumerate(synthetic_scene(frames, 56, 84, seed=i)):
-            Image.fromarray(img).save(folder / f"{k:02d}.png")
-    return root
 
 
 def batch(args, capsys) -> tuple[int, list[str]]:
