@@ -396,3 +396,12 @@ def test_progress_advances_once_per_captured_attention_module(scene, tmp_path):
     forward = events.index(("open", "forward pass", 4))
     assert events[forward + 1 : forward + 5] == [("update", 1)] * 4
     assert events[forward + 5 : forward + 7] == [("close",), ("open", "logging to Rerun", None)]
+
+
+@pytest.mark.parametrize("peaks", [0, 5])
+def test_the_peaks_option_reaches_the_recording_options(tmp_path, peaks):
+    photo = tmp_path / "a.png"
+    photo.write_bytes(b"")
+    with cli.cli.make_context("vggt-attn-rerun", [str(photo), "--model", "tiny", "--peaks", str(peaks)]) as ctx:
+        options = cli.run_options(**ctx.params)
+    assert options.recording.peaks == peaks

@@ -254,6 +254,8 @@ _OPTIONS = (
                  help="vmax = this percentile of the scale's values (100 = max; 99: the top 1% saturate)."),
     click.option("--rays", type=click.IntRange(0, 64), default=8, show_default=True,
                  help="3D lines from the query point to its K most attended patches of other views."),
+    click.option("--peaks", type=click.IntRange(0, 64), default=3, show_default=True,
+                 help="Outline the K hottest patches of each view (and box their 3D points); 0 = none."),
     click.option("--grid-view", type=click.IntRange(min=0), metavar="FRAME",
                  help="View shown behind the head grid. Default: the query's own frame."),
     click.option("--colormap", type=click.Choice(COLORMAPS, case_sensitive=False), default="inferno",
@@ -321,7 +323,8 @@ def run_options(images: tuple[str, ...], connect: str | None, **f: Any) -> api.R
             grid_view=f["grid_view"], points=f["points"], conf_threshold=f["conf_threshold"],
             conf_percentile=f["conf_percentile"], max_points=f["max_points"],
             per_view_normalize=f["per_view_normalize"], scale=f["scale"], gamma=f["gamma"],
-            clip_percentile=f["clip_percentile"], rays=f["rays"], colormap=f["colormap"], cameras=f["cameras"],
+            clip_percentile=f["clip_percentile"], rays=f["rays"], peaks=f["peaks"], colormap=f["colormap"],
+            cameras=f["cameras"],
         )  # fmt: skip
         return api.RunOptions(
             images=images, queries=tuple(queries), query_grid=checks.parse_query_grid(f["query_grid"], f["grid_frame"]),
