@@ -36,9 +36,23 @@ its docstring gives the projection and the exclusions. Per block, head and valid
 - Positional control (``control_*``): the same measures around the query's own (row, col) in
   view s instead of the projection. RoPE gives every frame the same positions, so a head that
   follows position rather than geometry scores high here. Descriptive only: the gains use the null.
+- Beyond position (``beyond_position_gain``): is there more attention near the correspondence
+  than position alone explains? Measured on the symmetric difference of the two windows: A = the
+  patches of the correspondence window outside the position window, B = the reverse. The patches
+  shared by both windows say nothing either way and are left out. Per valid pair,
+  ``beyond_position_gain = m * (share(A) / |A| - share(B) / |B|)`` with ``share`` the fraction of
+  the view's patch mass and ``m = (|A| + |B|) / 2``: the mean attention per patch on A minus that
+  on B (each against the uniform 1 / (gh * gw), which cancels), scaled to a share. Null 0: a
+  uniform head scores exactly 0 even where the windows clip at the border (|A| != |B|), and so
+  does any head whose mass lies only in the shared patches (a head on the query's own (row, col)
+  when the correspondence is within ``radius`` of it); a head that follows position scores < 0
+  wherever its mass reaches B. Where nothing clips (|A| = |B|) it equals ``share_gain`` minus the
+  positional control's gain. Pairs where A or B is empty (identical windows; one window inside the
+  other at the border) and pairs with no control (camera and register queries) are NaN.
 - ``score [L, H]``: the mean of ``share_near`` over all valid (query, view) pairs;
   ``null_score``, ``gain`` (= score - null_score), ``peak_gain`` and ``control_score`` the same
-  means of share_null, share_gain, peak_gain and control_share_near (NaN where no pair is valid).
+  means of share_null, share_gain, peak_gain and control_share_near (NaN where no pair is valid);
+  ``beyond_position_gain_score`` the mean of beyond_position_gain over its own pairs.
   ``unit_gains()`` gives the per-query means ``[L, Q, H]`` (the units of a single-scene interval).
 
 Excluded pairs are NaN in every ``[L, Q, H, S]`` array and are counted by ``counts()``.
@@ -89,10 +103,13 @@ class Consistency(Visibility):
             positional control around the query's own (row, col).
         share_null, peak_dist_null: ``[Q, S]`` the uniform-head expectations (NaN where not valid).
         share_gain, peak_gain: ``[L, Q, H, S]`` gains against them (larger is better).
+        beyond_position_gain: ``[L, Q, H, S]`` attention near the correspondence beyond position
+            (NaN also where either side of the windows' symmetric difference is empty or there is no control).
         score, null_score, gain, control_score: ``[L, H]`` means of share_near, share_null,
             share_gain, control_share_near over valid pairs.
         peak_dist_score, peak_null_score, peak_gain_score: ``[L, H]`` means of peak_dist_patches,
             peak_dist_null and peak_gain over valid pairs.
+        beyond_position_gain_score: ``[L, H]`` mean of beyond_position_gain over its pairs.
         reference: "model" (VGGT's predictions) or "truth" (given cameras and depth).
     """
 
@@ -118,11 +135,18 @@ class Consistency(Visibility):
     peak_gain_score: np.ndarray
     peak_dist_score: np.ndarray
     peak_null_score: np.ndarray
+    beyond_position_gain: np.ndarray
+    beyond_position_gain_score: np.ndarray
     reference: str = "model"
 
     def unit_gains(self) -> dict[str, np.ndarray]:
-        """Per query, the mean gain over its valid views: ``{"correspondence", "peak_dist"}`` -> ``[L, Q, H]``."""
-        return {"correspondence": mean_over_views(self.share_gain), "peak_dist": mean_over_views(self.peak_gain)}
+        """Per query, the mean gain over its valid views: ``{"correspondence", "peak_dist",
+        "correspondence_beyond_position"}`` -> ``[L, Q, H]``."""
+        return {
+            "correspondence": mean_over_views(self.share_gain),
+            "peak_dist": mean_over_views(self.peak_gain),
+            "correspondence_beyond_position": mean_over_views(self.beyond_position_gain),
+        }
 
 
 def mean_over_views(values: np.ndarray) -> np.ndarray:
@@ -182,6 +206,8 @@ class _PeaksAndMasses:
     view_mass: np.ndarray  # all patch mass on view s
     mass_near: np.ndarray  # within the window around the projection
     control_mass: np.ndarray  # within the window around the query's own (row, col)
+    near_only_mass: np.ndarray  # in the projection's window but not the control's
+    control_only_mass: np.ndarray  # in the control's window but not the projection's
     tie_dist: np.ndarray  # mean distance (patches) from the tied peak patches to the target
 
 
@@ -192,9 +218,11 @@ def _peaks_and_masses(
     time: the float64 copy is one query's rows of one block, never a multiple of all the rows."""
     num_blocks, num_queries, num_heads, num_views = probs.shape[:4]
     shape = (num_blocks, num_queries, num_heads, num_views)
-    near = near_windows.reshape(num_queries, num_views, -1).astype(np.float64)
-    control = control_windows.reshape(num_queries, num_views, -1).astype(np.float64)
-    out = _PeaksAndMasses(np.empty(shape + (2,), np.int64), *(np.empty(shape) for _ in range(4)))
+    near = near_windows.reshape(num_queries, num_views, -1)
+    control = control_windows.reshape(num_queries, num_views, -1)
+    near_only, control_only = (near & ~control).astype(np.float64), (control & ~near).astype(np.float64)
+    near, control = near.astype(np.float64), control.astype(np.float64)
+    out = _PeaksAndMasses(np.empty(shape + (2,), np.int64), *(np.empty(shape) for _ in range(6)))
     for block, q in itertools.product(range(num_blocks), range(num_queries)):
         patch_probs = probs[block, q, ..., lay.patch_start :].to("cpu", torch.float64).numpy()  # [H, S, gh*gw]
         peak = patch_probs.argmax(-1)
@@ -202,6 +230,8 @@ def _peaks_and_masses(
         out.view_mass[block, q] = patch_probs.sum(-1)
         out.mass_near[block, q] = np.einsum("hsn,sn->hs", patch_probs, near[q])
         out.control_mass[block, q] = np.einsum("hsn,sn->hs", patch_probs, control[q])
+        out.near_only_mass[block, q] = np.einsum("hsn,sn->hs", patch_probs, near_only[q])
+        out.control_only_mass[block, q] = np.einsum("hsn,sn->hs", patch_probs, control_only[q])
         out.tie_dist[block, q] = np.einsum("hsn,sn->hs", tie_weights(patch_probs), dist[q])
     return out
 
@@ -283,6 +313,15 @@ def geometric_consistency(
     share_gain = share_near - _per_pair(share_null)
     peak_dist = np.where(_per_pair(valid), measured.tie_dist, np.nan)
     peak_gain = _per_pair(peak_dist_null) - peak_dist
+    # Beyond position: per-patch attention on either side of the windows' symmetric difference.
+    near_only_cells = (near_windows & ~control_windows).sum((-2, -1))  # [Q, S]
+    control_only_cells = (control_windows & ~near_windows).sum((-2, -1))
+    sides = control_ok & (near_only_cells > 0) & (control_only_cells > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        density_diff = _share(measured.near_only_mass, measured.view_mass, sides) / _per_pair(near_only_cells) - _share(
+            measured.control_only_mass, measured.view_mass, sides
+        ) / _per_pair(control_only_cells)
+    beyond_position_gain = _per_pair((near_only_cells + control_only_cells) / 2) * density_diff
     # NaN where the view got no mass: the null is averaged over the same pairs as the score.
     null_per_pair = np.where(np.isfinite(share_near), _per_pair(share_null), np.nan)
 
@@ -310,6 +349,8 @@ def geometric_consistency(
         peak_gain_score=_mean_lh(peak_gain),
         peak_dist_score=_mean_lh(peak_dist),
         peak_null_score=_mean_lh(np.broadcast_to(_per_pair(peak_dist_null), peak_dist.shape)),
+        beyond_position_gain=beyond_position_gain,
+        beyond_position_gain_score=_mean_lh(beyond_position_gain),
         reference=geometry.reference if geometry is not None else "model",
     )
 

@@ -159,8 +159,20 @@ def _ci(summary: pa.Table, m: str, i: int) -> str:
 GAIN_MEANINGS = {
     "correspondence_gain": "share of a view's patch mass within the radius of the projected query point, minus "
                            "a uniform head's share (same clipped window)",
+    "correspondence_beyond_position_gain": "attention per patch near the projected query point but not near "
+                                           "the query's own (row, col), minus the reverse (uniform: 0)",
     "peak_dist_gain": "a uniform head's mean distance (patches) to the projected patch, minus the peak's",
     "epipolar_gain": "a uniform head's mean Sampson distance (pixels) to the epipolar line, minus the peak's",
+}  # fmt: skip
+
+
+#: per gain, the two columns summary.md shows beside it: (score, null or control, their headers)
+GAIN_CONTEXT = {
+    "correspondence_gain": ("correspondence_score", "correspondence_null", "correspondence score", "null"),
+    "correspondence_beyond_position_gain": ("correspondence_score", "correspondence_control", "correspondence score",
+                                            "positional control"),
+    "peak_dist_gain": ("peak_dist", "peak_dist_null", "peak_dist score", "null"),
+    "epipolar_gain": ("epipolar_dist", "epipolar_null", "epipolar score", "null"),
 }  # fmt: skip
 
 
@@ -203,19 +215,16 @@ def summary_markdown(summary: pa.Table, scenes_done: int, failures: int, options
             continue
         best = cell[np.argsort(-np.nan_to_num(gain, nan=-np.inf), kind="stable")[:top]]
         significant = int((np.nan_to_num(_column(summary, f"{m}_q")[cell], nan=1.0) <= ALPHA).sum())
-        base = m.removesuffix("_gain")
+        score_col, null_col, score_label, null_label = GAIN_CONTEXT[m]
         lines += [
             "",
             f"## Top {len(best)} heads by `{m}` (global attention, reference {reference})",
             "",
             f"`{m}`: {GAIN_MEANINGS[m]}. {significant} of {cell.size} cells significant (q <= {ALPHA}).",
             "",
-            f"| rank | block | head | {m} | q | {base} score | null |",
+            f"| rank | block | head | {m} | q | {score_label} | {null_label} |",
             "|---|---|---|---|---|---|---|",
         ]
-        score_col = "correspondence_score" if base == "correspondence" else f"{base}_dist" if base == "epipolar" \
-            else "peak_dist"  # fmt: skip
-        null_col = f"{base}_null"
         for r, i in enumerate(best, start=1):
             b, h = int(_column(summary, "block")[i]), int(head[i])
             lines.append(f"| {r} | {b} | {h} | {_ci(summary, m, i)} | {_q_text(summary, m, i)} | "

@@ -21,6 +21,11 @@ block, head); its columns:
   from the peak to the projected patch, gain = null - distance); ``epipolar_dist`` / ``_null`` /
   ``_gain`` (Sampson distance in model pixels of the peak to the query's epipolar line, gain =
   null - distance). All are means over the valid (query, view) pairs;
+- ``correspondence_beyond_position_gain`` (``Consistency.beyond_position_gain_score``): the
+  attention per patch near the projection but not near the query's own (row, col), minus that
+  near the query's own (row, col) but not near the projection, scaled to a share (null 0: a
+  uniform head scores 0, and so does a head on the query's own position where the two windows
+  share it); mean over the valid pairs where both sides are non-empty;
 - ``correspondence_control`` / ``epipolar_control``: the positional controls (the same around the
   query's own (row, col)), descriptive only;
 - ``correspondence_pairs`` / ``epipolar_pairs``: the valid (query, view) pairs behind them.
@@ -62,6 +67,7 @@ GEOMETRY_METRICS = (
     "correspondence_null",
     "correspondence_gain",
     "correspondence_control",
+    "correspondence_beyond_position_gain",
     "peak_dist",
     "peak_dist_null",
     "peak_dist_gain",
@@ -71,7 +77,7 @@ GEOMETRY_METRICS = (
     "epipolar_control",
 )
 #: the gains (score against its null, larger is better): the measures a study ranks and tests
-GAIN_METRICS = ("correspondence_gain", "peak_dist_gain", "epipolar_gain")
+GAIN_METRICS = ("correspondence_gain", "correspondence_beyond_position_gain", "peak_dist_gain", "epipolar_gain")
 #: every metric column of the study table, in order
 METRIC_COLUMNS = (*METRICS, *GEOMETRY_METRICS)
 KEY_COLUMNS = ("scene", "kind", "block", "head")
@@ -244,6 +250,7 @@ def scene_table(name: str, result: CaptureResult, images: LoadedImages, options:
                     "correspondence_null": cons.null_score,
                     "correspondence_gain": cons.gain,
                     "correspondence_control": cons.control_score,
+                    "correspondence_beyond_position_gain": cons.beyond_position_gain_score,
                     "peak_dist": cons.peak_dist_score,
                     "peak_dist_null": cons.peak_null_score,
                     "peak_dist_gain": cons.peak_gain_score,
