@@ -97,17 +97,25 @@ def scene_recording_bytes(result: CaptureResult, images: LoadedImages, options: 
     return _recording_bytes(rec, stream)
 
 
+def _title(metric: str) -> str:
+    """A view's title: the metric's column name, with the longest one shortened so a header shows it
+    whole (its entity path keeps the full name)."""
+    return "beyond_position_gain" if metric == "correspondence_beyond_position_gain" else metric
+
+
 def dataset_blueprint(kinds: Sequence[str], matrices: Sequence[DatasetMatrix], curves: Sequence[DatasetCurve]):
     """One tab per kind (matrices above, curves below), then the summary text; ``block`` timeline active."""
     tabs = []
     for kind in kinds:
         mats = [
-            rrb.Spatial2DView(origin=matrix_path(kind, m.metric), name=m.metric) for m in matrices if m.kind == kind
+            rrb.Spatial2DView(origin=matrix_path(kind, m.metric), name=_title(m.metric))
+            for m in matrices
+            if m.kind == kind
         ]
         # No plot legend: it would hide most of these small plots; the legend document names the series.
         lines = [
             rrb.TimeSeriesView(
-                origin=curve_path(kind, c.metric), name=c.metric, plot_legend=rrb.PlotLegend(visible=False)
+                origin=curve_path(kind, c.metric), name=_title(c.metric), plot_legend=rrb.PlotLegend(visible=False)
             )
             for c in curves
             if c.kind == kind
