@@ -102,8 +102,13 @@ def test_a_scene_without_its_effect_table_runs_again(tmp_path):
     assert (tmp_path / "out" / "scenes" / "b.effects.parquet").exists()
 
 
-@pytest.mark.parametrize(("flags", "words"), [(["--ablate", "neurons"], "valid are heads, blocks, knockout"),
-                                              (["--ablate", "heads", "--ablation", "half"], "valid are zero, mean")])  # fmt: skip
+BAD_FLAGS = [
+    (["--ablate", "neurons"], "valid are heads, blocks, knockout"),
+    (["--ablate", "heads", "--ablation", "half"], "valid are zero, mean"),
+]
+
+
+@pytest.mark.parametrize(("flags", "words"), BAD_FLAGS)
 def test_a_bad_ablate_value_is_one_line_and_exit_2(tmp_path, capsys, flags, words):
     scenes = make_scenes(tmp_path / "scenes", ["a"])
     code = run(["batch", str(scenes), "--out", str(tmp_path / "out"), "--model", "tiny", *flags])

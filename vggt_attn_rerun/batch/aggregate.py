@@ -274,12 +274,12 @@ def effects_markdown(summary: pa.Table, top: int = 10) -> str:
         rows = np.flatnonzero(effect == e)[:top]
         if not rows.size:
             continue
-        lines += ["", f"### `{e}`: {EFFECT_TITLES[e]}", "", "| rank | kind | block | head | ablation | mean [95%] | n |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        header = "| rank | kind | block | head | ablation | mean [95%] | n |"
+        lines += ["", f"### `{e}`: {EFFECT_TITLES[e]}", "", header, "|---" * 7 + "|"]
+        kind, block, head, ablation = (_column(summary, c) for c in ("kind", "block", "head", "ablation"))
         for r, i in enumerate(rows, start=1):
             lo, hi = float(_column(summary, "low")[i]), float(_column(summary, "high")[i])
             ci = f" [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) else ""
-            lines.append(f"| {r} | {_column(summary, 'kind')[i]} | {int(_column(summary, 'block')[i])} | "
-                         f"{int(_column(summary, 'head')[i])} | {_column(summary, 'ablation')[i]} | "
-                         f"{_fmt(float(_column(summary, 'mean')[i]))}{ci} | {int(_column(summary, 'n')[i])} |")  # fmt: skip
+            mean, n = _fmt(float(_column(summary, "mean")[i])), int(_column(summary, "n")[i])
+            lines.append(f"| {r} | {kind[i]} | {int(block[i])} | {int(head[i])} | {ablation[i]} | {mean}{ci} | {n} |")
     return "\n".join(lines) + "\n"

@@ -13,7 +13,8 @@
 
 Every file is written to a temporary name in the same folder and renamed into place
 (``io.atomic.write_file``), so readers never see half a file; a re-run skips the scenes whose .parquet
-exists (and, with --rrd, whose .rrd exists; with --ablate, whose .effects.parquet exists) and retries the failed ones. A scene table that cannot
+exists (and, with --rrd, whose .rrd exists; with --ablate, whose .effects.parquet
+exists) and retries the failed ones. A scene table that cannot
 be read back whole with the study's columns (truncated, emptied, edited) is removed and its scene
 run again (``damaged``).
 """

@@ -2,8 +2,9 @@
 
 ``run_study`` finds the scenes, skips the done ones (resume; a damaged table is run again),
 checks the folders of the others before the model loads (``check_scenes``: the ones that cannot
-run are failures at once, in one warning line), runs the rest on an engine and
-saves each as it arrives (with ``--ablate`` also its effect table: job.scene_effects) (a failure goes to failures.jsonl and the others go on), shows progress
+run are failures at once, in one warning line), runs the rest on an engine and saves each as it
+arrives (with ``--ablate`` also its effect table, ``job.scene_effects``; a failure goes to
+failures.jsonl and the others go on), shows progress
 (scenes/s and an ETA), then aggregates every done scene: ``scenes.parquet``, ``summary.parquet``,
 ``summary.md`` and ``summary.rrd``, and with ``--ablate`` ``effects_summary.parquet`` (store.py
 lists the files). Ctrl-C stops at once: the scenes
@@ -22,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from vggt_attn_rerun.api import BadInput
-from vggt_attn_rerun.batch.aggregate import aggregate, aggregate_effects, dataset_views, effects_markdown, summary_markdown
+from vggt_attn_rerun.batch.aggregate import (
+    aggregate,
+    aggregate_effects,
+    dataset_views,
+    effects_markdown,
+    summary_markdown,
+)
 from vggt_attn_rerun.batch.engines import ENGINES, RaySettings, run_local, run_ray
 from vggt_attn_rerun.batch.inputs import Scene, discover_scenes
 from vggt_attn_rerun.batch.job import SceneOutcome, StudyOptions, scene_photos

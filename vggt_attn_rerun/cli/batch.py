@@ -41,7 +41,8 @@ Examples:
 \b
 Outputs (DIR): scenes/{scene}.parquet (+ .rrd with --rrd), scenes.parquet (one row group per
 scene), summary.parquet, summary.md, summary.rrd (open it: rerun DIR/summary.rrd),
-failures.jsonl; with --ablate also scenes/{scene}.effects.parquet and effects_summary.parquet. Re-running the same command skips the done scenes and retries the failed ones.
+failures.jsonl; with --ablate also scenes/{scene}.effects.parquet and effects_summary.parquet.
+Re-running the same command skips the done scenes and retries the failed ones.
 """
 
 
@@ -120,8 +121,12 @@ def _plan(o: dict[str, Any]) -> Any:
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True, help="Autocast dtype (auto: bf16 on Ampere+ GPUs, fp32 on CPU).")  # fmt: skip
 @click.option("--rrd", is_flag=True, help="Also write each scene's recording (scenes/{scene}.rrd).")
-@click.option("--ablate", metavar="WHAT", help="Also sweep interventions per scene: heads, blocks or knockout "
-              "(scenes/{scene}.effects.parquet, effects_summary.parquet; docs/ablations.md).")
+@click.option(
+    "--ablate",
+    metavar="WHAT",
+    help="Also sweep interventions per scene: heads, blocks or knockout "
+    "(scenes/{scene}.effects.parquet, effects_summary.parquet; docs/ablations.md).",
+)
 @click.option("--ablation", default="zero", show_default=True, metavar="HOW",
               help="With --ablate heads|blocks: zero or mean.")  # fmt: skip
 @click.option("--engine", type=click.Choice(("local", "ray")), default="local", show_default=True)
