@@ -79,7 +79,7 @@ def test_the_effects_summary_lists_the_largest_effect_first_in_summary_md(study)
     text = (out / "summary.md").read_text()
     top = points[0]
     assert "## Ablation effects (largest first)" in text
-    assert f"| 1 | global | {top['block']} | {top['head']} | mean |" in text.split("### `points`")[1]
+    assert f"| 1 | global | {top['block']} | {top['head']} | mean |" in text.split("### points:")[1]
 
 
 def test_a_resumed_ablation_study_skips_the_done_scenes_and_refuses_other_ablation_settings(study, monkeypatch):
@@ -91,6 +91,8 @@ def test_a_resumed_ablation_study_skips_the_done_scenes_and_refuses_other_ablati
     assert seen == [] and report.skipped == 2
     with pytest.raises(UserError, match="other options"):
         run_study(scenes, out, dataclasses.replace(OPTIONS, ablation="zero"), progress=False)
+    with pytest.raises(UserError, match="ablate: 'heads' there, None now"):
+        run_study(scenes, out, dataclasses.replace(OPTIONS, ablate=None, ablation="zero"), progress=False)
 
 
 def test_a_scene_without_its_effect_table_runs_again(tmp_path):

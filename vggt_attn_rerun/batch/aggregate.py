@@ -275,7 +275,7 @@ def effects_markdown(summary: pa.Table, top: int = 10) -> str:
         if not rows.size:
             continue
         header = "| rank | kind | block | head | ablation | mean [95%] | n |"
-        lines += ["", f"### `{e}`: {EFFECT_TITLES[e]}", "", header, "|---" * 7 + "|"]
+        lines += ["", f"### {EFFECT_TITLES[e]}", "", header, "|---" * 7 + "|"]
         kind, block, head, ablation = (_column(summary, c) for c in ("kind", "block", "head", "ablation"))
         for r, i in enumerate(rows, start=1):
             lo, hi = float(_column(summary, "low")[i]), float(_column(summary, "high")[i])

@@ -77,6 +77,8 @@ class StudyFolder:
             except (OSError, ValueError, AttributeError) as e:
                 raise UserError(f"{where}: cannot read {STUDY_FILE} ({e}); use another --out") from None
             want = self.options.identity()
+            # A study without --ablate leaves its settings out of study.json: compare them both ways.
+            want |= {k: None for k in ("ablate", "ablation") if k in have and k not in want}
             diff = [f"{k}: {have.get(k)!r} there, {v!r} now" for k, v in want.items() if have.get(k) != v]
             if diff:
                 raise UserError(
