@@ -5,6 +5,7 @@ blocks 0-1: 8 head ablations (2 blocks x 4 heads) per scene.
 """
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -95,13 +96,14 @@ def test_a_resumed_ablation_study_skips_the_done_scenes_and_refuses_other_ablati
         run_study(scenes, out, dataclasses.replace(OPTIONS, ablate=None, ablation="zero"), progress=False)
 
 
-def test_a_scene_without_its_effect_table_runs_again(tmp_path):
-    scenes = make_scenes(tmp_path / "scenes", ["a", "b"])
-    run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
-    (tmp_path / "out" / "scenes" / "b.effects.parquet").unlink()
-    report = run_study(scenes, tmp_path / "out", OPTIONS, progress=False)
+def test_a_scene_without_its_effect_table_runs_again(study, tmp_path):
+    scenes, done = study
+    out = shutil.copytree(done, tmp_path / "out")
+    (out / ".lock").unlink(missing_ok=True)
+    (out / "scenes" / "b.effects.parquet").unlink()
+    report = run_study(scenes, out, OPTIONS, progress=False)
     assert (report.skipped, report.done) == (1, 1)
-    assert (tmp_path / "out" / "scenes" / "b.effects.parquet").exists()
+    assert (out / "scenes" / "b.effects.parquet").exists()
 
 
 BAD_FLAGS = [
