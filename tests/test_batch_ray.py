@@ -65,3 +65,15 @@ def test_a_model_that_does_not_load_on_the_workers_ends_the_study_in_one_line(tm
     broken = StudyOptions(model="json:loads", grid=(2, 2), image_size=84)  # a callable that raises TypeError
     with pytest.raises(UserError, match=r"a Ray worker failed \(TypeError: .*run the same command again"):
         run_study(scenes, tmp_path / "out", broken, engine="ray", ray=RaySettings(workers=1), progress=False)
+
+
+def test_local_and_ray_engines_give_equal_effect_tables_with_ablate(tmp_path, local_ray):
+    import dataclasses
+
+    options = dataclasses.replace(OPTIONS, kinds=("global",), blocks="0-1", ablate="knockout")
+    scenes = make_scenes(tmp_path / "scenes", ["a", "b"])
+    run_study(scenes, tmp_path / "local", options, progress=False)
+    run_study(scenes, tmp_path / "ray", options, engine="ray", ray=RaySettings(workers=2), progress=False)
+    for name in ("scenes/a.effects.parquet", "scenes/b.effects.parquet", "effects_summary.parquet"):
+        _assert_same_table(pq.read_table(tmp_path / "local" / name), pq.read_table(tmp_path / "ray" / name))
+    assert pq.read_table(tmp_path / "ray" / "scenes/a.effects.parquet")["head"].to_pylist() == [-1, -1]

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from vggt_attn_rerun.analysis.effects import EFFECT_TITLES, EFFECTS
 from vggt_attn_rerun.analysis.significance import ALPHA, bh_qvalues, mean_interval, one_sided_p, t_quantile
 from vggt_attn_rerun.analysis.summaries import METRICS
 from vggt_attn_rerun.batch.job import GAIN_METRICS, GEOMETRY_METRICS, METRIC_COLUMNS
@@ -37,8 +38,8 @@ STATS = ("mean", "low", "high", "n")
 #: the extra statistics of the gains
 TESTS = ("p", "q")
 # t_quantile and mean_interval live in analysis.significance; their old home re-exports them.
-__all__ = ["HEAD_MEAN", "STATS", "TESTS", "aggregate", "dataset_views", "mean_interval", "summary_markdown",
-           "t_quantile"]  # fmt: skip
+__all__ = ["HEAD_MEAN", "STATS", "TESTS", "aggregate", "aggregate_effects", "dataset_views", "effects_markdown",
+           "mean_interval", "summary_markdown", "t_quantile"]  # fmt: skip
 #: the ``head`` of the per-block curve rows (the mean over heads)
 HEAD_MEAN = -1
 
@@ -231,4 +232,63 @@ def summary_markdown(summary: pa.Table, scenes_done: int, failures: int, options
                          f"{_fmt(float(_column(summary, f'{score_col}_mean')[i]))} | "
                          f"{_fmt(float(_column(summary, f'{null_col}_mean')[i]))} |")  # fmt: skip
     lines += ["", f"Geometry columns ({', '.join(GEOMETRY_METRICS)}) exist for global attention only."]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# With --ablate: the effect of each intervention over scenes
+# ------------------------------------------------------------------------------------------------
+
+EFFECT_SUMMARY_KEYS = ("kind", "block", "head", "ablation", "effect")
+
+
+def aggregate_effects(tables: Sequence[pa.Table]) -> pa.Table:
+    """``effects_summary.parquet``: one row per (kind, block, head, ablation, effect) with ``mean``,
+    ``low``, ``high`` (95% interval of the mean over scenes, Student's t; NaN for n < 2) and ``n``
+    (the scenes with a finite value). ``tables``: the scenes' effect tables (job.EFFECT_SCHEMA).
+    Rows: largest mean first within each effect, effects in ``analysis.effects.EFFECTS`` order."""
+    keys: dict[tuple[str, int, int, str], int] = {}
+    for t in tables:
+        for k in zip(*(t[c].to_pylist() for c in EFFECT_SUMMARY_KEYS[:4]), strict=True):
+            keys.setdefault(k, len(keys))
+    parts: dict[str, list[Any]] = {c: [] for c in (*EFFECT_SUMMARY_KEYS, *STATS)}
+    for e in EFFECTS:
+        values = np.full((len(keys), len(tables)), np.nan)  # [G interventions, N scenes]
+        for j, t in enumerate(tables):
+            rows = [keys[k] for k in zip(*(t[c].to_pylist() for c in EFFECT_SUMMARY_KEYS[:4]), strict=True)]
+            values[rows, j] = t[e].to_numpy(zero_copy_only=False)
+        mean, low, high, n = mean_interval(values)
+        for i in np.argsort(-np.nan_to_num(mean, nan=-np.inf), kind="stable"):
+            kind, block, head, ablation = list(keys)[i]
+            for c, v in zip(parts, (kind, block, head, ablation, e, mean[i], low[i], high[i], int(n[i])), strict=True):
+                parts[c].append(v)
+    schema = pa.schema([("kind", pa.string()), ("block", pa.int32()), ("head", pa.int32()),
+                        ("ablation", pa.string()), ("effect", pa.string()), ("mean", pa.float64()),
+                        ("low", pa.float64()), ("high", pa.float64()), ("n", pa.int32())])  # fmt: skip
+    return pa.Table.from_pydict(parts, schema=schema)
+
+
+def effects_markdown(summary: pa.Table, top: int = 10) -> str:
+    """The ``summary.md`` section of ``aggregate_effects``: per effect, the ``top`` largest means."""
+    lines = [
+        "",
+        "## Ablation effects (largest first)",
+        "",
+        "Each intervention's effect on the model's 3D output against the unablated forward of the same scene",
+        "(`analysis.effects`; a no-op scores 0): mean over scenes [95% interval of the mean, Student's t].",
+        "Head -1: the whole block (block ablation, cross-view knockout). All rows: effects_summary.parquet.",
+    ]
+    effect = _column(summary, "effect")
+    for e in EFFECTS:
+        rows = np.flatnonzero(effect == e)[:top]
+        if not rows.size:
+            continue
+        header = "| rank | kind | block | head | ablation | mean [95%] | n |"
+        lines += ["", f"### {EFFECT_TITLES[e]}", "", header, "|---" * 7 + "|"]
+        kind, block, head, ablation = (_column(summary, c) for c in ("kind", "block", "head", "ablation"))
+        for r, i in enumerate(rows, start=1):
+            lo, hi = float(_column(summary, "low")[i]), float(_column(summary, "high")[i])
+            ci = f" [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) else ""
+            mean, n = _fmt(float(_column(summary, "mean")[i])), int(_column(summary, "n")[i])
+            lines.append(f"| {r} | {kind[i]} | {int(block[i])} | {int(head[i])} | {ablation[i]} | {mean}{ci} | {n} |")
     return "\n".join(lines) + "\n"

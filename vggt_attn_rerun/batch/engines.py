@@ -66,17 +66,19 @@ class _RayWorker:
         self.runner = SceneRunner(StudyOptions.from_json(options))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out: dict[str, list[Any]] = {k: [] for k in ("name", "path", "table", "rrd", "error", "details", "seconds")}
+        keys = ("name", "path", "table", "effects", "rrd", "error", "details", "seconds")
+        out: dict[str, list[Any]] = {k: [] for k in keys}
         for name, path in zip(batch["name"].to_pylist(), batch["path"].to_pylist(), strict=True):
             o = self.runner(Scene(name, Path(path)))
             out["name"].append(name)
             out["path"].append(path)
             out["table"].append(table_to_bytes(o.table) if o.table is not None else None)
+            out["effects"].append(table_to_bytes(o.effects) if o.effects is not None else None)
             out["rrd"].append(o.rrd)
             out["error"].append(o.error)
             out["details"].append(o.details)
             out["seconds"].append(o.seconds)
-        types = {"table": pa.binary(), "rrd": pa.binary(), "error": pa.string()}
+        types = {"table": pa.binary(), "effects": pa.binary(), "rrd": pa.binary(), "error": pa.string()}
         return pa.table({k: pa.array(v, type=types.get(k)) for k, v in out.items()})
 
 
@@ -147,7 +149,8 @@ def run_ray(scenes: Sequence[Scene], options: StudyOptions, settings: RaySetting
                 raise UserError(f"a Ray worker failed ({cause}); the scenes done so far are saved: "
                                 "run the same command again to go on") from e  # fmt: skip
             table = table_from_bytes(row["table"]) if row["table"] is not None else None
-            yield SceneOutcome(by_name[row["name"]], table, row["rrd"], row["error"], row["details"] or "",
+            effects = table_from_bytes(row["effects"]) if row["effects"] is not None else None
+            yield SceneOutcome(by_name[row["name"]], table, row["rrd"], effects, row["error"], row["details"] or "",
                                float(row["seconds"]))  # fmt: skip
     finally:
         if started:

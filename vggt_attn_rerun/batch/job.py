@@ -31,6 +31,12 @@ block, head); its columns:
 - ``correspondence_pairs`` / ``epipolar_pairs``: the valid (query, view) pairs behind them.
 
 Frame-attention rows have NaN geometry metrics and 0 pairs (frame attention stays in its view).
+
+With ``StudyOptions.ablate`` (``heads``, ``blocks`` or ``knockout``) each scene also gets, after the
+capture, an ablation sweep (``core.interventions.sweep`` over the study's kinds and blocks, measured
+by ``api.ablate``) and its effect table: one row per intervention, EFFECT_SCHEMA columns ``scene``,
+``kind``, ``block``, ``head`` (-1 for whole blocks and knockouts), ``ablation`` (``zero``/``mean``;
+``knockout`` for knockouts) and the effects of ``analysis.effects.EFFECTS``.
 """
 
 from __future__ import annotations
@@ -46,13 +52,16 @@ import pyarrow as pa
 import torch
 
 from vggt_attn_rerun.analysis.consistency import geometric_consistency
+from vggt_attn_rerun.analysis.effects import EFFECTS
 from vggt_attn_rerun.analysis.epipolar import epipolar_consistency
 from vggt_attn_rerun.analysis.reference import Geometry, truth_geometry
 from vggt_attn_rerun.analysis.summaries import METRICS, summarize
 from vggt_attn_rerun.api import BadInput, capture_run, query_grid
+from vggt_attn_rerun.api.ablation import ablate
 from vggt_attn_rerun.batch.inputs import Scene
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import LoadedImages, expand_image_paths, load_images
+from vggt_attn_rerun.core.interventions import ABLATIONS, WHATS, sweep
 from vggt_attn_rerun.core.introspect import check_kinds, model_depth, model_patch_size
 from vggt_attn_rerun.core.models import DEFAULT_MODEL, load_model
 from vggt_attn_rerun.core.resources import DTYPES, resolve_device
@@ -93,6 +102,19 @@ SCHEMA = pa.schema(
     + [(c, pa.int32()) for c in COUNT_COLUMNS]
     + [(m, pa.float64()) for m in METRIC_COLUMNS]
 )
+#: the ``head`` of an intervention on a whole block (block ablations, cross-view knockouts)
+WHOLE_BLOCK = -1
+EFFECT_KEY_COLUMNS = ("scene", "kind", "block", "head", "ablation")
+EFFECT_SCHEMA = pa.schema(
+    [
+        ("scene", pa.string()),
+        ("kind", pa.string()),
+        ("block", pa.int32()),
+        ("head", pa.int32()),
+        ("ablation", pa.string()),
+    ]
+    + [(e, pa.float64()) for e in EFFECTS]
+)
 
 
 @dataclass(frozen=True)
@@ -112,8 +134,14 @@ class StudyOptions:
     dtype: str = "auto"
     device: str = "auto"
     rrd: bool = False
+    ablate: str | None = None  # None, or an intervention sweep per scene: heads, blocks or knockout
+    ablation: str = "zero"  # zero or mean (heads and blocks)
 
     def __post_init__(self) -> None:
+        if self.ablate is not None and self.ablate not in WHATS:
+            raise UserError(f"--ablate {self.ablate}: valid are {', '.join(WHATS)}")
+        if self.ablation not in ABLATIONS:
+            raise UserError(f"--ablation {self.ablation}: valid are {', '.join(ABLATIONS)}")
         object.__setattr__(self, "kinds", check_kinds(tuple(self.kinds)))
         object.__setattr__(self, "grid", tuple(int(v) for v in self.grid))
         if self.dtype not in DTYPES:
@@ -123,8 +151,10 @@ class StudyOptions:
         RecordingOptions(kinds=self.kinds, top_k=self.top_k, consistency_radius=self.radius)  # checks them
 
     def identity(self) -> dict[str, Any]:
-        """The options that change results (not where the model runs, nor the optional .rrd)."""
-        return {k: v for k, v in self.to_json().items() if k not in ("device", "rrd")}
+        """The options that change results (not where the model runs, nor the optional .rrd).
+        Without --ablate the ablation settings are left out: studies made before they existed resume."""
+        skip = ("device", "rrd") if self.ablate is not None else ("device", "rrd", "ablate", "ablation")
+        return {k: v for k, v in self.to_json().items() if k not in skip}
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -275,6 +305,25 @@ def scene_table(name: str, result: CaptureResult, images: LoadedImages, options:
     return pa.concat_tables(parts)
 
 
+def scene_effects(name: str, model: torch.nn.Module, images: LoadedImages, options: StudyOptions,
+                  autocast: torch.dtype | None = None) -> pa.Table:  # fmt: skip
+    """The scene's effect table (module docstring): ``options.ablate`` swept over the study's kinds
+    and blocks, each intervention measured by ``api.ablate`` against the scene's unablated forward."""
+    blocks = parse_index_list(options.blocks, model_depth(model))
+    interventions = sweep(model, options.ablate, options.kinds, blocks, options.ablation)
+    effects = ablate(model, images, interventions, autocast_dtype=autocast, keep_moved=())
+    n = len(interventions)
+    data: dict[str, Any] = {
+        "scene": [name] * n,
+        "kind": [iv.kind for iv in interventions],
+        "block": [iv.block for iv in interventions],
+        "head": [getattr(iv, "head", WHOLE_BLOCK) for iv in interventions],
+        "ablation": [getattr(iv, "ablation", "knockout") for iv in interventions],
+    }
+    data.update({e: effects.values[e] for e in EFFECTS})
+    return pa.Table.from_pydict(data, schema=EFFECT_SCHEMA)
+
+
 def scene_truth(scene: Scene, images: LoadedImages) -> Geometry | None:
     """The scene's true cameras (and depth) in model pixels, when its folder brings them, else None.
 
@@ -295,6 +344,7 @@ class SceneOutcome:
     scene: Scene
     table: pa.Table | None = None
     rrd: bytes | None = None
+    effects: pa.Table | None = None  # with --ablate: the scene's effect table (EFFECT_SCHEMA)
     error: str | None = None
     details: str = field(default="", repr=False)
     seconds: float = 0.0
@@ -325,7 +375,11 @@ class SceneRunner:
             rrd = None
             if self.options.rrd:
                 rrd = scene_recording_bytes(result, images, self.options.recording_options(), scene.name)
-            return SceneOutcome(scene, table, rrd, seconds=time.perf_counter() - start)
+            del result  # the captured rows are not needed by the sweep
+            effects = None
+            if self.options.ablate is not None:
+                effects = scene_effects(scene.name, self.model, images, self.options, self.autocast)
+            return SceneOutcome(scene, table, rrd, effects, seconds=time.perf_counter() - start)
         except Exception as e:  # one bad scene must not stop the study: it is reported instead
             details = "" if isinstance(e, UserError) else traceback.format_exc()
             if torch.cuda.is_available():

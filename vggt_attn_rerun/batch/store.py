@@ -5,13 +5,16 @@
     DIR/.lock                 held (flock) by the run using the folder: a second run is refused
     DIR/scenes/{key}.parquet  one scene's rows (one row group); its presence marks the scene done
     DIR/scenes/{key}.rrd      the scene's recording (--rrd), written before its .parquet
+    DIR/scenes/{key}.effects.parquet   the scene's effect table (--ablate), written before its .parquet
     DIR/failures.jsonl        one JSON object per failed scene of the last run: scene, path, reason
     DIR/scenes.parquet        every done scene's rows, one row group per scene, in scene order
     DIR/summary.parquet, DIR/summary.md, DIR/summary.rrd   the aggregate (batch.aggregate)
+    DIR/effects_summary.parquet   with --ablate: each effect's mean and interval over scenes
 
 Every file is written to a temporary name in the same folder and renamed into place
 (``io.atomic.write_file``), so readers never see half a file; a re-run skips the scenes whose .parquet
-exists (and, with --rrd, whose .rrd exists) and retries the failed ones. A scene table that cannot
+exists (and, with --rrd, whose .rrd exists; with --ablate, whose .effects.parquet
+exists) and retries the failed ones. A scene table that cannot
 be read back whole with the study's columns (truncated, emptied, edited) is removed and its scene
 run again (``damaged``).
 """
@@ -31,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vggt_attn_rerun.batch.inputs import Scene
-from vggt_attn_rerun.batch.job import SCHEMA, SceneOutcome, StudyOptions
+from vggt_attn_rerun.batch.job import EFFECT_SCHEMA, SCHEMA, SceneOutcome, StudyOptions
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.atomic import PARTIAL_MARK, describe_os_error, write_file
 
@@ -74,6 +77,8 @@ class StudyFolder:
             except (OSError, ValueError, AttributeError) as e:
                 raise UserError(f"{where}: cannot read {STUDY_FILE} ({e}); use another --out") from None
             want = self.options.identity()
+            # A study without --ablate leaves its settings out of study.json: compare them both ways.
+            want |= {k: None for k in ("ablate", "ablation") if k in have and k not in want}
             diff = [f"{k}: {have.get(k)!r} there, {v!r} now" for k, v in want.items() if have.get(k) != v]
             if diff:
                 raise UserError(
@@ -162,8 +167,15 @@ class StudyFolder:
     def rrd_path(self, scene: Scene) -> Path:
         return self.scenes_dir / f"{scene.key}.rrd"
 
+    def effects_path(self, scene: Scene) -> Path:
+        return self.scenes_dir / f"{scene.key}.effects.parquet"
+
     def is_done(self, scene: Scene) -> bool:
-        return self.table_path(scene).exists() and (not self.options.rrd or self.rrd_path(scene).exists())
+        return (
+            self.table_path(scene).exists()
+            and (not self.options.rrd or self.rrd_path(scene).exists())
+            and (self.options.ablate is None or self.effects_path(scene).exists())
+        )
 
     def table_problem(self, scene: Scene) -> str | None:
         """Why the scene's table cannot be used (None: it can): unreadable, other columns, no rows.
@@ -190,6 +202,7 @@ class StudyFolder:
                 out.append((scene, problem))
                 self.table_path(scene).unlink(missing_ok=True)
                 self.rrd_path(scene).unlink(missing_ok=True)
+                self.effects_path(scene).unlink(missing_ok=True)
         return out
 
     def pending(self, scenes: Sequence[Scene]) -> list[Scene]:
@@ -200,13 +213,16 @@ class StudyFolder:
         (self.root / FAILURES_FILE).unlink(missing_ok=True)
 
     def save(self, outcome: SceneOutcome) -> None:
-        """A done scene's files (the .rrd first: the .parquet marks the scene done), or its failure line."""
+        """A done scene's files (the .rrd and .effects.parquet first: the .parquet marks the scene
+        done), or its failure line."""
         if outcome.error is not None or outcome.table is None:
             self._log_failure(outcome)
             return
         self._write_study()  # the first done scene: the options are known to work now
         if outcome.rrd is not None:
             write_bytes_atomic(self.rrd_path(outcome.scene), outcome.rrd)
+        if outcome.effects is not None:
+            write_table_atomic(self.effects_path(outcome.scene), outcome.effects)
         write_table_atomic(self.table_path(outcome.scene), outcome.table)
 
     def _log_failure(self, outcome: SceneOutcome) -> None:
@@ -235,6 +251,10 @@ class StudyFolder:
     def read_tables(self, scenes: Sequence[Scene]) -> list[pa.Table]:
         """The tables of the done scenes, in scene order."""
         return [pq.read_table(self.table_path(s), schema=SCHEMA) for s in scenes if self.table_path(s).exists()]
+
+    def read_effects(self, scenes: Sequence[Scene]) -> list[pa.Table]:
+        """The effect tables of the done scenes (--ablate), in scene order."""
+        return [pq.read_table(self.effects_path(s), schema=EFFECT_SCHEMA) for s in scenes if self.is_done(s)]
 
     def write_combined(self, tables: Sequence[pa.Table]) -> Path:
         """``scenes.parquet``: every done scene, one row group per scene, in scene order."""

@@ -2,10 +2,12 @@
 
 ``run_study`` finds the scenes, skips the done ones (resume; a damaged table is run again),
 checks the folders of the others before the model loads (``check_scenes``: the ones that cannot
-run are failures at once, in one warning line), runs the rest on an engine and
-saves each as it arrives (a failure goes to failures.jsonl and the others go on), shows progress
+run are failures at once, in one warning line), runs the rest on an engine and saves each as it
+arrives (with ``--ablate`` also its effect table, ``job.scene_effects``; a failure goes to
+failures.jsonl and the others go on), shows progress
 (scenes/s and an ETA), then aggregates every done scene: ``scenes.parquet``, ``summary.parquet``,
-``summary.md`` and ``summary.rrd`` (store.py lists the files). Ctrl-C stops at once: the scenes
+``summary.md`` and ``summary.rrd``, and with ``--ablate`` ``effects_summary.parquet`` (store.py
+lists the files). Ctrl-C stops at once: the scenes
 already saved stay, nothing half-written does, and a re-run goes on from there.
 """
 
@@ -21,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from vggt_attn_rerun.api import BadInput
-from vggt_attn_rerun.batch.aggregate import aggregate, dataset_views, summary_markdown
+from vggt_attn_rerun.batch.aggregate import (
+    aggregate,
+    aggregate_effects,
+    dataset_views,
+    effects_markdown,
+    summary_markdown,
+)
 from vggt_attn_rerun.batch.engines import ENGINES, RaySettings, run_local, run_ray
 from vggt_attn_rerun.batch.inputs import Scene, discover_scenes
 from vggt_attn_rerun.batch.job import SceneOutcome, StudyOptions, scene_photos
@@ -51,7 +59,8 @@ class StudyReport:
 
 
 def write_aggregate(folder: StudyFolder, scenes: list[Scene]) -> int:
-    """scenes.parquet, summary.parquet, summary.md and summary.rrd from every done scene; returns their count."""
+    """scenes.parquet, summary.parquet, summary.md and summary.rrd (and with --ablate
+    effects_summary.parquet and its section of summary.md) from every done scene; returns their count."""
     tables = folder.read_tables(scenes)
     if not tables:
         return 0
@@ -59,6 +68,10 @@ def write_aggregate(folder: StudyFolder, scenes: list[Scene]) -> int:
     summary = aggregate(tables)
     write_table_atomic(folder.root / "summary.parquet", summary)
     text = summary_markdown(summary, len(tables), len(folder.failures()), folder.options.identity())
+    if folder.options.ablate is not None:
+        effects = aggregate_effects(folder.read_effects(scenes))
+        write_table_atomic(folder.root / "effects_summary.parquet", effects)
+        text += effects_markdown(effects)
     write_bytes_atomic(folder.root / "summary.md", text.encode())
     blocks, heads, matrices, curves = dataset_views(summary)
     write_bytes_atomic(folder.root / "summary.rrd", dataset_recording_bytes(blocks, heads, matrices, curves, text))

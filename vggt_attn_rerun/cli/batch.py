@@ -31,6 +31,8 @@ Examples:
       every sub-folder of scenes/ is a scene; an 8x8 query grid over frame 0 of each
   vggt-attn-rerun batch scenes.csv --out study/ --kinds global --frames 8
       a CSV manifest (header scene,path); global attention only; the first 8 photos of each
+  vggt-attn-rerun batch scenes/ --out study/ --ablate heads --kinds global --blocks 0-3
+      also ablate each global head of blocks 0-3 in every scene: effects over scenes
   vggt-attn-rerun batch scenes/ --out study/ --engine ray --workers 4
       Ray Data on this machine: 4 workers, one model each (1 GPU each when there are GPUs)
   vggt-attn-rerun batch /shared/scenes.txt --out /shared/study --engine ray --ray-address HEAD_IP:6379
@@ -39,7 +41,8 @@ Examples:
 \b
 Outputs (DIR): scenes/{scene}.parquet (+ .rrd with --rrd), scenes.parquet (one row group per
 scene), summary.parquet, summary.md, summary.rrd (open it: rerun DIR/summary.rrd),
-failures.jsonl. Re-running the same command skips the done scenes and retries the failed ones.
+failures.jsonl; with --ablate also scenes/{scene}.effects.parquet and effects_summary.parquet.
+Re-running the same command skips the done scenes and retries the failed ones.
 """
 
 
@@ -84,11 +87,14 @@ def _plan(o: dict[str, Any]) -> Any:
         syntax = "use e.g. 0-23, 0,12,23, -1 (the last) or all"
         raise UserError(f"cannot parse --blocks {o['blocks']!r}: {syntax}") from None
     check_model_file(o["model"])
+    if o["ablate"] is None and o["ablation"] != "zero":
+        raise UserError(f"--ablation {o['ablation']}: only with --ablate heads|blocks")
     _check_engine(o)
     options = StudyOptions(
         model=o["model"], grid=_grid(o["query_grid"]), frame=o["frame"], kinds=tuple(o["kinds"].split(",")),
         blocks=o["blocks"], mode=o["mode"], image_size=size, frames=o["frames"], top_k=o["top_k"],
-        radius=o["radius"], dtype=o["dtype"], device=o["device"], rrd=o["rrd"],
+        radius=o["radius"], dtype=o["dtype"], device=o["device"], rrd=o["rrd"], ablate=o["ablate"],
+        ablation=o["ablation"],
     )  # fmt: skip
     prepare(o["scenes"], o["out"], options)
     return options
@@ -115,6 +121,14 @@ def _plan(o: dict[str, Any]) -> Any:
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True, help="Autocast dtype (auto: bf16 on Ampere+ GPUs, fp32 on CPU).")  # fmt: skip
 @click.option("--rrd", is_flag=True, help="Also write each scene's recording (scenes/{scene}.rrd).")
+@click.option(
+    "--ablate",
+    metavar="WHAT",
+    help="Also sweep interventions per scene: heads, blocks or knockout "
+    "(scenes/{scene}.effects.parquet, effects_summary.parquet; docs/ablations.md).",
+)
+@click.option("--ablation", default="zero", show_default=True, metavar="HOW",
+              help="With --ablate heads|blocks: zero or mean.")  # fmt: skip
 @click.option("--engine", type=click.Choice(("local", "ray")), default="local", show_default=True)
 @click.option("--ray-address", metavar="ADDRESS", help="A running Ray cluster (default: start Ray here).")
 @click.option("--workers", type=int, metavar="N", help="Ray workers, one model each (default: one per GPU, else 1).")
