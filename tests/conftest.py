@@ -32,3 +32,20 @@ def scene(tmp_path: Path) -> Path:
     for i, img in enumerate(synthetic_scene(3, 56, 84)):
         Image.fromarray(img).save(folder / f"view_{i}.png")
     return folder
+
+
+@pytest.fixture
+def forward_calls(monkeypatch) -> list:
+    """Counts the forward passes of the model the CLI loads (through core.models.load_model)."""
+    from vggt_attn_rerun.core import models
+
+    calls: list = []
+    real = models.load_model
+
+    def counting(*args, **kwargs):
+        model = real(*args, **kwargs)
+        model.register_forward_hook(lambda *_: calls.append(1))
+        return model
+
+    monkeypatch.setattr(models, "load_model", counting)
+    return calls

@@ -10,24 +10,9 @@ import rerun as rr
 from vggt_attn_rerun.api import ablation
 from vggt_attn_rerun.cli import ablate as ablate_cli
 from vggt_attn_rerun.cli import main
-from vggt_attn_rerun.core import models
 from vggt_attn_rerun.viz.log_effects import POINTS_PATH, matrix_path
 
 FAST = ["--model", "tiny", "--image-size", "84"]
-
-
-@pytest.fixture
-def forward_calls(monkeypatch) -> list:
-    calls: list = []
-    real = models.load_model
-
-    def counting(*args, **kwargs):
-        model = real(*args, **kwargs)
-        model.register_forward_hook(lambda *_: calls.append(1))
-        return model
-
-    monkeypatch.setattr(models, "load_model", counting)
-    return calls
 
 
 def _entities(path: Path) -> set[str]:

@@ -37,21 +37,6 @@ def no_model(monkeypatch):
 
 
 @pytest.fixture
-def forward_calls(monkeypatch) -> list:
-    """Counts the forward passes of the model the CLI loads."""
-    calls: list = []
-    real = models.load_model
-
-    def counting(*args, **kwargs):
-        model = real(*args, **kwargs)
-        model.register_forward_hook(lambda *_: calls.append(1))
-        return model
-
-    monkeypatch.setattr(models, "load_model", counting)
-    return calls
-
-
-@pytest.fixture
 def no_viewer(monkeypatch):
     """No display, and spawning a viewer fails the test."""
     monkeypatch.delenv("DISPLAY", raising=False)

@@ -16,21 +16,6 @@ FAST = ["--model", "tiny", "--image-size", "84"]  # 84x56 input: 4 rows x 6 colu
 GRID_2X3 = [(1, 1), (1, 3), (1, 5), (3, 1), (3, 3), (3, 5)]  # band centres: rows (k + .5) * 4 / 2, cols * 6 / 3
 
 
-@pytest.fixture
-def forward_calls(monkeypatch) -> list:
-    """Counts the forward passes of the model the CLI loads."""
-    calls: list = []
-    load = models.load_model
-
-    def counting(*args, **kwargs):
-        model = load(*args, **kwargs)
-        model.register_forward_hook(lambda *_: calls.append(1))
-        return model
-
-    monkeypatch.setattr(models, "load_model", counting)
-    return calls
-
-
 def invoke(*args):
     return CliRunner().invoke(cli.cli, [str(a) for a in args])
 
