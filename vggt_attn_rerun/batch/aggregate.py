@@ -206,7 +206,7 @@ def summary_markdown(summary: pa.Table, scenes_done: int, failures: int, options
         "Values: mean over scenes [95% interval of the mean, Student's t]; the definitions are in",
         "`vggt_attn_rerun.batch.job` (columns) and `vggt_attn_rerun.batch.aggregate` (intervals, q-values).",
         "Gains are score minus the exact expectation for a head uniform over the view's patches: larger is",
-        f"better, a uniform head scores 0. A cell is a finding only where its gain beats both the uniform null and",
+        "better, a uniform head scores 0. A cell is a finding only where its gain beats both the uniform null and",
         "its gain against position (a head on the query's own (row, col)), the larger p of the two t-tests;",
         f"q: Benjamini-Hochberg over the block x head cells (* = q <= {ALPHA}).",
     ]
