@@ -61,6 +61,8 @@ from vggt_attn_rerun.testing import CAMERA_PATHS, matching_vggt, render_scene, t
 
 MODELS = {"matching": matching_vggt, "tiny": tiny_vggt, "uniform": uniform_vggt}
 MATCHING_BLOCK = 2
+#: the matching block's means reported beside its findings: the gains against position and their parts
+CONTEXT_COLUMNS = (*POSITION_GAINS.values(), "peak_dist", "peak_dist_null", "epipolar_dist", "epipolar_control")
 
 
 def make_scenes(root: Path, path: str, count: int, height: int, width: int) -> Path:
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 if name == "matching":
                     entry[name]["blocks"] = {g: block_ranking(summary, g) for g in GAIN_METRICS}
+                    line = (summary["head"] == -1) & (summary["block"] == MATCHING_BLOCK)
+                    entry[name]["matching_block"] = {m: float(summary[f"{m}_mean"][line][0]) for m in CONTEXT_COLUMNS}
                     if args.keep is not None and path == "sideways":
                         shutil.rmtree(args.keep, ignore_errors=True)
                         shutil.copytree(out, args.keep)
@@ -259,6 +263,17 @@ def markdown(report: dict[str, Any]) -> str:
         for name in MODELS:
             cells = entry[name]["significant_cells"]
             lines.append(f"| {path} | {name} | " + " | ".join(str(cells[g]) for g in GAIN_METRICS) + " |")
+    lines += [
+        "",
+        f"The matching block {MATCHING_BLOCK}'s means (over heads and scenes) behind its findings: each gain",
+        "against position, and the distances it compares (patches; Sampson distances in pixels).",
+        "",
+        "| path | " + " | ".join(CONTEXT_COLUMNS) + " |",
+        "|---|" + "---|" * len(CONTEXT_COLUMNS),
+    ]
+    for path, entry in report["paths"].items():
+        ctx = entry["matching"]["matching_block"]
+        lines.append(f"| {path} | " + " | ".join(f"{ctx[m]:.3g}" for m in CONTEXT_COLUMNS) + " |")
     lines += [
         "",
         "Findings of the plain tiny model (none expected), with the correspondence score, its uniform null and",
