@@ -9,7 +9,7 @@ import pytest
 from benchmarks.known_answer import block_ranking, make_scenes, significant_cells
 from vggt_attn_rerun.batch.job import GAIN_METRICS, StudyOptions
 from vggt_attn_rerun.batch.study import run_study
-from vggt_attn_rerun.testing import matching_vggt, uniform_vggt
+from vggt_attn_rerun.testing import matching_vggt, tiny_vggt, uniform_vggt
 
 OPTIONS = StudyOptions(model="tiny", grid=(3, 3), image_size=84, device="cpu", kinds=("global",))
 
@@ -41,3 +41,12 @@ def test_a_uniform_model_has_no_significant_cell(scenes, tmp_path):
     run_study(scenes, tmp_path / "out", OPTIONS, model=uniform_vggt(), progress=False)
     summary = _summary(tmp_path / "out")
     assert all(significant_cells(summary, gain) == 0 for gain in GAIN_METRICS)
+
+
+def test_the_plain_tiny_model_has_no_finding_and_the_matching_model_has_some(scenes, tmp_path):
+    found = {}
+    for name, build in (("tiny", tiny_vggt), ("matching", matching_vggt)):
+        run_study(scenes, tmp_path / name, OPTIONS, model=build(), progress=False)
+        found[name] = {gain: significant_cells(_summary(tmp_path / name), gain) for gain in GAIN_METRICS}
+    assert all(n == 0 for n in found["tiny"].values()), found["tiny"]
+    assert found["matching"]["correspondence_gain"] > 0, found["matching"]

@@ -13,7 +13,7 @@ import torch
 from vggt_attn_rerun.analysis.consistency import geometric_consistency
 from vggt_attn_rerun.analysis.epipolar import epipolar_consistency
 from vggt_attn_rerun.analysis.reference import Geometry, truth_geometry
-from vggt_attn_rerun.analysis.significance import bh_qvalues, one_sided_p, t_quantile
+from vggt_attn_rerun.analysis.significance import bh_qvalues, cell_tests, finding_p, one_sided_p, t_quantile
 from vggt_attn_rerun.core.images import FrameTransform
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
@@ -172,3 +172,62 @@ def test_bh_qvalues_equal_the_step_up_rule():
     want = [min(p[j] * m / ranked[p[j]] for j in range(4) if p[j] >= p[i]) for i in range(4)]
     np.testing.assert_allclose(q[:4], want)
     assert np.isnan(q[4])
+
+
+def _on_own_position(lay, queries, geo):
+    """One head that peaks on each query's own (row, col) in every view."""
+    p = torch.zeros(1, len(queries), 1, lay.num_frames, lay.tokens_per_frame)
+    for i, q in enumerate(queries):
+        p[0, i, 0, :, lay.patch_to_local(*q.patch(lay))] = 1.0 / lay.num_frames
+    return _rows(lay, p, queries)
+
+
+@pytest.mark.parametrize("motion", CAMERAS)
+def test_a_head_on_the_query_position_gains_exactly_zero_against_position(motion):
+    lay = TokenLayout(3, 8, 12)
+    geo = _geometry(lay, *CAMERAS[motion], wall=4.0)
+    queries = [Query.from_patch(lay, 0, 2, 3), Query.from_patch(lay, 0, 6, 9)]
+    rows = _on_own_position(lay, queries, geo)
+    c = geometric_consistency(rows, {}, radius=0, geometry=geo)
+    e = epipolar_consistency(rows, {}, geometry=geo)
+    assert np.isfinite(c.peak_beyond_position_gain).sum() >= 2 and np.isfinite(e.beyond_position_gain).sum() >= 2
+    np.testing.assert_allclose(c.peak_beyond_position_gain_score, 0, atol=1e-12)
+    np.testing.assert_allclose(e.beyond_position_gain_score, 0, atol=1e-9)
+
+
+def test_a_head_on_the_projection_gains_its_distance_from_the_query_position_against_position():
+    geo = _geometry(LAY, *SIDEWAYS)
+    q = Query.from_patch(LAY, 0, 1, 3)  # lands on (1, 2) in view 1 and (1, 1) in view 2: 1 and 2 patches off
+    p = torch.zeros(1, 1, 1, 3, LAY.tokens_per_frame)
+    p[0, 0, 0, 1, LAY.patch_to_local(1, 2)] = 0.5
+    p[0, 0, 0, 2, LAY.patch_to_local(1, 1)] = 0.5
+    c = geometric_consistency(_rows(LAY, p, [q]), {}, radius=0, geometry=geo)
+    np.testing.assert_allclose(c.peak_beyond_position_gain[0, 0, 0, 1:], [1.0, 2.0])
+
+
+def test_under_rotation_a_head_on_the_epipolar_line_gains_against_position():
+    lay = TokenLayout(3, 8, 12)
+    geo = _geometry(lay, *CAMERAS["orbit"], wall=4.0)
+    q = Query.from_patch(lay, 0, 2, 3)
+    c = geometric_consistency(_rows(lay, _uniform(lay, 1, 1), [q]), {}, radius=0, geometry=geo)
+    p = torch.zeros(1, 1, 1, 3, lay.tokens_per_frame)
+    for s in (1, 2):
+        p[0, 0, 0, s, lay.patch_to_local(*c.projected_patch[0, s])] = 0.5
+    e = epipolar_consistency(_rows(lay, p, [q]), {}, geometry=geo)
+    assert (e.control[0, 1:] > 2).all()  # the query's own position is off its epipolar line
+    # The peak is the projection's patch centre, within half a patch of the line: closer than position.
+    assert (e.beyond_position_gain[0, 0, 0, 1:] > 0).all()
+    np.testing.assert_allclose(e.beyond_position_gain[0, 0, 0, 1:], e.control[0, 1:] - e.sampson[0, 0, 0, 1:])
+
+
+def test_a_finding_needs_the_gain_to_beat_both_the_null_and_position():
+    rng = np.random.default_rng(0)
+    beats_null = 1.0 + 0.1 * rng.standard_normal((3, 12))
+    follows_position = 0.1 * rng.standard_normal((3, 12)) - 0.5
+    p = finding_p(beats_null, np.stack([beats_null[0], follows_position[1], follows_position[2]]))
+    np.testing.assert_allclose(p[0], one_sided_p(beats_null[:1])[0])
+    assert p[0] < 1e-6 and p[1] > 0.5 and p[2] > 0.5
+    np.testing.assert_array_equal(p, np.maximum(one_sided_p(beats_null), one_sided_p(
+        np.stack([beats_null[0], follows_position[1], follows_position[2]]))))  # fmt: skip
+    tests = cell_tests(beats_null, np.stack([beats_null[0], follows_position[1], follows_position[2]]))
+    assert (tests["q"] <= 0.05).tolist() == [True, False, False]

@@ -49,11 +49,19 @@ its docstring gives the projection and the exclusions. Per block, head and valid
   wherever its mass reaches B. Where nothing clips (|A| = |B|) it equals ``share_gain`` minus the
   positional control's gain. Pairs where A or B is empty (identical windows; one window inside the
   other at the border) and pairs with no control (camera and register queries) are NaN.
+- Peak beyond position (``peak_beyond_position_gain``): the distance (patches) from the query's
+  own (row, col) to the projected patch minus the peak's distance (ties: the mean over the tied
+  patches). Null 0: a head that peaks on the query's own (row, col) scores exactly 0; positive
+  means the peak is closer to the correspondence than position alone would put it. NaN where
+  there is no control.
+- Findings: ``significance.finding_p`` counts a head as a correspondence head only where its gain
+  beats both the uniform null and position (``share_gain`` with ``beyond_position_gain``,
+  ``peak_gain`` with ``peak_beyond_position_gain``).
 - ``score [L, H]``: the mean of ``share_near`` over all valid (query, view) pairs;
   ``null_score``, ``gain`` (= score - null_score), ``peak_gain`` and ``control_score`` the same
   means of share_null, share_gain, peak_gain and control_share_near (NaN where no pair is valid);
-  ``beyond_position_gain_score`` the mean of beyond_position_gain over its own pairs.
-  ``unit_gains()`` gives the per-query means ``[L, Q, H]`` (the units of a single-scene interval).
+  ``beyond_position_gain_score`` and ``peak_beyond_position_gain_score`` the means of those gains
+  over their own pairs. ``unit_gains()`` gives the per-query means ``[L, Q, H]`` (the units of a single-scene interval).
 
 Excluded pairs are NaN in every ``[L, Q, H, S]`` array and are counted by ``counts()``.
 
@@ -110,6 +118,8 @@ class Consistency(Visibility):
         peak_dist_score, peak_null_score, peak_gain_score: ``[L, H]`` means of peak_dist_patches,
             peak_dist_null and peak_gain over valid pairs.
         beyond_position_gain_score: ``[L, H]`` mean of beyond_position_gain over its pairs.
+        peak_beyond_position_gain: ``[L, Q, H, S]`` the peak's distance gain over the query's own
+            (row, col) (NaN where there is no control); peak_beyond_position_gain_score its ``[L, H]`` mean.
         reference: "model" (VGGT's predictions) or "truth" (given cameras and depth).
     """
 
@@ -137,15 +147,18 @@ class Consistency(Visibility):
     peak_null_score: np.ndarray
     beyond_position_gain: np.ndarray
     beyond_position_gain_score: np.ndarray
+    peak_beyond_position_gain: np.ndarray
+    peak_beyond_position_gain_score: np.ndarray
     reference: str = "model"
 
     def unit_gains(self) -> dict[str, np.ndarray]:
         """Per query, the mean gain over its valid views: ``{"correspondence", "peak_dist",
-        "correspondence_beyond_position"}`` -> ``[L, Q, H]``."""
+        "correspondence_beyond_position", "peak_dist_beyond_position"}`` -> ``[L, Q, H]``."""
         return {
             "correspondence": mean_over_views(self.share_gain),
             "peak_dist": mean_over_views(self.peak_gain),
             "correspondence_beyond_position": mean_over_views(self.beyond_position_gain),
+            "peak_dist_beyond_position": mean_over_views(self.peak_beyond_position_gain),
         }
 
 
@@ -322,6 +335,10 @@ def geometric_consistency(
             measured.control_only_mass, measured.view_mass, sides
         ) / _per_pair(control_only_cells)
     beyond_position_gain = _per_pair((near_only_cells + control_only_cells) / 2) * density_diff
+    # Where a head that follows position would peak: the query's own patch, this far from the projection.
+    own_index = np.maximum(seen.query_patch[:, 0], 0) * gw + np.maximum(seen.query_patch[:, 1], 0)  # [Q]
+    position_dist = np.where(control_ok, np.take_along_axis(dist, own_index[:, None, None], -1)[..., 0], np.nan)
+    peak_beyond_position_gain = _per_pair(position_dist) - np.where(_per_pair(control_ok), peak_dist, np.nan)
     # NaN where the view got no mass: the null is averaged over the same pairs as the score.
     null_per_pair = np.where(np.isfinite(share_near), _per_pair(share_null), np.nan)
 
@@ -351,6 +368,8 @@ def geometric_consistency(
         peak_null_score=_mean_lh(np.broadcast_to(_per_pair(peak_dist_null), peak_dist.shape)),
         beyond_position_gain=beyond_position_gain,
         beyond_position_gain_score=_mean_lh(beyond_position_gain),
+        peak_beyond_position_gain=peak_beyond_position_gain,
+        peak_beyond_position_gain_score=_mean_lh(peak_beyond_position_gain),
         reference=geometry.reference if geometry is not None else "model",
     )
 

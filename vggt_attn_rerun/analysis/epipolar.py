@@ -27,10 +27,15 @@ intrinsics sample pixel ``j`` at ``u = j``, so a continuous position ``x`` is ``
   whole image. ``gain = null - sampson`` (larger is better; a uniform row, whose peak is all its
   tied patches, scores exactly 0).
 - Positional control (``control``): the same Sampson distance for the query's own (row, col) in
-  view b, the peak a head that follows RoPE position alone would have. Descriptive only: for a
-  sideways camera the query's own position lies on its epipolar line (control 0).
-- ``score`` / ``null_score`` / ``gain_score`` / ``control_score``: ``[L, H]`` means of
-  ``sampson`` / the null / the gain / the control over the valid (query, view) pairs. Lower
+  view b, the peak a head that follows RoPE position alone would have.
+  ``beyond_position_gain = control - sampson``: null 0 (a head that peaks on the query's own
+  (row, col) scores exactly 0). A finding (``significance.finding_p``) must beat both the uniform
+  null and this control. Under sideways or forward motion the query's own position lies on its
+  epipolar line (control about 0), so there no head can be told from a positional one by this
+  score: the test finds nothing, rightly; rotating cameras separate them.
+- ``score`` / ``null_score`` / ``gain_score`` / ``control_score`` /
+  ``beyond_position_gain_score``: ``[L, H]`` means of ``sampson`` / the null / the gain / the
+  control / the gain over the control over the valid (query, view) pairs. Lower
   distances are closer to the epipolar line.
 
 A (query, view) pair is excluded (NaN) and counted by ``counts()`` when: ``own_view`` (the
@@ -85,7 +90,9 @@ class Epipolar:
         sampson, line_dist: ``[L, Q, H, S]`` in pixels.
         control: ``[Q, S]`` the Sampson distance of the query's own (row, col) in each view.
         null: ``[Q, S]`` the uniform head's expected Sampson distance. gain: ``[L, Q, H, S]`` null - sampson.
-        score, control_score, null_score, gain_score: ``[L, H]`` means over the valid pairs.
+        beyond_position_gain: ``[L, Q, H, S]`` control - sampson.
+        score, control_score, null_score, gain_score, beyond_position_gain_score: ``[L, H]`` means
+            over the valid pairs.
         reference: "model" or "truth" (the cameras used).
     """
 
@@ -104,11 +111,17 @@ class Epipolar:
     gain: np.ndarray
     null_score: np.ndarray
     gain_score: np.ndarray
+    beyond_position_gain: np.ndarray
+    beyond_position_gain_score: np.ndarray
     reference: str = "model"
 
-    def unit_gains(self) -> np.ndarray:
-        """``[L, Q, H]``: per query, the mean gain over its valid views (the units of a single-scene interval)."""
-        return mean_over_views(self.gain)
+    def unit_gains(self) -> dict[str, np.ndarray]:
+        """Per query, the mean over its valid views (the units of a single-scene interval):
+        ``{"epipolar", "epipolar_beyond_position"}`` -> ``[L, Q, H]``."""
+        return {
+            "epipolar": mean_over_views(self.gain),
+            "epipolar_beyond_position": mean_over_views(self.beyond_position_gain),
+        }
 
     @property
     def valid(self) -> np.ndarray:
@@ -271,6 +284,7 @@ def epipolar_consistency(
     own_xy = np.broadcast_to(query_xy[:, None, :], (len(queries), s_, 2))
     control = np.where(valid, sampson_distance(f_qs, own_xy, own_xy), np.nan)
     control4 = np.broadcast_to(control[None, :, None, :], sampson.shape)
+    beyond_position_gain = control4 - sampson
     return Epipolar(
         blocks=tuple(rows.blocks),
         queries=queries,
@@ -287,6 +301,8 @@ def epipolar_consistency(
         gain=gain,
         null_score=_mean_lh(np.broadcast_to(null[None, :, None, :], sampson.shape)),
         gain_score=_mean_lh(gain),
+        beyond_position_gain=beyond_position_gain,
+        beyond_position_gain_score=_mean_lh(beyond_position_gain),
         reference=reference,
     )
 

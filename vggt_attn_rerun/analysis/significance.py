@@ -11,6 +11,12 @@ and queries in a single scene. Per cell (e.g. one block x head):
   every gain). A cell whose units all equal 0 exactly (a uniform head) gets p = 1; n < 2 gets NaN.
 - ``bh_qvalues``: Benjamini-Hochberg q-values over the cells tested together (the block x head
   cells of one measure): a cell is significant at false-discovery rate ``alpha`` when ``q <= alpha``.
+- ``finding_p``: the intersection-union test of "the gain beats its uniform null AND its
+  positional control": ``p = max(p_null, p_position)``. A head that attends to the query's own
+  (row, col) in every view lands near the correspondence whenever the camera moves little, and on
+  the epipolar line under sideways or forward motion; it beats the uniform null without matching
+  anything. A finding must beat both, and the test keeps its level (each one-sided test has level
+  alpha, so the maximum does too) without any correction for taking two.
 """
 
 from __future__ import annotations
@@ -132,8 +138,21 @@ def bh_qvalues(p: np.ndarray) -> np.ndarray:
     return out.reshape(p.shape)
 
 
-def cell_tests(values: np.ndarray) -> dict[str, np.ndarray]:
-    """``values [G, N]`` unit gains -> ``mean, low, high, n, p, q`` ``[G]`` (q: BH over the G cells)."""
+def finding_p(values: np.ndarray, position_values: np.ndarray) -> np.ndarray:
+    """``[G, N]`` unit gains against the null and against position -> ``[G]`` intersection-union p-values.
+
+    ``max(one_sided_p(values), one_sided_p(position_values))``: small only where the gain beats
+    both its uniform null and its positional control (NaN where either is NaN).
+    """
+    return np.maximum(one_sided_p(values), one_sided_p(position_values))  # NaN propagates
+
+
+def cell_tests(values: np.ndarray, position_values: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``values [G, N]`` unit gains -> ``mean, low, high, n, p, q`` ``[G]`` (q: BH over the G cells).
+
+    With ``position_values`` (the same units' gains against the positional control) p is the
+    intersection-union ``finding_p``: a cell is significant only where it beats both.
+    """
     mean, low, high, n = mean_interval(values)
-    p = one_sided_p(values)
+    p = one_sided_p(values) if position_values is None else finding_p(values, position_values)
     return {"mean": mean, "low": low, "high": high, "n": n, "p": p, "q": bh_qvalues(p)}

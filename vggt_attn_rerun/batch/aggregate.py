@@ -13,7 +13,9 @@ Scenes are the unit: a scene with 64 queries and one with 4 weigh the same (each
 already average its queries and views).
 
 For the gains (``job.GAIN_METRICS``: score minus its exact uniform-head null, larger is better)
-also ``m_p``, the one-sided t-test p-value of "mean gain > 0" over the scenes, and ``m_q``, its
+also ``m_p``, the p-value of the finding "the gain beats both its uniform null and its gain
+against position" (``job.POSITION_GAINS``): the larger of the two one-sided t-test p-values of
+"mean gain > 0" over the scenes (``analysis.significance.finding_p``), and ``m_q``, its
 Benjamini-Hochberg q-value over the block x head cells of that kind and measure (the per-block
 rows get q-values over the blocks). A cell is significant when ``q <= 0.05``. ``reference`` says
 which geometry the scenes' geometry scores used: ``truth``, ``model``, or both names joined by
@@ -29,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 
 from vggt_attn_rerun.analysis.effects import EFFECT_TITLES, EFFECTS
-from vggt_attn_rerun.analysis.significance import ALPHA, bh_qvalues, mean_interval, one_sided_p, t_quantile
+from vggt_attn_rerun.analysis.significance import ALPHA, bh_qvalues, finding_p, mean_interval, t_quantile
 from vggt_attn_rerun.analysis.summaries import METRICS
-from vggt_attn_rerun.batch.job import GAIN_METRICS, GEOMETRY_METRICS, METRIC_COLUMNS
+from vggt_attn_rerun.batch.job import GAIN_METRICS, GEOMETRY_METRICS, METRIC_COLUMNS, POSITION_GAINS
 from vggt_attn_rerun.viz.log_dataset import DatasetCurve, DatasetMatrix
 
 STATS = ("mean", "low", "high", "n")
@@ -94,7 +96,9 @@ def aggregate(tables: Sequence[pa.Table]) -> pa.Table:
         for name, a, b in zip(STATS, per_head, per_block, strict=True):
             cols[f"{m}_{name}"] = np.concatenate([a, b]).astype(np.int32 if name == "n" else np.float64)
         if m in GAIN_METRICS:
-            p = np.concatenate([one_sided_p(values[m]), one_sided_p(block_values)])
+            partner = POSITION_GAINS[m]
+            p = np.concatenate([finding_p(values[m], values[partner]),
+                                finding_p(block_values, _head_means(order, values[partner])[1])])  # fmt: skip
             q = np.full(p.shape, np.nan)
             is_head = cols["head"] >= 0
             for k in dict.fromkeys(kinds.tolist()):  # one family per kind and measure: heads, then blocks
@@ -164,6 +168,10 @@ GAIN_MEANINGS = {
                                            "the query's own (row, col), minus the reverse (uniform: 0)",
     "peak_dist_gain": "a uniform head's mean distance (patches) to the projected patch, minus the peak's",
     "epipolar_gain": "a uniform head's mean Sampson distance (pixels) to the epipolar line, minus the peak's",
+    "peak_dist_beyond_position_gain": "the query's own patch's distance (patches) to the projected patch, minus the "
+                                      "peak's (a head on its own position: 0)",
+    "epipolar_beyond_position_gain": "the query's own patch's Sampson distance (pixels), minus the peak's (a head on "
+                                     "its own position: 0)",
 }  # fmt: skip
 
 
@@ -198,7 +206,9 @@ def summary_markdown(summary: pa.Table, scenes_done: int, failures: int, options
         "Values: mean over scenes [95% interval of the mean, Student's t]; the definitions are in",
         "`vggt_attn_rerun.batch.job` (columns) and `vggt_attn_rerun.batch.aggregate` (intervals, q-values).",
         "Gains are score minus the exact expectation for a head uniform over the view's patches: larger is",
-        f"better, a uniform head scores 0. q: Benjamini-Hochberg over the block x head cells (* = q <= {ALPHA}).",
+        "better, a uniform head scores 0. A cell is a finding only where its gain beats both the uniform null and",
+        "its gain against position (a head on the query's own (row, col)), the larger p of the two t-tests;",
+        f"q: Benjamini-Hochberg over the block x head cells (* = q <= {ALPHA}).",
     ]
     curve_metrics = {"global": ("other_views_mass", "entropy", *GAIN_METRICS),
                      "frame": ("camera_mass", "register_mass", "entropy", "top_k_mass")}  # fmt: skip
@@ -223,12 +233,13 @@ def summary_markdown(summary: pa.Table, scenes_done: int, failures: int, options
             "",
             f"`{m}`: {GAIN_MEANINGS[m]}. {significant} of {cell.size} cells significant (q <= {ALPHA}).",
             "",
-            f"| rank | block | head | {m} | q | {score_label} | {null_label} |",
-            "|---|---|---|---|---|---|---|",
+            f"| rank | block | head | {m} | against position | q | {score_label} | {null_label} |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r, i in enumerate(best, start=1):
             b, h = int(_column(summary, "block")[i]), int(head[i])
-            lines.append(f"| {r} | {b} | {h} | {_ci(summary, m, i)} | {_q_text(summary, m, i)} | "
+            lines.append(f"| {r} | {b} | {h} | {_ci(summary, m, i)} | {_ci(summary, POSITION_GAINS[m], i)} | "
+                         f"{_q_text(summary, m, i)} | "
                          f"{_fmt(float(_column(summary, f'{score_col}_mean')[i]))} | "
                          f"{_fmt(float(_column(summary, f'{null_col}_mean')[i]))} |")  # fmt: skip
     lines += ["", f"Geometry columns ({', '.join(GEOMETRY_METRICS)}) exist for global attention only."]

@@ -26,8 +26,14 @@ block, head); its columns:
   near the query's own (row, col) but not near the projection, scaled to a share (null 0: a
   uniform head scores 0, and so does a head on the query's own position where the two windows
   share it); mean over the valid pairs where both sides are non-empty;
-- ``correspondence_control`` / ``epipolar_control``: the positional controls (the same around the
-  query's own (row, col)), descriptive only;
+- ``peak_dist_beyond_position_gain`` / ``epipolar_beyond_position_gain``
+  (``Consistency.peak_beyond_position_gain_score`` / ``Epipolar.beyond_position_gain_score``): the
+  same distances of a peak on the query's own (row, col) minus the peak's (null 0: a head that
+  follows position scores 0);
+- ``correspondence_control`` / ``epipolar_control``: the positional controls (the scores of the
+  query's own (row, col));
+- a head is a finding for a gain (``summary.parquet``'s q-values) only where it beats both its
+  uniform null and position (``POSITION_GAINS``, ``analysis.significance.finding_p``);
 - ``correspondence_pairs`` / ``epipolar_pairs``: the valid (query, view) pairs behind them.
 
 Frame-attention rows have NaN geometry metrics and 0 pairs (frame attention stays in its view).
@@ -80,13 +86,23 @@ GEOMETRY_METRICS = (
     "peak_dist",
     "peak_dist_null",
     "peak_dist_gain",
+    "peak_dist_beyond_position_gain",
     "epipolar_dist",
     "epipolar_null",
     "epipolar_gain",
     "epipolar_control",
+    "epipolar_beyond_position_gain",
 )
 #: the gains (score against its null, larger is better): the measures a study ranks and tests
 GAIN_METRICS = ("correspondence_gain", "correspondence_beyond_position_gain", "peak_dist_gain", "epipolar_gain")
+#: per gain, its gain against position: a finding must beat both (a head on the query's own
+#: (row, col) beats a uniform null near the correspondence whenever the camera moves little)
+POSITION_GAINS = {
+    "correspondence_gain": "correspondence_beyond_position_gain",
+    "correspondence_beyond_position_gain": "correspondence_gain",
+    "peak_dist_gain": "peak_dist_beyond_position_gain",
+    "epipolar_gain": "epipolar_beyond_position_gain",
+}
 #: every metric column of the study table, in order
 METRIC_COLUMNS = (*METRICS, *GEOMETRY_METRICS)
 KEY_COLUMNS = ("scene", "kind", "block", "head")
@@ -270,6 +286,7 @@ def scene_table(name: str, result: CaptureResult, images: LoadedImages, options:
                 "epipolar_null": epi.null_score,
                 "epipolar_gain": epi.gain_score,
                 "epipolar_control": epi.control_score,
+                "epipolar_beyond_position_gain": epi.beyond_position_gain_score,
             })  # fmt: skip
             pairs = (0, int(epi.valid.sum()))
             if geometry is None or geometry.depth is not None:
@@ -284,6 +301,7 @@ def scene_table(name: str, result: CaptureResult, images: LoadedImages, options:
                     "peak_dist": cons.peak_dist_score,
                     "peak_dist_null": cons.peak_null_score,
                     "peak_dist_gain": cons.peak_gain_score,
+                    "peak_dist_beyond_position_gain": cons.peak_beyond_position_gain_score,
                 })  # fmt: skip
                 pairs = (int(cons.valid.sum()), pairs[1])
         cols.update(geo)

@@ -11,7 +11,7 @@ The dataset recording shows a whole study (means over scenes) in the viewer::
     dataset/{kind}/matrix/{metric}/axes   Points2D: labels of the rows (blocks) and columns (heads)
 
 Gains (``*_gain``) are drawn with a diverging colormap centred at 0 (blue < 0 < red) on one range
-symmetric around 0 per gain; cells that are not significant (q > 0.05) are muted (grayed out).
+symmetric around 0 per gain; cells that are not findings (q > 0.05) are muted (grayed out).
     dataset/{kind}/curve/{metric}         Scalars on the ``block`` timeline: the per-block curve (mean
                                           over heads and scenes) and its 95% interval over scenes
 
@@ -148,8 +148,8 @@ def _legend(blocks: Sequence[int], num_heads: int, matrices: Sequence[DatasetMat
         "dark = low, bright = high; gray = no value.",
         f"**Gains** (`*_gain`, score minus the uniform-head null, larger is better): colormap {colormap.DIVERGING}, "
         "centred at 0 (light gray), **red = above the null, blue = below**, one range symmetric around 0 per gain; "
-        "cells that are **not significant** (Benjamini-Hochberg q > 0.05 over the block x head cells) are "
-        "**muted (grayed out)**.",
+        "cells that are **not findings** are **muted (grayed out)**: a finding beats both the null and a head on "
+        "the query's own (row, col), Benjamini-Hochberg q <= 0.05 over the block x head cells.",
         "Exact values: the matrix entity's `values` (hover it in the selection panel).",
         "Curves (below the matrices, on the `block` timeline): the white line is the mean over heads and",
         "scenes, the blue lines the 95% interval over scenes.",

@@ -159,8 +159,9 @@ def _legend_text(q: int | str, kind: str, blocks: Sequence[int], num_heads: int,
             f"| `consistency/gain` | symmetric around 0 | score minus the exact score of a head uniform over the "
             f"view's patches (same clipped window): > 0 (red) = above the null, < 0 (blue) = below; colormap "
             f"{colormap.DIVERGING} centred at 0 (light gray); on the mean over queries, cells that are not "
-            "significant (Benjamini-Hochberg q > 0.05 over the block x head cells, one-sided t-test over "
-            "the queries) are muted (grayed out) |",
+            "findings are muted (grayed out): a finding beats both the null and position (the attention near "
+            "the query's own (row, col)), one-sided t-tests over the queries, the larger p, Benjamini-Hochberg "
+            "q <= 0.05 over the block x head cells |",
             f"| `consistency/score` | 0 .. {hi} | share of a head's patch mass on another view that lies within "
             f"{r} patch(es) of the projected query point (mean over valid views) |",
             f"| `consistency/control_score` | 0 .. {hi} | the same around the query's own (row, col): "
@@ -303,8 +304,10 @@ def log_query_means(rec: rr.RecordingStream, result: CaptureResult, summaries: d
         if kind == "global" and consistency is not None:
             cons = consistency
             top = _shared_range(cons.score, cons.control_score)
-            units = cons.unit_gains()["correspondence"]  # [L, Q, H]: the queries are the units
-            tests = cell_tests(np.moveaxis(units, 1, -1).reshape(-1, units.shape[1]))
+            units = cons.unit_gains()  # [L, Q, H] each: the queries are the units
+            by_cell = {k: np.moveaxis(v, 1, -1).reshape(-1, v.shape[1]) for k, v in units.items()}
+            # A finding beats both the uniform null and position (significance.finding_p).
+            tests = cell_tests(by_cell["correspondence"], by_cell["correspondence_beyond_position"])
             significant = (np.nan_to_num(tests["q"], nan=1.0) <= ALPHA).reshape(cons.gain.shape)
             _log_gain_matrix(rec, Paths.consistency(MEAN, "gain"), cons.gain, significant, options, rows.blocks)
             _log_matrix(rec, Paths.consistency(MEAN, "score"), cons.score, 0.0, top, options, rows.blocks)
