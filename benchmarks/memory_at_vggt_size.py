@@ -128,7 +128,7 @@ def child_export(frames: int, side: int, blocks: int, out: Path) -> dict:
 
 
 def child_import(path: Path) -> dict:
-    from vggt_attn_rerun.io import importer
+    from vggt_attn_rerun.cli import importer
 
     start = time.perf_counter()
     fd = os.open(os.devnull, os.O_WRONLY)
