@@ -22,7 +22,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: the parameter names of the output flags, as click passes them: ``Outputs``' fields
 OUTPUT_FLAGS = tuple(f.name for f in fields(Outputs))
 
-
 #: how the output flags combine, for the commands' help (a paragraph of their epilog)
 COMBINING = """Outputs: --save, --connect, --serve and --spawn combine (each gets the whole recording);
 --stdout goes alone. A viewer is spawned only when none of them is given (and not
