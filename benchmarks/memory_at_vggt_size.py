@@ -106,13 +106,13 @@ def child_save(frames: int, side: int, blocks: int, out: Path) -> dict:
     from vggt_attn_rerun.io.atomic import commit
     from vggt_attn_rerun.viz.log_run import log_run
     from vggt_attn_rerun.viz.options import RecordingOptions
-    from vggt_attn_rerun.viz.sinks import SinkPlan, open_sinks
+    from vggt_attn_rerun.viz.sinks import Outputs, SinkPlan, open_sinks
 
     result, images = fake_run(frames, side, blocks), fake_images(frames)
     before = _peak_bytes()
     rec = rr.RecordingStream("vggt_attn_rerun")
     start = time.perf_counter()
-    with open_sinks(rec, SinkPlan(save=out, overwrite=True)) as sinks:
+    with open_sinks(rec, SinkPlan(Outputs(save=out, overwrite=True))) as sinks:
         log_run(rec, result, images, RecordingOptions(kinds=("global", "frame")))
         commit(sinks.finish())
     return {"seconds": time.perf_counter() - start, "peak": _peak_bytes(), "peak_before_logging": before,
@@ -128,7 +128,7 @@ def child_export(frames: int, side: int, blocks: int, out: Path) -> dict:
 
 
 def child_import(path: Path) -> dict:
-    from vggt_attn_rerun.io import importer
+    from vggt_attn_rerun.cli import importer
 
     start = time.perf_counter()
     fd = os.open(os.devnull, os.O_WRONLY)

@@ -186,10 +186,11 @@ def test_fastvggt_is_refused_because_merged_tokens_have_no_row_of_their_own():
 @pytest.mark.parametrize("arch", ["vggt", "pi3"])
 def test_a_run_resolves_the_models_adapter_once(scene, tmp_path, monkeypatch, arch):
     import vggt_attn_rerun.core.adapters as adapters
-    from vggt_attn_rerun.api import RunOptions, run
+    from vggt_attn_rerun.api import Outputs, RunOptions, run
 
     resolved = []
     refuse = adapters._refuse_token_merging  # the first step of every resolution
     monkeypatch.setattr(adapters, "_refuse_token_merging", lambda model: resolved.append(model) or refuse(model))
-    run(RunOptions(images=(str(scene),), model="tiny", arch=arch, image_size=56, save=tmp_path / "x.rrd"))
+    outputs = Outputs(save=tmp_path / "x.rrd")
+    run(RunOptions(images=(str(scene),), model="tiny", arch=arch, image_size=56, outputs=outputs))
     assert len(resolved) == 1

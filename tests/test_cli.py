@@ -181,8 +181,8 @@ def test_install_vggt_source_and_failure(monkeypatch):
 def test_connect_swallowing_an_image_is_undone(scene, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_plan(save, connect, *rest, **kw):
-        seen["connect"] = connect
+    def fake_plan(outputs, **kw):
+        seen["connect"] = outputs.connect
         raise cli.UserError("stop here")
 
     monkeypatch.setattr(runner, "plan_sinks", fake_plan)
@@ -274,8 +274,8 @@ def test_a_viewer_is_spawned_only_when_no_other_output_is_asked_for(tmp_path, vi
                                                                       sinks_described):  # fmt: skip
     if "save" in flags:
         flags = {**flags, "save": tmp_path / flags["save"]}
-    plan = sinks.plan_sinks(**flags)
-    assert plan.spawn is spawn
+    plan = sinks.plan_sinks(sinks.Outputs(**flags))
+    assert plan.outputs.spawn is spawn
     assert plan.describe() == sinks_described.format(dir=tmp_path)
 
 
@@ -292,7 +292,7 @@ def test_contradicting_sinks_are_refused(tmp_path, viewer_checks_pass, flags, me
     if "save" in flags:
         flags = {**flags, "save": tmp_path / flags["save"]}
     with pytest.raises(cli.UserError, match=message):
-        sinks.plan_sinks(**flags)
+        sinks.plan_sinks(sinks.Outputs(**flags))
 
 
 def test_stdout_on_a_terminal_is_refused(monkeypatch):
@@ -302,7 +302,7 @@ def test_stdout_on_a_terminal_is_refused(monkeypatch):
 
     monkeypatch.setattr(sys, "stdout", Terminal())
     with pytest.raises(cli.UserError, match=r"standard output is a terminal; pipe it into the viewer"):
-        sinks.plan_sinks(stdout=True)
+        sinks.plan_sinks(sinks.Outputs(stdout=True))
 
 
 def test_stdout_pipes_a_recording_that_rerun_reads(scene, tmp_path):
@@ -374,7 +374,8 @@ def test_progress_advances_once_per_captured_attention_module(scene, tmp_path):
         def close(self):
             events.append(("close",))
 
-    options = api.RunOptions(images=(scene,), model="tiny", image_size=84, blocks="0,2", save=tmp_path / "p.rrd",
+    options = api.RunOptions(images=(scene,), model="tiny", image_size=84, blocks="0,2",
+                             outputs=api.Outputs(save=tmp_path / "p.rrd"),
                              recording=RecordingOptions(kinds=("frame", "global")))  # fmt: skip
     summary = api.run(options, api.RunHooks(progress=Bar))
     assert summary.queries == 1 and (tmp_path / "p.rrd").exists()

@@ -19,11 +19,11 @@ import pytest
 import rerun as rr
 import torch
 
+from vggt_attn_rerun.cli import importer
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.images import images_from_tensor
 from vggt_attn_rerun.core.tokens import Query
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.io import importer
 from vggt_attn_rerun.io.npzsafe import read_bound
 from vggt_attn_rerun.io.runfile import FORMAT_NAME, is_run_file, load_run, save_run
 
@@ -231,7 +231,7 @@ def test_a_zip_bomb_is_refused_before_its_rows_are_allocated(good, tmp_path):
 
 def test_the_importer_script_refuses_a_malformed_file_in_one_line(good, tmp_path):
     bad = _rewrite(good, tmp_path / "bad.npz", query_labels=_members(good)["query_labels"][:1])
-    proc = subprocess.run([sys.executable, "-m", "vggt_attn_rerun.io.importer", str(bad)], capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "vggt_attn_rerun.cli.importer", str(bad)], capture_output=True)
     assert proc.returncode == 1 and proc.stdout == b""
     assert proc.stderr.decode().count("\n") == 1 and proc.stderr.startswith(b"error: run file")
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import rerun as rr
 
+from vggt_attn_rerun.cli import importer
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.images import images_from_tensor
 from vggt_attn_rerun.core.tokens import Query
-from vggt_attn_rerun.io import importer
 from vggt_attn_rerun.io.runfile import save_run
 from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.options import RecordingOptions
@@ -22,7 +22,14 @@ from .helpers import Recording
 
 
 def _importer(*args):
-    return subprocess.run([sys.executable, "-m", "vggt_attn_rerun.io.importer", *map(str, args)], capture_output=True)
+    return subprocess.run([sys.executable, "-m", "vggt_attn_rerun.cli.importer", *map(str, args)], capture_output=True)
+
+
+def test_the_viewers_importer_is_the_installed_console_script():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "rerun-importer-vggt-attn"]
+    assert script.load() is importer.entry
 
 
 def test_export_then_import_reads_back_the_same_maps_as_the_original_recording(tmp_path, tiny_model, scene_images):
@@ -73,7 +80,7 @@ def _stderr_line(proc) -> str:
 
 def test_a_closed_stdout_is_one_error_line(run_file):
     proc = subprocess.run(
-        ["sh", "-c", f'"{sys.executable}" -m vggt_attn_rerun.io.importer "{run_file}" >&-'],
+        ["sh", "-c", f'"{sys.executable}" -m vggt_attn_rerun.cli.importer "{run_file}" >&-'],
         capture_output=False, stderr=subprocess.PIPE, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 1
@@ -83,7 +90,7 @@ def test_a_closed_stdout_is_one_error_line(run_file):
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_full_stdout_is_one_error_line(run_file):
     with open("/dev/full", "wb") as full:
-        proc = subprocess.run([sys.executable, "-m", "vggt_attn_rerun.io.importer", str(run_file)], stdout=full,
+        proc = subprocess.run([sys.executable, "-m", "vggt_attn_rerun.cli.importer", str(run_file)], stdout=full,
                               stderr=subprocess.PIPE, timeout=120)  # fmt: skip
     assert proc.returncode == 1
     line = _stderr_line(proc)
@@ -94,7 +101,7 @@ def test_a_pipe_nobody_reads_is_one_error_line(run_file):
     read, write = os.pipe()
     os.close(read)  # as `| true` does once true has exited
     try:
-        proc = subprocess.run([sys.executable, "-m", "vggt_attn_rerun.io.importer", str(run_file)], stdout=write,
+        proc = subprocess.run([sys.executable, "-m", "vggt_attn_rerun.cli.importer", str(run_file)], stdout=write,
                               stderr=subprocess.PIPE, timeout=120)  # fmt: skip
     finally:
         os.close(write)

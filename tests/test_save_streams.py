@@ -8,7 +8,7 @@ import pytest
 import rerun as rr
 
 from vggt_attn_rerun.io.atomic import PARTIAL_MARK, commit
-from vggt_attn_rerun.viz.sinks import SinkPlan, open_sinks
+from vggt_attn_rerun.viz.sinks import Outputs, SinkPlan, open_sinks
 
 TENSOR_BYTES = 4 << 20
 
@@ -32,7 +32,7 @@ def _partial(folder) -> list:
 def test_the_recording_is_on_disk_before_the_run_ends(tmp_path):
     target = tmp_path / "a.rrd"
     rec = rr.RecordingStream("vggt_attn_rerun")
-    with open_sinks(rec, SinkPlan(save=target)) as sinks:
+    with open_sinks(rec, SinkPlan(Outputs(save=target))) as sinks:
         data = _log_noise(rec)
         rec.flush()
         (partial,) = _partial(tmp_path)
@@ -51,7 +51,7 @@ def test_the_recording_is_on_disk_before_the_run_ends(tmp_path):
 
 def test_an_error_while_logging_leaves_no_file(tmp_path):
     rec = rr.RecordingStream("vggt_attn_rerun")
-    with pytest.raises(RuntimeError, match="mid-run"), open_sinks(rec, SinkPlan(save=tmp_path / "a.rrd")):
+    with pytest.raises(RuntimeError, match="mid-run"), open_sinks(rec, SinkPlan(Outputs(save=tmp_path / "a.rrd"))):
         _log_noise(rec)
         raise RuntimeError("mid-run")
     assert list(tmp_path.iterdir()) == []
@@ -59,7 +59,7 @@ def test_an_error_while_logging_leaves_no_file(tmp_path):
 
 def test_save_with_serve_writes_the_whole_file(tmp_path):
     target = tmp_path / "a.rrd"
-    plan = SinkPlan(save=target, serve=True, grpc_port=_free_port(), web_port=_free_port(), open_browser=False)
+    plan = SinkPlan(Outputs(save=target, serve=True), grpc_port=_free_port(), web_port=_free_port(), open_browser=False)
     rec = rr.RecordingStream("vggt_attn_rerun")
     with open_sinks(rec, plan) as sinks:
         data = _log_noise(rec)

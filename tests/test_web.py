@@ -121,8 +121,8 @@ def _click_then_stop(rec, result, images, options, relay_stream, port):
 def test_save_and_export_hold_every_clicked_query(scene, tmp_path):
     out, run_file = tmp_path / "run.rrd", tmp_path / "run.npz"
     options = api.RunOptions(images=(str(scene),), queries=(("0:40,20", "--query 0:40,20"),), model="tiny",
-                             recording=RecordingOptions(kinds=KINDS), image_size=84, save=out, export=run_file,
-                             interactive=True, port=0)  # fmt: skip
+                             recording=RecordingOptions(kinds=KINDS), image_size=84, outputs=api.Outputs(save=out),
+                             export=run_file, interactive=True, port=0)  # fmt: skip
     summary = api.run(options, api.RunHooks(serve_clicks=_click_then_stop))
     assert summary.queries == 2
     result, _ = load_run(run_file)

@@ -31,6 +31,7 @@ _EXPORTS = {
     "load_model": "vggt_attn_rerun.core.models",
     "Query": "vggt_attn_rerun.core.tokens",
     "RecordingOptions": "vggt_attn_rerun.viz.options",
+    "Outputs": "vggt_attn_rerun.viz.sinks",
 }
 # Names this package once exported -> (the module that defines them, how to import them now).
 _DEPRECATED = {
@@ -78,6 +79,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "CompareOptions",
+    "Outputs",
     "Query",
     "RecordingOptions",
     "RunOptions",

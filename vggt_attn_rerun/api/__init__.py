@@ -2,7 +2,8 @@
 
 - ``record``: ``capture_run`` (one forward pass, every query's rows) and ``record_attention``
   (that, logged into a Rerun recording), ``query_grid``, ``as_loaded_images``.
-- ``runner``: ``run``, one whole command-line run from a typed ``RunOptions`` (checks, model, sinks, files).
+- ``runner``: ``run``, one whole command-line run from a typed ``RunOptions`` (checks, model, sinks, files);
+  its ``outputs`` (``Outputs``, from ``viz.sinks``) say where the recording goes, as in every command.
 - ``demo``: ``run_demo``, the offline demo (generated photos, the constructed model).
 - ``comparison``: ``record_comparison`` and ``compare`` (``CompareOptions``): several models on the
   same photos and queries in one recording, each under ``models/{name}``.
@@ -21,11 +22,13 @@ from vggt_attn_rerun.api.record import (
     record_attention,
 )
 from vggt_attn_rerun.api.runner import BadInput, RunHooks, RunOptions, RunSummary, run
+from vggt_attn_rerun.viz.sinks import Outputs
 
 __all__ = [
     "BadInput",
     "CompareOptions",
     "ImagesLike",
+    "Outputs",
     "QueriesLike",
     "RunHooks",
     "RunOptions",

@@ -196,11 +196,11 @@ def record_ablation(
 
 @dataclass(frozen=True)
 class AblateOptions:
-    """An ablation run: the main command's options (photos, queries, blocks, kinds, model, sinks)
+    """An ablation run: the main command's options (photos, queries, blocks, kinds, model, outputs)
     and what to intervene on.
 
     Attributes:
-        run: the photos, queries, ``blocks``, ``recording.kinds``, model and sinks (``RunOptions``).
+        run: the photos, queries, ``blocks``, ``recording.kinds``, model and outputs (``RunOptions``).
         what: "heads", "blocks" or "knockout" (core.interventions.sweep).
         ablation: "zero" or "mean" (heads and blocks).
         scope: knockouts: "patches" (every patch token) or "query" (only the queries' tokens).
@@ -256,8 +256,7 @@ def run_ablation(options: AblateOptions, hooks: RunHooks | None = None) -> Effec
         paths = expand_image_paths(list(run.images))
         check_image_size(run.image_size, VGGT_PATCH_SIZE)
         device, autocast = resolve_device(run.device, run.dtype)
-        sinks = plan_sinks(run.save, run.connect, run.serve, run.headless, run.overwrite, spawn=run.spawn,
-                           stdout=run.stdout)  # fmt: skip
+        sinks = plan_sinks(run.outputs)
         images = load_photos(paths, run, VGGT_PATCH_SIZE, hooks)
         resolve_queries(run, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)  # syntax, range
     model = load_model_for_run(run.model, device, hooks, run.arch)
@@ -301,6 +300,6 @@ def run_ablation(options: AblateOptions, hooks: RunHooks | None = None) -> Effec
         f"{plural(len(effects), 'intervention')} ({each:.3g} s each); largest point effect: "
         f"{effects.interventions[top].label} ({effects.values['points'][top]:.3g} x scene scale): {sinks.describe()}"
     )
-    if sinks.serve:
+    if sinks.outputs.serve:
         serve_forever(opened, echo=hooks.echo)
     return effects

@@ -59,7 +59,7 @@ from vggt_attn_rerun.viz.compare_blueprint import ComparedModel, compare_bluepri
 from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID, rooted
-from vggt_attn_rerun.viz.sinks import open_sinks, plan_sinks, serve_forever
+from vggt_attn_rerun.viz.sinks import Outputs, open_sinks, plan_sinks, serve_forever
 
 #: the parent of every model's entity root: ``models/{name}``
 MODELS_ROOT = "models"
@@ -185,7 +185,7 @@ def record_comparison(
 
 @dataclass(frozen=True)
 class CompareOptions:
-    """A comparison run: ``RunOptions``' fields for the photos, queries and sinks, and
+    """A comparison run: ``RunOptions``' fields for the photos, queries and outputs, and
     several models. ``archs``: one per model, or none (all ``auto``); ``names``: one per model,
     or none (``model_names``)."""
 
@@ -201,17 +201,11 @@ class CompareOptions:
     dtype: str = "auto"
     mode: str = "crop"
     image_size: int = VGGT_IMAGE_SIZE
-    save: str | os.PathLike[str] | None = None
-    spawn: bool = False
-    stdout: bool = False
-    connect: str | None = None
-    serve: bool = False
-    headless: bool = False
-    overwrite: bool = False
+    outputs: Outputs = field(default_factory=Outputs)
     force: bool = False
 
     def for_model(self, k: int) -> RunOptions:
-        """The single-model run options of model ``k`` (no sinks: the comparison has them)."""
+        """The single-model run options of model ``k`` (no outputs: the comparison has them)."""
         return RunOptions(
             images=self.images, queries=self.queries, query_grid=self.query_grid, blocks=self.blocks,
             recording=self.recording, model=self.models[k], arch=self.archs[k] if self.archs else "auto",
@@ -272,8 +266,7 @@ def compare(options: CompareOptions, hooks: RunHooks | None = None) -> list[Comp
         paths = expand_image_paths(list(options.images))
         check_image_size(options.image_size, VGGT_PATCH_SIZE)
         device, autocast = resolve_device(options.device, options.dtype)
-        sinks = plan_sinks(options.save, options.connect, options.serve, options.headless, options.overwrite,
-                           spawn=options.spawn, stdout=options.stdout)  # fmt: skip
+        sinks = plan_sinks(options.outputs)
         first = options.for_model(0)
         images = load_photos(paths, first, VGGT_PATCH_SIZE, hooks)
         resolve_queries(first, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)  # syntax, range
@@ -295,6 +288,6 @@ def compare(options: CompareOptions, hooks: RunHooks | None = None) -> list[Comp
         raise
     depths = ", ".join(f"{c.name} ({plural(c.depth, 'block')})" for c in compared)
     hooks.echo(f"{plural(len(compared), 'model')} compared: {depths}: {sinks.describe()}")
-    if sinks.serve:
+    if sinks.outputs.serve:
         serve_forever(opened, echo=hooks.echo)
     return compared

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -19,6 +18,7 @@ from PIL import Image
 from vggt_attn_rerun.api.runner import RunHooks, RunOptions, RunSummary, run
 from vggt_attn_rerun.testing import synthetic_scene
 from vggt_attn_rerun.viz.options import RecordingOptions
+from vggt_attn_rerun.viz.sinks import Outputs
 
 #: the model of the demo, as a --model spec (so the run loads it the way a user's would be)
 DEMO_MODEL = "vggt_attn_rerun.testing:matching_vggt"
@@ -42,17 +42,20 @@ def write_demo_images(folder: str | os.PathLike[str], frames: int = DEMO_FRAMES)
     return paths
 
 
-def demo_options(images: tuple[str, ...], **sinks: object) -> RunOptions:
-    """The demo's RunOptions over ``images`` (write_demo_images); ``sinks``: RunOptions' save,
-    spawn, connect, serve, headless, overwrite, device."""
+def demo_options(images: tuple[str, ...], outputs: Outputs | None = None, device: str = "auto") -> RunOptions:
+    """The demo's RunOptions over ``images`` (write_demo_images), recorded to ``outputs``."""
     recording = RecordingOptions(kinds=("global", "frame"), focus_block=DEMO_BLOCK)
-    options = RunOptions(images=images, queries=((DEMO_QUERY, "the demo query"),), recording=recording,
-                         model=DEMO_MODEL, image_size=DEMO_SIZE[1])  # fmt: skip
-    return replace(options, **sinks)
+    return RunOptions(images=images, queries=((DEMO_QUERY, "the demo query"),), recording=recording,
+                      model=DEMO_MODEL, image_size=DEMO_SIZE[1], device=device,
+                      outputs=outputs if outputs is not None else Outputs())  # fmt: skip
 
 
-def run_demo(frames: int = DEMO_FRAMES, hooks: RunHooks | None = None, **sinks: object) -> RunSummary:
-    """Generate the views in a temporary folder and run the demo (see the module docstring)."""
+def run_demo(frames: int = DEMO_FRAMES, hooks: RunHooks | None = None, outputs: Outputs | None = None,
+             device: str = "auto") -> RunSummary:  # fmt: skip
+    """Generate the views in a temporary folder and run the demo (see the module docstring).
+
+    ``outputs``: where the recording goes (default: a spawned viewer, as for the command line).
+    """
     with tempfile.TemporaryDirectory(prefix="vggt-attn-demo-") as folder:
         write_demo_images(folder, frames)
-        return run(demo_options((folder,), **sinks), hooks)
+        return run(demo_options((folder,), outputs, device), hooks)

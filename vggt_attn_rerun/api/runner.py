@@ -58,6 +58,7 @@ from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
 from vggt_attn_rerun.viz.sinks import (
     INTERACTIVE_PORT,
+    Outputs,
     SinkPlan,
     check_output_path,
     check_port_free,
@@ -95,8 +96,10 @@ class RunOptions:
         arch: the model's architecture (core.model_archs: vggt, pi3, pi3x, streamvggt, vggt-omega)
             or "auto" (from a known Hub id or the model's type).
         mode, image_size: how photos become model input (images.load_images).
-        save, spawn, stdout, connect, serve, headless, overwrite: sinks.plan_sinks.
-        export: also write the run file (io.runfile), committed with ``save``: both or neither.
+        outputs: where the recording goes (``viz.sinks.Outputs``: save, stdout, connect, serve,
+            spawn, headless, overwrite).
+        export: also write the run file (io.runfile), committed with ``outputs.save``: both or
+            neither; ``outputs.overwrite`` lets it replace a file.
         ask: keep the q/k cache for ``RunHooks.ask``; force: run past the memory estimate.
         interactive: keep the q/k cache and the recording's bytes for ``RunHooks.serve_clicks``
             (click-to-query in a browser page on ``port``).
@@ -113,13 +116,7 @@ class RunOptions:
     dtype: str = "auto"
     mode: str = "crop"
     image_size: int = VGGT_IMAGE_SIZE
-    save: str | os.PathLike[str] | None = None
-    spawn: bool = False
-    stdout: bool = False
-    connect: str | None = None
-    serve: bool = False
-    headless: bool = False
-    overwrite: bool = False
+    outputs: Outputs = field(default_factory=Outputs)
     export: str | os.PathLike[str] | None = None
     ask: bool = False
     force: bool = False
@@ -254,10 +251,8 @@ def _prepare(options: RunOptions, hooks: RunHooks) -> Prepared:
     # Provisional VGGT layout: catches bad and out-of-range queries now; resolved again for the model.
     queries = resolve_queries(options, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)
     export = check_output_path(options.export, "--export", RUN_SUFFIX, "the run file format",
-                               options.overwrite) if options.export else None  # fmt: skip
-    sinks = plan_sinks(options.save, options.connect, options.serve, options.headless, options.overwrite,
-                       spawn=options.spawn, stdout=options.stdout, allow_none=export is not None,
-                       relay=options.interactive)  # fmt: skip
+                               options.outputs.overwrite) if options.export else None  # fmt: skip
+    sinks = plan_sinks(options.outputs, allow_none=export is not None, relay=options.interactive)
     if options.interactive:
         if options.ask:
             raise UserError("--ask and --interactive both add queries after the run: give one")
@@ -398,7 +393,7 @@ def _capture_and_log(model: nn.Module, prep: Prepared, options: RunOptions, bloc
         if prep.export is not None:
             bar = hooks.progress(f"exporting {prep.export}", None)
             try:
-                pending += _pending_export(prep.export, result, prep.images, options.overwrite)
+                pending += _pending_export(prep.export, result, prep.images, options.outputs.overwrite)
             finally:
                 bar.close()
         commit(pending)  # both files or neither
@@ -406,7 +401,7 @@ def _capture_and_log(model: nn.Module, prep: Prepared, options: RunOptions, bloc
         progress.close()
         discard(pending)
         raise
-    if prep.sinks.serve:
+    if prep.sinks.outputs.serve:
         serve_forever(sinks, echo=hooks.echo)
     return result, added
 

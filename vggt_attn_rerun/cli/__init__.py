@@ -1,4 +1,5 @@
-"""The command line: a thin shell over the Python API (``vggt_attn_rerun.api.run``).
+"""The command line: a thin shell over the Python API (``vggt_attn_rerun.api.run``), and the
+viewer's entry point for run files (``importer``: ``rerun run.npz``).
 
 ``entry`` is the console script. It imports the command (and with it torch and rerun, seconds
 of start-up) only once it runs, so that Ctrl-C during those imports ends like any other Ctrl-C:

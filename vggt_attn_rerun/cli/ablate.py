@@ -1,7 +1,8 @@
 """``vggt-attn-rerun ablate IMAGES --what heads|blocks|knockout ...``: flags -> ``api.ablation.AblateOptions``.
 
-The photo, query, block, model and output flags are the main command's own (``main.cli.params``,
-taken by name, not redefined), so they read and check the same everywhere.
+The photo, query, block and model flags are the main command's own (``main.cli.params``, taken
+by name, not redefined), and the output flags every recording command's (``cli.outputs``), so
+they read and check the same everywhere.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import click
 from vggt_attn_rerun import api
 from vggt_attn_rerun.api.ablation import SCOPES, AblateOptions, run_ablation
 from vggt_attn_rerun.cli import main
+from vggt_attn_rerun.cli.outputs import COMBINING, output_params
 from vggt_attn_rerun.cli.progress import progress
 from vggt_attn_rerun.core.interventions import ABLATIONS, WHATS
 from vggt_attn_rerun.errors import UserError
@@ -21,8 +23,7 @@ from vggt_attn_rerun.errors import UserError
 # The main command's flags that an ablation run uses, by parameter name.
 SHARED = (
     "images", "queries", "queries_file", "query_grid", "grid_frame", "blocks", "kinds", "model", "arch", "device",
-    "dtype", "mode", "image_size", "conf_percentile", "max_points", "colormap", "save", "stdout", "connect", "serve",
-    "spawn", "headless", "overwrite", "force", "debug",
+    "dtype", "mode", "image_size", "conf_percentile", "max_points", "colormap", "force", "debug",
 )  # fmt: skip
 _HELP = {
     "kinds": "Blocks to intervene on: global (across views), frame (within a view) or frame,global. "
@@ -32,7 +33,7 @@ _HELP = {
     "repeatable. Default: the centre pixel of frame 0.",
 }
 
-_EPILOG = """\b
+_EPILOG = f"""\b
 Examples:
   vggt-attn-rerun ablate photos/ --what heads --blocks 20-23 --save heads.rrd
       every head of the last four global blocks, zeroed one at a time
@@ -46,6 +47,9 @@ against the unablated forward: depth (median relative change), points (median 3D
 scene scale), cameras (rotation change, change of the camera centre's direction, degrees),
 and the queries' own 3D points. The recording shows block x head matrices of each effect and
 the point map coloured by how far each point moved (--show, default the largest effect).
+
+\b
+{COMBINING}
 """
 
 
@@ -57,7 +61,7 @@ def _shared_params() -> list[click.Parameter]:
         if name in _HELP:
             p.help = _HELP[name]
         out.append(p)
-    return out
+    return out + output_params()
 
 
 def ablate_options(what: str, ablation: str, scope: str, batch_size: int, show: str | None,

@@ -8,15 +8,15 @@ import click
 
 from vggt_attn_rerun import api
 from vggt_attn_rerun.cli import checks
+from vggt_attn_rerun.cli.outputs import COMBINING, output_options, take_outputs
 from vggt_attn_rerun.cli.progress import progress
 from vggt_attn_rerun.core.images import MODES
 from vggt_attn_rerun.core.model_archs import ARCH_CHOICES
 from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, VGGT_IMAGE_SIZE
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.options import RecordingOptions
-from vggt_attn_rerun.viz.sinks import DEFAULT_URL
 
-_EPILOG = """\b
+_EPILOG = f"""\b
 Examples:
   vggt-attn-rerun compare photos/ --model facebook/VGGT-1B --model yyfz233/Pi3 -q 0:320,240
       VGGT and pi3 side by side, one query, in a viewer
@@ -24,8 +24,11 @@ Examples:
       the tiny replicas, written to cmp.rrd
 
 \b
-Each model is logged under models/{name}/ (name: --name, else from the spec). Models of
+Each model is logged under models/{{name}}/ (name: --name, else from the spec). Models of
 different depth line up on the depth_percent timeline: block b of L at round(100 * b / (L - 1)).
+
+\b
+{COMBINING}
 """
 
 
@@ -62,14 +65,7 @@ different depth line up on the depth_percent timeline: block b of L at round(100
 @click.option("--mode", type=click.Choice(MODES), default="crop", show_default=True, help="crop or pad.")
 @click.option("--image-size", type=int, default=VGGT_IMAGE_SIZE, show_default=True, metavar="PX",
               help="Model input width (crop) or long side (pad).")  # fmt: skip
-@click.option("--save", metavar="OUT.rrd", help="Write the recording to a file (whole or not at all).")
-@click.option("--stdout", is_flag=True, help="Write the recording to standard output.")
-@click.option("--connect", is_flag=False, flag_value=DEFAULT_URL, metavar="[URL]",
-              help=f"Stream to a running viewer (default URL {DEFAULT_URL}).")  # fmt: skip
-@click.option("--serve", is_flag=True, help="Host a web viewer and keep serving until Ctrl-C.")
-@click.option("--spawn", is_flag=True, help="Also open a viewer when --save, --connect or --serve is given.")
-@click.option("--headless", is_flag=True, help="Never spawn a viewer.")
-@click.option("--overwrite", is_flag=True, help="Let --save replace an existing file.")
+@output_options()
 @click.option("--force", is_flag=True, help="Run even when the memory estimate says it will not fit.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compare(**f: Any) -> None:
@@ -79,10 +75,10 @@ def compare(**f: Any) -> None:
     api.compare(options, hooks)
 
 
-def compare_options(images: tuple[str, ...], connect: str | None, **f: Any) -> api.CompareOptions:
+def compare_options(images: tuple[str, ...], **f: Any) -> api.CompareOptions:
     """The flags as one typed ``CompareOptions`` (BadInput for the command line's own text)."""
     try:
-        images, connect = checks.split_connect(images, connect)
+        outputs, images = take_outputs(f, images)
         for spec in f["models"]:
             checks.check_model_file(spec)
         return api.CompareOptions(
@@ -90,8 +86,7 @@ def compare_options(images: tuple[str, ...], connect: str | None, **f: Any) -> a
             queries=tuple((q, f"--query {q}") for q in f["queries"]),
             query_grid=checks.parse_query_grid(f["query_grid"], f["grid_frame"]), blocks=f["blocks"],
             recording=RecordingOptions(kinds=tuple(f["kinds"].split(","))), device=f["device"], dtype=f["dtype"],
-            mode=f["mode"], image_size=f["image_size"], save=f["save"], spawn=f["spawn"], stdout=f["stdout"],
-            connect=connect, serve=f["serve"], headless=f["headless"], overwrite=f["overwrite"], force=f["force"],
+            mode=f["mode"], image_size=f["image_size"], outputs=outputs, force=f["force"],
         )  # fmt: skip
     except api.BadInput:
         raise

@@ -8,8 +8,8 @@ import click
 
 from vggt_attn_rerun import api
 from vggt_attn_rerun.api.demo import DEMO_BLOCK, DEMO_FRAMES
+from vggt_attn_rerun.cli.outputs import COMBINING, output_options, take_outputs
 from vggt_attn_rerun.cli.progress import progress
-from vggt_attn_rerun.viz.sinks import DEFAULT_URL
 
 DOC = f"""Try the tool offline: generated photos and a CONSTRUCTED demo model, in the viewer.
 
@@ -21,10 +21,13 @@ the 3D view's title, the legend and the notes say so. For learned attention, run
 command on your photos with VGGT-1B.
 """
 
-_EPILOG = """\b
+_EPILOG = f"""\b
 Examples:
   vggt-attn-rerun demo                    open the viewer on the demo
   vggt-attn-rerun demo --save demo.rrd    write the recording only (then: rerun demo.rrd)
+
+\b
+{COMBINING}
 """
 
 
@@ -32,14 +35,9 @@ Examples:
                context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})  # fmt: skip
 @click.option("--frames", type=click.IntRange(2, 8), default=DEMO_FRAMES, show_default=True,
               help="Number of generated views.")  # fmt: skip
-@click.option("--save", metavar="OUT.rrd", help="Write the recording to a file; opens no viewer unless --spawn.")
-@click.option("--connect", is_flag=False, flag_value=DEFAULT_URL, metavar="[URL]",
-              help=f"Stream to a running viewer (default URL {DEFAULT_URL}).")  # fmt: skip
-@click.option("--serve", is_flag=True, help="Host a web viewer and keep serving until Ctrl-C.")
-@click.option("--spawn", is_flag=True, help="Also open a viewer when --save, --connect or --serve is given.")
-@click.option("--headless", is_flag=True, help="Never spawn a viewer.")
-@click.option("--overwrite", is_flag=True, help="Let --save replace an existing file.")
+@output_options()
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def demo(frames: int, debug: bool, **sinks: Any) -> None:
+def demo(frames: int, debug: bool, **flags: Any) -> None:
     echo = lambda line: click.echo(" ".join(str(line).split()), err=True)  # noqa: E731
-    api.run_demo(frames, api.RunHooks(echo=echo, progress=progress), device="cpu", **sinks)
+    outputs, _ = take_outputs(flags)
+    api.run_demo(frames, api.RunHooks(echo=echo, progress=progress), outputs, device="cpu")

@@ -23,6 +23,7 @@ from vggt_attn_rerun.cli import checks, install
 from vggt_attn_rerun.cli.batch import batch
 from vggt_attn_rerun.cli.compare import compare
 from vggt_attn_rerun.cli.demo import demo
+from vggt_attn_rerun.cli.outputs import COMBINING, output_options, take_outputs
 from vggt_attn_rerun.cli.progress import progress
 from vggt_attn_rerun.core.images import MAX_IMAGE_SIZE, MODES
 from vggt_attn_rerun.core.model_archs import ARCH_CHOICES
@@ -32,7 +33,7 @@ from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, VGGT_IMAGE_SIZE
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.colormap import COLORMAPS
 from vggt_attn_rerun.viz.options import RecordingOptions
-from vggt_attn_rerun.viz.sinks import DEFAULT_URL, INTERACTIVE_PORT, WEB_PORT
+from vggt_attn_rerun.viz.sinks import INTERACTIVE_PORT, WEB_PORT
 
 PROG = "vggt-attn-rerun"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -65,9 +66,7 @@ queries there are, the model runs once; with more than 4 the layout shows q0 (se
 "queries" tab for the others).
 
 \b
-Outputs: --save, --connect, --serve and --spawn combine (each gets the whole recording);
---stdout goes alone. A viewer is spawned only when none of them is given (and not
---headless), or with --spawn. --save and --export files appear together when the run
+{COMBINING} --save and --export files appear together when the run
 succeeds, or neither does.
 
 \b
@@ -267,19 +266,10 @@ _OPTIONS = (
     click.option("--interactive", is_flag=True, help=_INTERACTIVE_HELP),
     click.option("--port", type=click.IntRange(1, 65535), default=INTERACTIVE_PORT, show_default=True,
                  help="Port of the --interactive page (on 127.0.0.1; forward it with ssh -L from a remote machine)."),
-    click.option("--save", metavar="OUT.rrd",
-                 help="Write the recording to a file (whole or not at all); opens no viewer unless --spawn."),
     click.option("--export", metavar="RUN.npz",
                  help="Also save the run (attention rows, predictions, images) to an .npz that `rerun RUN.npz` "
                  "shows again without the model. Alone: capture and export only."),
-    click.option("--stdout", is_flag=True, help="Write the recording to standard output: ... --stdout | rerun -"),
-    click.option("--connect", is_flag=False, flag_value=DEFAULT_URL, metavar="[URL]",
-                 help=f"Stream to a running viewer (default URL {DEFAULT_URL})."),
-    click.option("--serve", is_flag=True,
-                 help=f"Host a web viewer (http://localhost:{WEB_PORT}) and keep serving until Ctrl-C."),
-    click.option("--spawn", is_flag=True, help="Also open a viewer when --save, --connect or --serve is given."),
-    click.option("--headless", is_flag=True, help="Never spawn a viewer."),
-    click.option("--overwrite", is_flag=True, help="Let --save and --export replace existing files."),
+    output_options("--save and --export"),
     click.option("--force", is_flag=True, help="Run even when the memory estimate says it will not fit."),
     click.option("--debug", is_flag=True, help="Show tracebacks."),
 )  # fmt: skip
@@ -310,10 +300,10 @@ def cli(**flags: Any) -> None:
     api.run(options, hooks)
 
 
-def run_options(images: tuple[str, ...], connect: str | None, **f: Any) -> api.RunOptions:
+def run_options(images: tuple[str, ...], **f: Any) -> api.RunOptions:
     """The flags as one typed ``api.RunOptions`` (UserError for the command line's own text)."""
     try:
-        images, connect = checks.split_connect(images, connect)
+        outputs, images = take_outputs(f, images)
         queries = [(q, f"--query {q}") for q in f["queries"]]
         if f["queries_file"]:
             queries += checks.read_queries_file(f["queries_file"])
@@ -329,9 +319,7 @@ def run_options(images: tuple[str, ...], connect: str | None, **f: Any) -> api.R
         return api.RunOptions(
             images=images, queries=tuple(queries), query_grid=checks.parse_query_grid(f["query_grid"], f["grid_frame"]),
             blocks=f["blocks"], recording=recording, model=f["model"], arch=f["arch"], device=f["device"],
-            dtype=f["dtype"],
-            mode=f["mode"], image_size=f["image_size"], save=f["save"], spawn=f["spawn"], stdout=f["stdout"],
-            connect=connect, serve=f["serve"], headless=f["headless"], overwrite=f["overwrite"], export=f["export"],
+            dtype=f["dtype"], mode=f["mode"], image_size=f["image_size"], outputs=outputs, export=f["export"],
             ask=f["ask"], force=f["force"], interactive=f["interactive"], port=f["port"],
         )  # fmt: skip
     except api.BadInput:

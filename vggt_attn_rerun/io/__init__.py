@@ -1,1 +1,1 @@
-"""Files: atomic writes, the run file (export/load), the Rerun importer."""
+"""Files, above ``core`` and without rerun: the atomic write, checked ``.npz`` reading, the run file."""

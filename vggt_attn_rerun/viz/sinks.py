@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -55,25 +55,48 @@ PROBE_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
-class SinkPlan:
-    """The sinks of one run (see ``plan_sinks``).
+class Outputs:
+    """Where a recording goes, as asked: Rerun's script flags (``rr.script_add_args``) with
+    ``--spawn`` and ``--overwrite``. The options of every command that records (``RunOptions``,
+    ``CompareOptions``) hold one; ``plan_sinks`` checks it and decides the sinks.
+
+    With none of ``save``, ``stdout``, ``connect``, ``serve`` and ``headless`` a viewer is spawned
+    (Rerun's default); ``save`` alone writes the file and opens nothing.
 
     Attributes:
-        save: final path of the .rrd file, or None; ``overwrite``: it may replace a file.
-        spawn: start a native viewer and stream to it; ``viewer``: the ``rerun`` executable.
-        stdout: stream the recording to standard output (exclusive: nothing else goes there).
-        connect: URL of a running viewer to stream to, or None.
+        save: write the recording to this ``.rrd`` file, whole or not at all; None: no file.
+        spawn: also open a native viewer when ``save``, ``connect`` or ``serve`` is given.
+        stdout: stream the recording to standard output (``... | rerun -``); nothing else goes with it.
+        connect: URL of a running viewer to stream to (``DEFAULT_URL``), or None.
         serve: host a gRPC server and a web viewer, and keep serving until Ctrl-C.
-        relay: also keep the recording's bytes in a ``rr.BinaryStream`` (``OpenSinks.relay``)
-            for a viewer the caller feeds itself (``--interactive``: the browser page).
+        headless: never spawn a viewer.
+        overwrite: ``save`` (and a run's ``export``) may replace an existing file.
     """
 
-    save: Path | None = None
+    save: str | os.PathLike[str] | None = None
     spawn: bool = False
     stdout: bool = False
     connect: str | None = None
     serve: bool = False
+    headless: bool = False
     overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class SinkPlan:
+    """The sinks of one run, as ``plan_sinks`` decided them.
+
+    Attributes:
+        outputs: the outputs as decided: ``save`` a checked ``Path``, ``connect`` a checked URL,
+            ``spawn`` true whenever a viewer is started (asked for, or Rerun's default).
+        viewer: the ``rerun`` executable a spawned viewer runs.
+        grpc_port, web_port, open_browser: where ``--spawn`` and ``--serve`` listen; whether
+            ``--serve`` opens a browser.
+        relay: also keep the recording's bytes in a ``rr.BinaryStream`` (``OpenSinks.page_stream``)
+            for a viewer the caller feeds itself (``--interactive``: the browser page).
+    """
+
+    outputs: Outputs = field(default_factory=Outputs)
     viewer: str | None = None
     grpc_port: int = VIEWER_PORT
     web_port: int = WEB_PORT
@@ -83,19 +106,21 @@ class SinkPlan:
     @property
     def empty(self) -> bool:
         """Nothing receives the recording (``--export --headless``: capture and export only)."""
-        return not (self.save or self.spawn or self.stdout or self.connect or self.serve or self.relay)
+        o = self.outputs
+        return not (o.save or o.spawn or o.stdout or o.connect or o.serve or self.relay)
 
     def describe(self) -> str:
+        o = self.outputs
         parts = []
-        if self.save is not None:
-            parts.append(f"saved {self.save}")
-        if self.spawn:
+        if o.save is not None:
+            parts.append(f"saved {o.save}")
+        if o.spawn:
             parts.append("sent to the spawned viewer")
-        if self.stdout:
+        if o.stdout:
             parts.append("written to stdout")
-        if self.connect:
-            parts.append(f"sent to {self.connect}")
-        if self.serve:
+        if o.connect:
+            parts.append(f"sent to {o.connect}")
+        if o.serve:
             parts.append("served to the web viewer")
         if self.relay:
             parts.append("shown in the browser page")
@@ -206,48 +231,39 @@ def check_stdout_is_a_pipe() -> None:
 
 
 def plan_sinks(
-    save: str | os.PathLike[str] | None = None,
-    connect: str | None = None,
-    serve: bool = False,
-    headless: bool = False,
-    overwrite: bool = False,
-    *,
-    spawn: bool = False,
-    stdout: bool = False,
-    allow_none: bool = False,
-    open_browser: bool = True,
-    relay: bool = False,
+    outputs: Outputs, *, allow_none: bool = False, open_browser: bool = True, relay: bool = False
 ) -> SinkPlan:
-    """Check the sink options and decide the sinks (cheap: before the model loads).
+    """Check the outputs and decide the sinks (cheap: before the model loads).
 
     A viewer is spawned when asked (``spawn``) or when no other output is (Rerun's default:
     ``--save`` alone only writes the file). ``stdout`` excludes every other sink. ``allow_none``:
     the caller has another output (``--export``): no viewer by default, and an empty plan is fine.
-    ``relay``: the caller shows the recording itself (``OpenSinks.relay``), so no viewer by default.
+    ``relay``: the caller shows the recording itself (``OpenSinks.page_stream``), so no viewer by default.
     """
-    others = [flag for flag, on in (("--save", save), ("--connect", connect), ("--serve", serve), ("--spawn", spawn))
-              if on]  # fmt: skip
-    if stdout and others:
+    o = outputs
+    others = [flag for flag, on in (("--save", o.save), ("--connect", o.connect), ("--serve", o.serve),
+                                    ("--spawn", o.spawn)) if on]  # fmt: skip
+    if o.stdout and others:
         raise UserError(
             f"--stdout sends the recording down the pipe only: drop {', '.join(others)} "
             f"(to keep a file too: ... --stdout | rerun - --save out.rrd)"
         )
-    if spawn and headless:
+    if o.spawn and o.headless:
         raise UserError("--spawn and --headless contradict each other: give one")
-    save_path = check_save_path(save, overwrite) if save else None
-    url = check_url(connect) if connect else None
+    save_path = check_save_path(o.save, o.overwrite) if o.save else None
+    url = check_url(o.connect) if o.connect else None
     if url:
         check_viewer_listening(url)
-    if stdout:
+    if o.stdout:
         check_stdout_is_a_pipe()
-    if stdout and relay:
+    if o.stdout and relay:
         raise UserError("--stdout sends the recording down the pipe only: drop --interactive")
-    spawn = spawn or not (headless or stdout or serve or url or save_path or allow_none or relay)
-    if serve:
+    spawn = o.spawn or not (o.headless or o.stdout or o.serve or url or save_path or allow_none or relay)
+    if o.serve:
         check_port_free(VIEWER_PORT, "gRPC server")
         check_port_free(WEB_PORT, "web viewer")
-    plan = SinkPlan(save=save_path, spawn=spawn, stdout=stdout, connect=url, serve=serve, overwrite=overwrite,
-                    viewer=find_viewer() if spawn else None, open_browser=open_browser, relay=relay)  # fmt: skip
+    decided = replace(o, save=save_path, spawn=spawn, connect=url)
+    plan = SinkPlan(decided, viewer=find_viewer() if spawn else None, open_browser=open_browser, relay=relay)
     if plan.empty and not allow_none:
         raise UserError(
             "--headless alone would discard the recording: add --save out.rrd (or --stdout/--connect/--serve)"
@@ -287,17 +303,15 @@ class OpenSinks:
     def start(self) -> None:
         import rerun as rr  # noqa: F811 - the real module, not the TYPE_CHECKING name
 
-        plan = self.plan
-        if plan.stdout:
+        plan, out = self.plan, self.plan.outputs
+        if out.stdout:
             self.relay = StdoutRelay("--stdout")
             self.recording.stdout(default_blueprint=self.blueprint)
             return
         sinks: list[Any] = []
-        if plan.save is not None:
-            self.writer = PendingWriter(
-                plan.save, overwrite=plan.overwrite, action=f"save the recording to {plan.save}"
-            )
-            if streamfile.available() and not plan.serve:
+        if out.save is not None:
+            self.writer = PendingWriter(out.save, overwrite=out.overwrite, action=f"save the recording to {out.save}")
+            if streamfile.available() and not out.serve:
                 self.pipe = streamfile.PipeToFile(self.writer.file)
                 sinks.append(rr.FileSink(str(self.pipe.path)))
             else:
@@ -308,19 +322,19 @@ class OpenSinks:
         if plan.relay:
             self.page_stream = self.recording.binary_stream()
             sinks.append(self.page_stream)
-        if plan.spawn:
+        if out.spawn:
             self._spawn(rr)
             sinks.append(rr.GrpcSink(f"rerun+http://127.0.0.1:{plan.grpc_port}/proxy"))
-        if plan.connect:
-            sinks.append(rr.GrpcSink(plan.connect))
-        if plan.serve:
+        if out.connect:
+            sinks.append(rr.GrpcSink(out.connect))
+        if out.serve:
             server = self._serving(lambda: rr.GrpcServerSink(port=plan.grpc_port), plan.grpc_port)
             # The server binds every interface; a browser cannot connect to 0.0.0.0 everywhere.
             self.server_uri = server.uri.replace("0.0.0.0", "127.0.0.1")
             sinks.append(server)
         # Every sink gets the blueprint (if any): embedded in the file, a default for viewers.
         self.recording.set_sinks(*sinks, default_blueprint=self.blueprint)
-        if plan.serve:
+        if out.serve:
             self._serving(
                 lambda: rr.serve_web_viewer(
                     web_port=plan.web_port, open_browser=plan.open_browser, connect_to=self.server_uri
@@ -353,7 +367,7 @@ class OpenSinks:
         try:
             self.recording.flush(timeout_sec=FLUSH_TIMEOUT_S)
         except RuntimeError as e:  # Rerun reports a timeout as a plain RuntimeError
-            where = "to the viewer (did it close?)" if not self.plan.stdout else "down the pipe"
+            where = "to the viewer (did it close?)" if not self.plan.outputs.stdout else "down the pipe"
             raise UserError(f"the recording could not be delivered {where} within {FLUSH_TIMEOUT_S:g} s ({e})") from e
         if self.page_stream is not None:  # its reader is done: nothing more goes to the page
             self.page_stream.read(flush=False)
