@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vggt_attn_rerun.api.runner import RunHooks, RunOptions, RunSummary, run
+from vggt_attn_rerun.api.runner import RunCallbacks, RunOptions, RunSummary, run
 from vggt_attn_rerun.testing import synthetic_scene
 from vggt_attn_rerun.viz.options import RecordingOptions
 
@@ -51,8 +51,8 @@ def demo_options(images: tuple[str, ...], **sinks: object) -> RunOptions:
     return replace(options, **sinks)
 
 
-def run_demo(frames: int = DEMO_FRAMES, hooks: RunHooks | None = None, **sinks: object) -> RunSummary:
+def run_demo(frames: int = DEMO_FRAMES, callbacks: RunCallbacks | None = None, **sinks: object) -> RunSummary:
     """Generate the views in a temporary folder and run the demo (see the module docstring)."""
     with tempfile.TemporaryDirectory(prefix="vggt-attn-demo-") as folder:
         write_demo_images(folder, frames)
-        return run(demo_options((folder,), **sinks), hooks)
+        return run(demo_options((folder,), **sinks), callbacks)

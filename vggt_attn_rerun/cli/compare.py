@@ -9,8 +9,8 @@ import click
 from vggt_attn_rerun import api
 from vggt_attn_rerun.cli import checks
 from vggt_attn_rerun.cli.progress import progress
+from vggt_attn_rerun.core.architectures import ARCH_CHOICES
 from vggt_attn_rerun.core.images import MODES
-from vggt_attn_rerun.core.model_archs import ARCH_CHOICES
 from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, VGGT_IMAGE_SIZE
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.options import RecordingOptions
@@ -75,8 +75,8 @@ different depth line up on the depth_percent timeline: block b of L at round(100
 def compare(**f: Any) -> None:
     """Record two or more models on the same photos and queries into one recording, side by side."""
     options = compare_options(**f)
-    hooks = api.RunHooks(echo=lambda line: click.echo(" ".join(line.split()), err=True), progress=progress)
-    api.compare(options, hooks)
+    callbacks = api.RunCallbacks(echo=lambda line: click.echo(" ".join(line.split()), err=True), progress=progress)
+    api.compare(options, callbacks)
 
 
 def compare_options(images: tuple[str, ...], connect: str | None, **f: Any) -> api.CompareOptions:

@@ -42,4 +42,4 @@ Examples:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def demo(frames: int, debug: bool, **sinks: Any) -> None:
     echo = lambda line: click.echo(" ".join(str(line).split()), err=True)  # noqa: E731
-    api.run_demo(frames, api.RunHooks(echo=echo, progress=progress), device="cpu", **sinks)
+    api.run_demo(frames, api.RunCallbacks(echo=echo, progress=progress), device="cpu", **sinks)
