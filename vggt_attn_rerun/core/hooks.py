@@ -29,6 +29,8 @@ from vggt_attn_rerun.errors import UserError
 
 @dataclass
 class _Slot:
+    """One hooked attention module, and what its hooks have read during its current call."""
+
     kind: str
     block: int
     pos_index: int | None  # positional index of the positions argument of attn.forward
