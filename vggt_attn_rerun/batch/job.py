@@ -242,7 +242,7 @@ def capture_scene(model: torch.nn.Module, images: LoadedImages, options: StudyOp
     rows, cols = options.grid
     blocks = parse_index_list(options.blocks, model_depth(model))
     return capture(model, images, lambda lay: query_grid(lay, options.frame, rows, cols), blocks=blocks,
-                   kinds=options.recording_options().kinds, autocast_dtype=autocast)  # fmt: skip
+                   kinds=options.kinds, autocast_dtype=autocast)  # fmt: skip
 
 
 def scene_table(name: str, result: CaptureResult, images: LoadedImages, options: StudyOptions,
