@@ -74,7 +74,7 @@ def spread_queries(layout: TokenLayout, count: int) -> list[Query]:
 
 def load_bench_model(spec: str, device: str) -> nn.Module:
     """``tiny`` or ``random`` (VGGT-1B), fp32 weights (autocast sets the compute dtype), eval mode."""
-    from vggt_attn_rerun.core.models import load_model
+    from vggt_attn_rerun.core.loading import load_model
 
     return load_model(spec, device=device, dtype=torch.float32)
 

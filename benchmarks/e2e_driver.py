@@ -3,7 +3,7 @@
 The CLI runs unchanged, in this process; timers are wrapped around what it calls:
 
 - import: importing ``vggt_attn_rerun.cli`` (torch, rerun, ...);
-- load: ``vggt_attn_rerun.core.models.load_model`` (building or reading the model);
+- load: ``vggt_attn_rerun.core.loading.load_model`` (building or reading the model);
 - forward: the loaded model's top-level forward calls (forward pre/post hooks);
 - logging: from the end of the last forward until the CLI returns (logging, the blueprint and
   writing the .rrd); ``log_run_s`` is the part spent in ``vggt_attn_rerun.viz.log_run.log_run``.
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     timers = _Timers()
 
     import vggt_attn_rerun.cli.main as cli
-    import vggt_attn_rerun.core.models as models
+    import vggt_attn_rerun.core.loading as loading
 
     try:
         import vggt_attn_rerun.viz.log_run as recording
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         recording = None
     import_s = time.perf_counter() - _T0
 
-    original_load = models.load_model
+    original_load = loading.load_model
 
     @functools.wraps(original_load)
     def load_model(*a: Any, **k: Any) -> Any:

@@ -244,7 +244,7 @@ def _e2e(e: dict[str, Any]) -> list[str]:
         "",
         f"`vggt-attn-rerun {e['cli_args']}` in a child process (benchmarks/e2e_driver.py), photos "
         "already at the model size. Wall time of the process, split by timers: import = importing the CLI "
-        "(torch, rerun); model load = models.load_model; forward = the model's forward; logging = from the "
+        "(torch, rerun); model load = core.loading.load_model; forward = the model's forward; logging = from the "
         "end of the forward until the CLI returns (recording.log_run, blueprint, writing the .rrd; the "
         "log_run column is the part in log_run); other = interpreter start, reading photos, checks.",
         "",

@@ -36,16 +36,16 @@ def scene(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def forward_calls(monkeypatch) -> list:
-    """Counts the forward passes of the model the CLI loads (through core.models.load_model)."""
-    from vggt_attn_rerun.core import models
+    """Counts the forward passes of the model the CLI loads (through core.loading.load_model)."""
+    from vggt_attn_rerun.core import loading
 
     calls: list = []
-    real = models.load_model
+    real = loading.load_model
 
     def counting(*args, **kwargs):
         model = real(*args, **kwargs)
         model.register_forward_hook(lambda *_: calls.append(1))
         return model
 
-    monkeypatch.setattr(models, "load_model", counting)
+    monkeypatch.setattr(loading, "load_model", counting)
     return calls

@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from vggt_attn_rerun.core.adapters import adapter_for
+from vggt_attn_rerun.core.architectures import arch_for_hub_id
 from vggt_attn_rerun.core.capture import capture
-from vggt_attn_rerun.core.model_archs import arch_for_hub_id
-from vggt_attn_rerun.core.models import load_model
+from vggt_attn_rerun.core.loading import load_model
 from vggt_attn_rerun.core.tokens import Query
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.testing.tiny_pi3 import tiny_pi3

@@ -19,7 +19,7 @@ import torch
 from vggt_attn_rerun import api
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.images import expand_image_paths, load_images
-from vggt_attn_rerun.core.models import load_model
+from vggt_attn_rerun.core.loading import load_model
 from vggt_attn_rerun.viz.options import RecordingOptions
 
 CHROMIUM = os.environ.get("VGGT_ATTN_CHROMIUM", "/usr/bin/chromium")
@@ -65,13 +65,13 @@ def test_clicks_in_chromium_add_queries_equal_to_a_direct_capture_and_outside_ad
     options = api.RunOptions(images=(str(scene),), queries=(("0:10,10", "--query 0:10,10"),), model="tiny",
                              recording=RecordingOptions(kinds=KINDS, max_points=300), image_size=84,
                              interactive=True, port=port)  # fmt: skip
-    hooks = api.RunHooks(
+    callbacks = api.RunCallbacks(
         echo=lines.append, serve_clicks=functools.partial(_serve, echo=lines.append, until=stop.is_set)
     )
 
     def run() -> None:
         try:
-            out["summary"] = api.run(options, hooks)
+            out["summary"] = api.run(options, callbacks)
         except BaseException as e:  # noqa: BLE001 - reported by the test below
             out["error"] = e
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vggt_attn_rerun.core.capture import capture
+from vggt_attn_rerun.core.images import expand_image_paths, load_images
 from vggt_attn_rerun.core.introspect import find_aggregator, model_layout
 from vggt_attn_rerun.core.qk_cache import model_qk_cache_bytes, qk_cache_bytes_per_frame
 from vggt_attn_rerun.core.rows import AttentionRows
@@ -131,6 +132,22 @@ def test_hooks_are_removed_after_capture_and_after_a_failing_forward(scene_image
     with pytest.raises(KeyboardInterrupt):
         capture(model, scene_images, _queries)
     handle.remove()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_a_folder_of_photos_is_captured_as_its_loaded_images_with_pixels_of_the_photos(tiny_model, scene):
+    loaded = load_images(expand_image_paths([scene]))
+    from_folder = capture(tiny_model, scene, ["0:20,30"], blocks=[1])
+    from_loaded = capture(tiny_model, loaded, ["0:20,30"], blocks=[1])
+    assert from_folder.rows.queries == from_loaded.rows.queries
+    torch.testing.assert_close(from_folder.rows.probs["global"], from_loaded.rows.probs["global"], rtol=0, atol=0)
+
+
+def test_a_block_that_cannot_be_hooked_fails_clearly_and_leaves_no_hook_behind(scene_images):
+    model = tiny_vggt(seed=3)
+    model.aggregator.global_blocks[2].attn.q_norm = None  # blocks before it are hooked first
+    with pytest.raises(UserError, match="global block 2: .* has no q_norm module"):
+        capture(model, scene_images, _queries)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 

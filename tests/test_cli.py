@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from vggt_attn_rerun import api
 from vggt_attn_rerun.api import runner
 from vggt_attn_rerun.cli import main as cli
-from vggt_attn_rerun.core import models
-from vggt_attn_rerun.core.models import VGGT_COMMIT
+from vggt_attn_rerun.core import loading
+from vggt_attn_rerun.core.loading import VGGT_COMMIT
 from vggt_attn_rerun.io.runfile import load_run
 from vggt_attn_rerun.viz import sinks
 
@@ -33,7 +33,7 @@ def invoke(*args: str, **kwargs):
 
 @pytest.fixture
 def no_model(monkeypatch):
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_every_query_form(scene, tmp_path):
     out = tmp_path / "q.rrd"
     queries = ["0:40,20", "1:p1,2", "2:camera", "7", "1:patch=3,5", "0:register_2"]
     args = [a for q in queries for a in ("-q", q)]
-    result = invoke(scene, *FAST, "--headless", "--save", out, *args, "--blocks", "1,3", "--head", "2")
+    result = invoke(scene, *FAST, "--headless", "--save", out, *args, "--blocks", "1,3", "--focus-head", "2")
     assert result.exit_code == 0, result.output
     # Identity preprocessing at 84 px: pixel (40, 20) lies in patch row 1, col 2 (14 px patches);
     # P = 5 + 24 = 29 tokens per frame, so 1:p1,2 is 29 + 5 + 8 and token 7 is patch (0, 2) of frame 0.
@@ -377,7 +377,7 @@ def test_progress_advances_once_per_captured_attention_module(scene, tmp_path):
     options = api.RunOptions(images=(scene,), model="tiny", image_size=84, blocks="0,2",
                              outputs=api.Outputs(save=tmp_path / "p.rrd"),
                              recording=RecordingOptions(kinds=("frame", "global")))  # fmt: skip
-    summary = api.run(options, api.RunHooks(progress=Bar))
+    summary = api.run(options, api.RunCallbacks(progress=Bar))
     assert summary.queries == 1 and (tmp_path / "p.rrd").exists()
     forward = events.index(("open", "forward pass", 4))
     assert events[forward + 1 : forward + 5] == [("update", 1)] * 4

@@ -1,4 +1,4 @@
-"""The seed script's API (legacy, `import visualize_attention`): same structures, real attention, loud errors."""
+"""The earlier script's API (legacy, `import visualize_attention`): same structures, real attention, loud errors."""
 
 import sys
 
@@ -24,7 +24,7 @@ from vggt_attn_rerun.testing import synthetic_scene
 S, GH, GW, P, HEADS, DEPTH = 3, 4, 6, 29, 4, 4
 N = S * P
 BLOCK = 2
-FRAME2_TOKEN = 2 * P + 5 + 1 * GW + 3  # frame 2, patch (1, 3): frame 0 would be the seed's answer
+FRAME2_TOKEN = 2 * P + 5 + 1 * GW + 3  # frame 2, patch (1, 3): frame 0 would be the earlier script's answer
 
 
 @pytest.fixture(autouse=True)
@@ -119,8 +119,8 @@ def test_values_equal_the_captured_rows_of_a_token_in_frame_2(tiny_model, scene_
 def test_frame_values_do_not_read_frame_0(both, scene_images):
     weights = both["frame_attention"]["attn_weights"]
     ours = get_attention_values(weights, scene_images, FRAME2_TOKEN, 0, 5, "frame")["attention_maps"]
-    seed_row = weights[0, 0, FRAME2_TOKEN - 2 * P, 5:]  # what the seed read for this token
-    assert not np.allclose(ours, (seed_row / seed_row.sum()).reshape(GH, GW).numpy(), atol=1e-4)
+    script_row = weights[0, 0, FRAME2_TOKEN - 2 * P, 5:]  # what the earlier script read for this token
+    assert not np.allclose(ours, (script_row / script_row.sum()).reshape(GH, GW).numpy(), atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["frame", "global"])
@@ -169,7 +169,7 @@ def test_figures_have_the_expected_axes(both, scene_images):
     frame_fig = visualize_attention_on_image(get_attention_values(weights, scene_images, FRAME2_TOKEN))
     assert len(frame_fig.axes) == 3  # image, overlay, colorbar
     assert "Frame 2" in frame_fig.axes[0].get_title()
-    # The seed's call form (weights, images, token) gives the same figure layout.
+    # The earlier script's call form (weights, images, token) gives the same figure layout.
     global_fig = visualize_attention_on_image(
         both["global_attention"]["attn_weights"], scene_images, FRAME2_TOKEN, "mean", 5, "global"
     )

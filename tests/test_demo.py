@@ -11,7 +11,7 @@ import pytest
 
 from tests.test_recording import Recording
 from vggt_attn_rerun.cli.main import run
-from vggt_attn_rerun.core import models
+from vggt_attn_rerun.core import loading
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.testing import CONSTRUCTED_LABEL
 from vggt_attn_rerun.viz.paths import Paths
@@ -51,8 +51,8 @@ def test_an_unreachable_hub_fails_fast_and_names_the_offline_demo(tmp_path, monk
 
     monkeypatch.setattr(socket, "create_connection", black_hole)
     monkeypatch.setattr(hub, "hf_hub_download", download, raising=False)
-    monkeypatch.setattr(models, "HUB_PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(loading, "HUB_PROBE_TIMEOUT_S", 0.5)
     start = time.monotonic()
     with pytest.raises(UserError, match=r"could not be downloaded.*vggt-attn-rerun demo.*--model tiny"):
-        models.load_model("facebook/VGGT-1B", arch="tiny")
+        loading.load_model("facebook/VGGT-1B", arch="tiny")
     assert time.monotonic() - start < 5

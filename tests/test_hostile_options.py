@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from vggt_attn_rerun.cli import checks
 from vggt_attn_rerun.cli import main as cli
-from vggt_attn_rerun.core import models
-from vggt_attn_rerun.core.models import SPEC_SYNTAX
+from vggt_attn_rerun.core import loading
+from vggt_attn_rerun.core.loading import SPEC_SYNTAX
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.testing.tiny_model import TinyVGGT
 
@@ -25,13 +25,13 @@ def run_cli(args, capsys) -> tuple[int, list[str]]:
 
 @pytest.fixture
 def no_model(monkeypatch):
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
 
 
 @pytest.fixture
 def vggt_is_tiny(monkeypatch):
     """Checkpoints and folders build the tiny VGGT (the vggt package is not installed in tests)."""
-    monkeypatch.setattr(models, "_vggt_class", lambda: TinyVGGT)
+    monkeypatch.setattr(loading, "_vggt_class", lambda: TinyVGGT)
 
 
 # -- --queries-file ------------------------------------------------------------------------------

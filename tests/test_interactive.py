@@ -44,13 +44,13 @@ def run(tiny_model, scene_images):
 
 @pytest.fixture
 def fake_log(monkeypatch):
-    """The session's log_queries replaced by a recorder of its calls (for tests of the plumbing only)."""
+    """The session's log_added_queries replaced by a recorder of its calls (for tests of the plumbing only)."""
     calls = []
 
-    def log_queries(rec, result, images, options, first_index):
+    def log_added_queries(rec, result, images, options, first_index):
         calls.append((first_index, result.rows.queries))
 
-    monkeypatch.setattr(session_module, "log_queries", log_queries)
+    monkeypatch.setattr(session_module, "log_added_queries", log_added_queries)
     return calls
 
 
@@ -250,7 +250,7 @@ def test_selection_handler(run, scene_images, fake_log, monkeypatch):
     def failing_log(*args, **kwargs):
         raise UserError("the recording is closed")
 
-    monkeypatch.setattr(session_module, "log_queries", failing_log)
+    monkeypatch.setattr(session_module, "log_added_queries", failing_log)
     assert handler(_event(session, rr.notebook.EntitySelectionItem(Paths.image(0), position=[5.0, 1.0]))) == []
     assert len(errors) == 1 and "the recording is closed" in errors[0]
 

@@ -10,7 +10,7 @@ from tests.test_recording import Recording
 from vggt_attn_rerun.api import record_attention
 from vggt_attn_rerun.cli.main import run
 from vggt_attn_rerun.core.images import images_from_tensor
-from vggt_attn_rerun.core.models import TINY_LABEL, load_model, model_label
+from vggt_attn_rerun.core.loading import TINY_LABEL, load_model, model_label
 from vggt_attn_rerun.io.runfile import load_run, save_run
 from vggt_attn_rerun.testing import CONSTRUCTED_LABEL, matching_vggt, tiny_vggt
 from vggt_attn_rerun.viz.blueprint import default_blueprint_for

@@ -1,4 +1,4 @@
-"""models.py: every kind of model spec, and a key check stricter than VGGT.from_pretrained."""
+"""core.loading: every kind of model spec, and a key check stricter than VGGT.from_pretrained."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vggt_attn_rerun.core.introspect import find_aggregator
-from vggt_attn_rerun.core.models import VGGT_COMMIT, load_model, vggt_install_command
+from vggt_attn_rerun.core.loading import VGGT_COMMIT, load_model, vggt_install_command
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.testing import tiny_vggt
 
@@ -252,7 +252,7 @@ def test_find_aggregator_refuses_other_modules():
 def test_the_arch_option_offers_the_registrys_architectures_and_not_its_tiny_builders(command):
     from vggt_attn_rerun.cli.compare import compare
     from vggt_attn_rerun.cli.main import cli
-    from vggt_attn_rerun.core.model_archs import ARCHS, TINY_OF
+    from vggt_attn_rerun.core.architectures import ARCHS, TINY_OF
 
     option = next(p for p in (cli if command == "main" else compare).params if p.name in ("arch", "archs"))
     assert set(option.type.choices) == {"auto"} | set(ARCHS) - set(TINY_OF.values())

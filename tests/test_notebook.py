@@ -1,4 +1,4 @@
-"""examples/demo_attention.ipynb (the seed guide's notebook) runs top to bottom on the tiny model."""
+"""examples/demo_attention.ipynb (the earlier script's notebook) runs top to bottom on the tiny model."""
 
 import time
 from pathlib import Path

@@ -23,6 +23,8 @@ OLD_NAMES = {
     "log_run": "vggt_attn_rerun.viz.log_run",
     "UserError": "vggt_attn_rerun.errors",
 }
+# Names the package root once exported whose definition has a new name now.
+RENAMED = {"log_queries": ("vggt_attn_rerun.viz.log_run", "log_added_queries")}
 
 
 def test_the_public_surface_is_small():
@@ -48,11 +50,11 @@ def test_importing_the_package_loads_no_legacy_code_until_a_legacy_name_is_used(
         import vggt_attn_rerun
         print(sorted(m for m in sys.modules if m.startswith("vggt_attn_rerun.legacy")))
         from vggt_attn_rerun import AttentionExtractor
-        print(AttentionExtractor.__module__, "vggt_attn_rerun.legacy.seed" in sys.modules)
+        print(AttentionExtractor.__module__, "vggt_attn_rerun.legacy.extraction" in sys.modules)
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.splitlines() == ["[]", "vggt_attn_rerun.legacy.seed True"]
+    assert out.stdout.splitlines() == ["[]", "vggt_attn_rerun.legacy.extraction True"]
 
 
 @pytest.mark.parametrize("name", sorted(OLD_NAMES))
@@ -64,6 +66,14 @@ def test_an_old_name_still_resolves_with_a_deprecation_warning_naming_its_home(n
     module = home if not isinstance(home, str) else sys.modules[home]
     assert value is getattr(module, name)
     assert name not in vggt_attn_rerun.__all__ and name not in dir(vggt_attn_rerun)
+
+
+@pytest.mark.parametrize("name", sorted(RENAMED))
+def test_an_old_name_that_was_renamed_warns_with_its_new_name(name):
+    home, new_name = RENAMED[name]
+    with pytest.warns(DeprecationWarning, match=rf"from {home} import {new_name}`"):
+        value = getattr(vggt_attn_rerun, name)
+    assert value is getattr(sys.modules[home], new_name)
 
 
 def test_the_earlier_scripts_module_gives_its_names_without_a_warning():

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from vggt_attn_rerun.api import query_grid
 from vggt_attn_rerun.cli import checks
 from vggt_attn_rerun.cli import main as cli
-from vggt_attn_rerun.core import models
+from vggt_attn_rerun.core import loading
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
 
@@ -49,7 +49,7 @@ def test_cli_query_grid_is_one_forward_pass(scene, tmp_path, forward_calls):
     ],
 )
 def test_bad_query_grid_is_refused_before_the_model(scene, tmp_path, monkeypatch, args, message):
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
     result = invoke(scene, *FAST, "--headless", "--save", tmp_path / "x.rrd", *args)
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().startswith(f"error: {message}"), result.stderr
@@ -80,7 +80,7 @@ def test_cli_queries_file_in_order_then_grid(scene, tmp_path, forward_calls):
 
 
 def test_bad_line_of_queries_file_names_its_number(scene, tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
     queries = tmp_path / "q.txt"
     queries.write_text("0:p1,2\n# fine\n1:p1;2\n")
     result = invoke(scene, *FAST, "--headless", "--save", tmp_path / "x.rrd", "--queries-file", queries)

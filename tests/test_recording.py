@@ -10,10 +10,10 @@ import pytest
 import rerun as rr
 from PIL import Image
 
-from vggt_attn_rerun.api import as_loaded_images, record_attention
+from vggt_attn_rerun.api import record_attention
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
-from vggt_attn_rerun.core.images import images_from_tensor
+from vggt_attn_rerun.core.images import as_loaded_images, images_from_tensor
 from vggt_attn_rerun.core.tokens import Query
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz import colormap
@@ -279,9 +279,8 @@ def test_embedded_blueprint_sets_block_timeline(run):
 # -- options ----------------------------------------------------------------------------------
 
 
-def test_per_view_normalize_scales_each_view_of_each_map_by_its_own_max(tmp_path, tiny_model, scene_images):
-    options = RecordingOptions(kinds=("global",), per_view_normalize=True, max_points=100)
-    assert options.scale == "view"
+def test_view_scale_scales_each_view_of_each_map_by_its_own_max(tmp_path, tiny_model, scene_images):
+    options = RecordingOptions(kinds=("global",), scale="view", max_points=100)
     result, recording = _record(tmp_path, tiny_model, scene_images, options, queries=["1:p2,3"])
     p = _patches(result, "global")
     vmax = np.maximum(_without_query_key(p).max(axis=(-2, -1)), 1e-12)  # [L, H, S]

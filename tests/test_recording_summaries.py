@@ -1,4 +1,4 @@
-"""Summaries, block x head matrices, geometric consistency and log_queries, read back from the .rrd.
+"""Summaries, block x head matrices, geometric consistency and log_added_queries, read back from the .rrd.
 
 Every expected value is computed here from the raw rows and predictions, written out again from
 the documented definitions (analysis/summaries.py, analysis/consistency.py), not with the
@@ -16,7 +16,7 @@ from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
 from vggt_attn_rerun.core.images import images_from_tensor
 from vggt_attn_rerun.core.tokens import Query
 from vggt_attn_rerun.viz import colormap
-from vggt_attn_rerun.viz.log_run import log_queries
+from vggt_attn_rerun.viz.log_run import log_added_queries
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID, MEAN, Paths
 
@@ -162,13 +162,13 @@ def test_peak_distance_series_is_head_mean_per_valid_view(run):
         assert series[b] == pytest.approx([np.mean(dists)], rel=1e-6)
 
 
-def test_log_queries_writes_only_the_new_queries(tmp_path, tiny_model, scene_images):
+def test_log_added_queries_writes_only_the_new_queries(tmp_path, tiny_model, scene_images):
     result = capture(tiny_model, scene_images, lambda lay: [Query.from_patch(lay, 1, 2, 3)], blocks=[0, 3],
                      kinds=("global",))  # fmt: skip
     rec = rr.RecordingStream(APPLICATION_ID)
     path = tmp_path / "more.rrd"
     rec.save(path)
-    log_queries(rec, result, images_from_tensor(scene_images), OPTIONS, first_index=5)
+    log_added_queries(rec, result, images_from_tensor(scene_images), OPTIONS, first_index=5)
     rec.flush()
     rec.disconnect()
     found = {e for e in Recording(path).entities() if not e.startswith("__")}  # __properties: Rerun's own

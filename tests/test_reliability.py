@@ -13,7 +13,7 @@ from PIL import Image
 
 from vggt_attn_rerun.api import record, runner
 from vggt_attn_rerun.cli import main as cli
-from vggt_attn_rerun.core import models, resources
+from vggt_attn_rerun.core import loading, resources
 from vggt_attn_rerun.core.images import IMAGE_SUFFIXES
 from vggt_attn_rerun.testing import synthetic_scene
 from vggt_attn_rerun.testing.tiny_model import TinyVGGT
@@ -35,7 +35,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the command line was checked")
 
-    monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr(loading, "load_model", refuse)
 
 
 def invoke(*args):
@@ -210,8 +210,8 @@ def test_block_not_in_model(scene, out):
 
 
 def test_head_not_in_model(scene, out):
-    result = invoke(scene, *FAST, "--head", "9", *save_args(out))
-    assert_error(result, 2, "--head 9 does not exist: the model has 4 heads, valid are 0..3")
+    result = invoke(scene, *FAST, "--focus-head", "9", *save_args(out))
+    assert_error(result, 2, "--focus-head 9 does not exist: the model has 4 heads, valid are 0..3")
     assert_nothing_saved(out)
 
 
@@ -221,13 +221,27 @@ def test_blocks_beyond_the_model(scene, out):
 
 
 def test_focus_block_not_in_model(scene, out):
-    result = invoke(scene, *FAST, "--block", "9", *save_args(out))
-    assert_error(result, 2, "--block 9 does not exist: valid blocks are 0..3")
+    result = invoke(scene, *FAST, "--focus-block", "9", *save_args(out))
+    assert_error(result, 2, "--focus-block 9 does not exist: valid blocks are 0..3")
 
 
 def test_focus_block_not_captured(scene, out):
-    result = invoke(scene, *FAST, "--blocks", "0,3", "--block", "2", *save_args(out))
-    assert_error(result, 2, "--block 2 was not captured: captured blocks are 0,3 (see --blocks)")
+    result = invoke(scene, *FAST, "--blocks", "0,3", "--focus-block", "2", *save_args(out))
+    assert_error(result, 2, "--focus-block 2 was not captured: captured blocks are 0,3 (see --blocks)")
+
+
+@pytest.mark.parametrize(
+    "args, replacement",
+    [
+        (["--block", "2"], "--focus-block N"),
+        (["--head", "1"], "--focus-head N"),
+        (["--per-view-normalize"], "--scale view"),
+    ],
+)
+def test_a_former_spelling_fails_in_one_line_naming_its_replacement(scene, out, args, replacement):
+    line = assert_error(invoke(scene, *FAST, *args, *save_args(out)), 2, prefix=f"{args[0]} is no longer an option")
+    assert f"use {replacement}" in line
+    assert_nothing_saved(out)
 
 
 def test_unknown_option_is_a_usage_error(scene):
@@ -321,7 +335,7 @@ def test_model_is_a_text_file(scene, tmp_path, no_model):
     assert_error(
         result, 2,
         f"--model {notes} is not a checkpoint (neither a torch .pt/.pth file nor .safetensors); "
-        f"valid are {models.SPEC_SYNTAX}",
+        f"valid are {loading.SPEC_SYNTAX}",
     )  # fmt: skip
 
 
@@ -494,7 +508,7 @@ HUGE = "9" * 5000  # int() refuses more than 4300 digits with a ValueError
 @pytest.mark.parametrize(
     "args",
     [["-q", f"0:p{HUGE},1"], ["-q", HUGE], ["-q", f"{HUGE}:camera"], ["--blocks", HUGE], ["--blocks", f"0-{HUGE}"],
-     ["--query-grid", f"{HUGE}x2"], ["--head", HUGE], ["--frame", HUGE, "--query-grid", "2x2"]],
+     ["--query-grid", f"{HUGE}x2"], ["--focus-head", HUGE], ["--frame", HUGE, "--query-grid", "2x2"]],
 )  # fmt: skip
 def test_integers_with_thousands_of_digits_are_bad_input(scene, no_model, args):
     line = assert_error(invoke(scene, *FAST, *args), 2)

@@ -13,7 +13,7 @@ import pytest
 import rerun as rr
 
 from vggt_attn_rerun.cli import main as cli
-from vggt_attn_rerun.core import models
+from vggt_attn_rerun.core import loading
 from vggt_attn_rerun.io.pipe import STDOUT_FD, StdoutFailed, StdoutRelay, check_stdout
 
 FAST = ["--model", "tiny", "--image-size", "84"]
@@ -45,7 +45,7 @@ def pipe_nobody_reads():
 
 @pytest.fixture
 def no_model(monkeypatch):
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
 
 
 def run_cli(args, capsys) -> tuple[int, list[str]]:

@@ -109,7 +109,7 @@ def test_a_page_with_the_wrong_key_is_refused(relay):
 
 
 def _click_then_stop(rec, result, images, options, relay_stream, port):
-    """RunHooks.serve_clicks without a browser: one click on frame 2, then the end of the session."""
+    """RunCallbacks.serve_clicks without a browser: one click on frame 2, then the end of the session."""
     session = QuerySession(rec, result, images, options)
     relay = web.Relay(session, relay_stream, on_line=lambda line: None)
     relay.handle(_event("/world/frames/2/image", 20.0, 40.0))
@@ -123,7 +123,7 @@ def test_save_and_export_hold_every_clicked_query(scene, tmp_path):
     options = api.RunOptions(images=(str(scene),), queries=(("0:40,20", "--query 0:40,20"),), model="tiny",
                              recording=RecordingOptions(kinds=KINDS), image_size=84, outputs=api.Outputs(save=out),
                              export=run_file, interactive=True, port=0)  # fmt: skip
-    summary = api.run(options, api.RunHooks(serve_clicks=_click_then_stop))
+    summary = api.run(options, api.RunCallbacks(serve_clicks=_click_then_stop))
     assert summary.queries == 2
     result, _ = load_run(run_file)
     assert [(q.frame, q.patch(result.layout)) for q in result.rows.queries] == [(0, (1, 2)), (2, (2, 1))]

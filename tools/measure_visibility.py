@@ -29,8 +29,8 @@ import rerun.blueprint as rrb
 from PIL import Image
 
 from vggt_attn_rerun.analysis.scene import build_scene
-from vggt_attn_rerun.api import as_loaded_images, record_attention
-from vggt_attn_rerun.core.images import expand_image_paths
+from vggt_attn_rerun.api import record_attention
+from vggt_attn_rerun.core.images import as_loaded_images, expand_image_paths
 from vggt_attn_rerun.testing import matching_vggt
 from vggt_attn_rerun.viz import blueprint
 from vggt_attn_rerun.viz.options import RecordingOptions

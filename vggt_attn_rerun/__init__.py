@@ -28,12 +28,13 @@ _EXPORTS = {
     "RunOptions": "vggt_attn_rerun.api.runner",
     "capture": "vggt_attn_rerun.core.capture",
     "load_images": "vggt_attn_rerun.core.images",
-    "load_model": "vggt_attn_rerun.core.models",
+    "load_model": "vggt_attn_rerun.core.loading",
     "Query": "vggt_attn_rerun.core.tokens",
     "RecordingOptions": "vggt_attn_rerun.viz.options",
     "Outputs": "vggt_attn_rerun.viz.sinks",
 }
-# Names this package once exported -> (the module that defines them, how to import them now).
+# Names this package once exported -> the module that defines them now (``module:new_name`` when
+# the name changed too).
 _DEPRECATED = {
     "CaptureResult": "vggt_attn_rerun.core.capture",
     "FrameTransform": "vggt_attn_rerun.core.images",
@@ -42,7 +43,7 @@ _DEPRECATED = {
     "TokenLayout": "vggt_attn_rerun.core.tokens",
     "parse_query": "vggt_attn_rerun.core.tokens",
     "UserError": "vggt_attn_rerun.errors",
-    "log_queries": "vggt_attn_rerun.viz.log_run",
+    "log_queries": "vggt_attn_rerun.viz.log_run:log_added_queries",
     "log_run": "vggt_attn_rerun.viz.log_run",
     "capture_full": "vggt_attn_rerun.legacy.full",
     # the earlier visualize_attention script's names: `from visualize_attention import ...`
@@ -61,16 +62,17 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value  # later lookups skip this function
         return value
-    home = _DEPRECATED.get(name)
-    if home is None:
+    if name not in _DEPRECATED:
         raise AttributeError(f"module 'vggt_attn_rerun' has no attribute {name!r}")
+    home, _, new_name = _DEPRECATED[name].partition(":")
+    new_name = new_name or name
     # Not cached in globals(): every use from the package root warns.
     warnings.warn(
-        f"vggt_attn_rerun.{name} is deprecated and will be removed: use `from {home} import {name}`",
+        f"vggt_attn_rerun.{name} is deprecated and will be removed: use `from {home} import {new_name}`",
         DeprecationWarning,
         stacklevel=2,
     )
-    return getattr(importlib.import_module(_DEFINED_IN.get(home, home)), name)
+    return getattr(importlib.import_module(_DEFINED_IN.get(home, home)), new_name)
 
 
 def __dir__() -> list[str]:

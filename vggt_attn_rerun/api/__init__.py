@@ -1,7 +1,7 @@
 """The one wiring point between the layers: what notebooks, scripts and the CLI call.
 
-- ``record``: ``capture_run`` (one forward pass, every query's rows) and ``record_attention``
-  (that, logged into a Rerun recording), ``query_grid``, ``as_loaded_images``.
+- ``record``: ``record_attention`` (one forward pass, ``core.capture.capture``, logged into a
+  Rerun recording) and ``query_grid``.
 - ``runner``: ``run``, one whole command-line run from a typed ``RunOptions`` (checks, model, sinks, files);
   its ``outputs`` (``Outputs``, from ``viz.sinks``) say where the recording goes, as in every command.
 - ``demo``: ``run_demo``, the offline demo (generated photos, the constructed model).
@@ -13,29 +13,18 @@
 from vggt_attn_rerun.api.ablation import ablate, record_ablation
 from vggt_attn_rerun.api.comparison import CompareOptions, compare, record_comparison
 from vggt_attn_rerun.api.demo import run_demo
-from vggt_attn_rerun.api.record import (
-    ImagesLike,
-    QueriesLike,
-    as_loaded_images,
-    capture_run,
-    query_grid,
-    record_attention,
-)
-from vggt_attn_rerun.api.runner import BadInput, RunHooks, RunOptions, RunSummary, run
+from vggt_attn_rerun.api.record import query_grid, record_attention
+from vggt_attn_rerun.api.runner import BadInput, RunCallbacks, RunOptions, RunSummary, run
 from vggt_attn_rerun.viz.sinks import Outputs
 
 __all__ = [
     "BadInput",
     "CompareOptions",
-    "ImagesLike",
     "Outputs",
-    "QueriesLike",
-    "RunHooks",
+    "RunCallbacks",
     "RunOptions",
     "RunSummary",
     "ablate",
-    "as_loaded_images",
-    "capture_run",
     "compare",
     "query_grid",
     "record_ablation",

@@ -19,10 +19,9 @@ import torch
 from torch import nn
 
 from vggt_attn_rerun.analysis.effects import EFFECTS, Effects, baseline, effect, geometry
-from vggt_attn_rerun.api.record import ImagesLike, as_loaded_images
 from vggt_attn_rerun.api.runner import (
     Prepared,
-    RunHooks,
+    RunCallbacks,
     RunOptions,
     as_bad_input,
     check_against_model,
@@ -33,7 +32,9 @@ from vggt_attn_rerun.api.runner import (
 )
 from vggt_attn_rerun.core.adapters import adapter_for
 from vggt_attn_rerun.core.images import (
+    ImagesLike,
     LoadedImages,
+    as_loaded_images,
     batched_images,
     check_image_size,
     expand_image_paths,
@@ -48,7 +49,7 @@ from vggt_attn_rerun.core.interventions import (
     sweep,
 )
 from vggt_attn_rerun.core.introspect import model_layout, model_patch_size
-from vggt_attn_rerun.core.models import model_device
+from vggt_attn_rerun.core.loading import model_device
 from vggt_attn_rerun.core.resources import resolve_device, translate_oom
 from vggt_attn_rerun.core.tokens import (
     QUERY_SYNTAX,
@@ -236,13 +237,13 @@ def _shown(text: str | None, interventions: Sequence[Intervention]) -> list[int]
     raise UserError(f"--show {text}: no such intervention in this run ({len(interventions)} run); {syntax}")
 
 
-def run_ablation(options: AblateOptions, hooks: RunHooks | None = None) -> Effects:
+def run_ablation(options: AblateOptions, callbacks: RunCallbacks | None = None) -> Effects:
     """Check, load the photos and the model, run every intervention, log the effects, write the file.
 
     Every intervention is checked before the first forward pass; the recording is written only
     after the last one (``--save`` whole or not at all: an interrupted run leaves no file).
     """
-    hooks = hooks if hooks is not None else RunHooks()
+    callbacks = callbacks if callbacks is not None else RunCallbacks()
     run = options.run
     with as_bad_input():
         if options.what not in WHATS:
@@ -257,19 +258,19 @@ def run_ablation(options: AblateOptions, hooks: RunHooks | None = None) -> Effec
         check_image_size(run.image_size, VGGT_PATCH_SIZE)
         device, autocast = resolve_device(run.device, run.dtype)
         sinks = plan_sinks(run.outputs)
-        images = load_photos(paths, run, VGGT_PATCH_SIZE, hooks)
+        images = load_photos(paths, run, VGGT_PATCH_SIZE, callbacks)
         resolve_queries(run, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)  # syntax, range
-    model = load_model_for_run(run.model, device, hooks, run.arch)
+    model = load_model_for_run(run.model, device, callbacks, run.arch)
     prep = Prepared(images, [], device, autocast, sinks, None)
     with as_bad_input():
-        blocks, queries, recording = check_against_model(model, prep, run, hooks)
+        blocks, queries, recording = check_against_model(model, prep, run, callbacks)
         h, w = prep.images.layout_hw
         layout = model_layout(model, prep.images.tensor.shape[0], h, w)
         tokens = [q.token(layout) for q in queries] if options.scope == "query" else None
         interventions = sweep(model, options.what, recording.kinds, blocks, options.ablation, tokens)
         check_interventions(model, interventions, layout)
         keep = _shown(options.show, interventions)
-    bar = hooks.progress(f"{plural(len(interventions), 'intervention')}", len(interventions))
+    bar = callbacks.progress(f"{plural(len(interventions), 'intervention')}", len(interventions))
     state = {"done": 0}
 
     def on_forward(done: int, total: int) -> None:
@@ -296,10 +297,10 @@ def run_ablation(options: AblateOptions, hooks: RunHooks | None = None) -> Effec
         raise
     top = int(np.nanargmax(np.nan_to_num(effects.values["points"], nan=-1.0)))
     each = effects.seconds / max(len(effects), 1)
-    hooks.echo(
+    callbacks.echo(
         f"{plural(len(effects), 'intervention')} ({each:.3g} s each); largest point effect: "
         f"{effects.interventions[top].label} ({effects.values['points'][top]:.3g} x scene scale): {sinks.describe()}"
     )
     if sinks.outputs.serve:
-        serve_forever(opened, echo=hooks.echo)
+        serve_forever(opened, echo=callbacks.echo)
     return effects

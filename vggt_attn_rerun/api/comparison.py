@@ -32,11 +32,10 @@ import torch
 from torch import nn
 
 from vggt_attn_rerun.analysis.maps import analyze_run
-from vggt_attn_rerun.api.record import ImagesLike, QueriesLike, as_loaded_images, capture_run
 from vggt_attn_rerun.api.runner import (
     BlockProgress,
     Prepared,
-    RunHooks,
+    RunCallbacks,
     RunOptions,
     as_bad_input,
     check_against_model,
@@ -46,10 +45,10 @@ from vggt_attn_rerun.api.runner import (
     resolve_queries,
 )
 from vggt_attn_rerun.core import resources
-from vggt_attn_rerun.core.capture import CaptureResult
-from vggt_attn_rerun.core.images import LoadedImages, check_image_size, expand_image_paths
+from vggt_attn_rerun.core.capture import CaptureResult, QueriesLike, capture
+from vggt_attn_rerun.core.images import ImagesLike, LoadedImages, as_loaded_images, check_image_size, expand_image_paths
 from vggt_attn_rerun.core.introspect import model_adapter, model_depth, model_layout
-from vggt_attn_rerun.core.models import check_model_spec
+from vggt_attn_rerun.core.loading import check_model_spec
 from vggt_attn_rerun.core.resources import resolve_device, translate_oom
 from vggt_attn_rerun.core.tokens import VGGT_IMAGE_SIZE, VGGT_NUM_REGISTERS, VGGT_PATCH_SIZE
 from vggt_attn_rerun.errors import UserError
@@ -171,7 +170,7 @@ def record_comparison(
     loaded = as_loaded_images(images)
     compared = []
     for name, model in models:
-        result = capture_run(model, loaded, queries, blocks=blocks, options=options, autocast_dtype=autocast_dtype)
+        result = capture(model, loaded, queries, blocks=blocks, kinds=options.kinds, autocast_dtype=autocast_dtype)
         compared.append(Compared(name, result, loaded, model_depth(model)))
     rec = recording if recording is not None else rr.RecordingStream(APPLICATION_ID)
     log_comparison(rec, compared, options, send_blueprint)
@@ -224,14 +223,14 @@ def _check_options(options: CompareOptions) -> list[str]:
     return names
 
 
-def _capture_one(k: int, name: str, options: CompareOptions, base: Prepared, hooks: RunHooks) -> Compared:
+def _capture_one(k: int, name: str, options: CompareOptions, base: Prepared, callbacks: RunCallbacks) -> Compared:
     """Load model k, check the options against it, capture, and let it go (the next may be big)."""
     run_options = options.for_model(k)
-    model = load_model_for_run(run_options.model, base.device, hooks, run_options.arch)
+    model = load_model_for_run(run_options.model, base.device, callbacks, run_options.arch)
     adapter = model_adapter(model)  # resolved once per model
     prep = Prepared(base.images, [], base.device, base.autocast, base.sinks, None)
     with as_bad_input():
-        blocks, queries, recording = check_against_model(model, prep, run_options, hooks, adapter)
+        blocks, queries, recording = check_against_model(model, prep, run_options, callbacks, adapter)
     h, w = prep.images.layout_hw
     line = resources.check_forward_memory(
         model, model_layout(model, prep.images.tensor.shape[0], h, w, adapter), autocast=prep.autocast,
@@ -239,18 +238,18 @@ def _capture_one(k: int, name: str, options: CompareOptions, base: Prepared, hoo
         force=options.force, arch=adapter,
     )  # fmt: skip
     if line:
-        hooks.echo(line)
-    progress = BlockProgress(hooks, len(blocks) * len(recording.kinds))
+        callbacks.echo(line)
+    progress = BlockProgress(callbacks, len(blocks) * len(recording.kinds))
     try:
         with translate_oom(prep.device):
-            result = capture_run(model, prep.images, queries, blocks=blocks, options=recording,
+            result = capture(model, prep.images, queries, blocks=blocks, kinds=recording.kinds,
                                      autocast_dtype=prep.autocast, on_block=progress, arch=adapter)  # fmt: skip
     finally:
         progress.close()
     return Compared(name, result, prep.images, model_depth(model, adapter))
 
 
-def compare(options: CompareOptions, hooks: RunHooks | None = None) -> list[Compared]:
+def compare(options: CompareOptions, callbacks: RunCallbacks | None = None) -> list[Compared]:
     """Record two or more models on the same photos and queries into ONE recording.
 
     In order: the checks that need no model (photos, queries, sinks), then per model: load,
@@ -258,7 +257,7 @@ def compare(options: CompareOptions, hooks: RunHooks | None = None) -> list[Comp
     (``log_comparison``) to the sinks and the --save file is committed whole or not at all.
     Errors: ``runner.BadInput`` for what the user asked, UserError for the rest.
     """
-    hooks = hooks if hooks is not None else RunHooks()
+    callbacks = callbacks if callbacks is not None else RunCallbacks()
     with as_bad_input():
         names = _check_options(options)
         for spec in options.models:  # every model before the first one runs
@@ -268,15 +267,15 @@ def compare(options: CompareOptions, hooks: RunHooks | None = None) -> list[Comp
         device, autocast = resolve_device(options.device, options.dtype)
         sinks = plan_sinks(options.outputs)
         first = options.for_model(0)
-        images = load_photos(paths, first, VGGT_PATCH_SIZE, hooks)
+        images = load_photos(paths, first, VGGT_PATCH_SIZE, callbacks)
         resolve_queries(first, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)  # syntax, range
     base = Prepared(images, [], device, autocast, sinks, None)
-    compared = [_capture_one(k, name, options, base, hooks) for k, name in enumerate(names)]
+    compared = [_capture_one(k, name, options, base, callbacks) for k, name in enumerate(names)]
     pending: list[PendingFile] = []
     rec = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid4())
     try:
         with open_sinks(rec, sinks) as opened:
-            bar = hooks.progress("logging to Rerun", None)
+            bar = callbacks.progress("logging to Rerun", None)
             try:
                 log_comparison(rec, compared, options.recording)
             finally:
@@ -287,7 +286,7 @@ def compare(options: CompareOptions, hooks: RunHooks | None = None) -> list[Comp
         discard(pending)
         raise
     depths = ", ".join(f"{c.name} ({plural(c.depth, 'block')})" for c in compared)
-    hooks.echo(f"{plural(len(compared), 'model')} compared: {depths}: {sinks.describe()}")
+    callbacks.echo(f"{plural(len(compared), 'model')} compared: {depths}: {sinks.describe()}")
     if sinks.outputs.serve:
-        serve_forever(opened, echo=hooks.echo)
+        serve_forever(opened, echo=callbacks.echo)
     return compared

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vggt_attn_rerun.api.runner import RunHooks, RunOptions, RunSummary, run
+from vggt_attn_rerun.api.runner import RunCallbacks, RunOptions, RunSummary, run
 from vggt_attn_rerun.testing import synthetic_scene
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.sinks import Outputs
@@ -50,7 +50,7 @@ def demo_options(images: tuple[str, ...], outputs: Outputs | None = None, device
                       outputs=outputs if outputs is not None else Outputs())  # fmt: skip
 
 
-def run_demo(frames: int = DEMO_FRAMES, hooks: RunHooks | None = None, outputs: Outputs | None = None,
+def run_demo(frames: int = DEMO_FRAMES, callbacks: RunCallbacks | None = None, outputs: Outputs | None = None,
              device: str = "auto") -> RunSummary:  # fmt: skip
     """Generate the views in a temporary folder and run the demo (see the module docstring).
 
@@ -58,4 +58,4 @@ def run_demo(frames: int = DEMO_FRAMES, hooks: RunHooks | None = None, outputs: 
     """
     with tempfile.TemporaryDirectory(prefix="vggt-attn-demo-") as folder:
         write_demo_images(folder, frames)
-        return run(demo_options((folder,), outputs, device), hooks)
+        return run(demo_options((folder,), outputs, device), callbacks)

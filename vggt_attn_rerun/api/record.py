@@ -1,13 +1,12 @@
 """The Python API of notebooks and scripts: one forward pass, then one recording.
 
-``record_attention`` = ``capture_run`` (the model once, every query's rows) + the default
-blueprint + ``viz.log_run.log_run``. Images may be LoadedImages, a tensor or image paths; queries
-may be Query objects, query strings (core.tokens.QUERY_SYNTAX) or a function of the TokenLayout.
+``record_attention`` = ``core.capture.capture`` (the model once, every query's rows) + the
+default blueprint + ``viz.log_run.log_run``. Images may be LoadedImages, a tensor or image paths;
+queries may be Query objects, query strings (core.tokens.QUERY_SYNTAX) or a function of the layout.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 import rerun as rr
@@ -17,45 +16,14 @@ from torch import nn
 from vggt_attn_rerun.analysis.maps import analyze_run
 from vggt_attn_rerun.analysis.reference import cameras_geometry
 from vggt_attn_rerun.core.adapters import ModelAdapter
-from vggt_attn_rerun.core.capture import CaptureResult, capture
-from vggt_attn_rerun.core.images import (
-    LoadedImages,
-    expand_image_paths,
-    images_from_tensor,
-    load_images,
-)
-from vggt_attn_rerun.core.models import model_device
-from vggt_attn_rerun.core.tokens import (
-    Query,
-    TokenLayout,
-    parse_query,
-)
+from vggt_attn_rerun.core.capture import CaptureResult, QueriesLike, capture
+from vggt_attn_rerun.core.images import ImagesLike, as_loaded_images
+from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.blueprint import default_blueprint_for
 from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
-
-ImagesLike = LoadedImages | torch.Tensor | str | os.PathLike | Sequence[str | os.PathLike]
-QueriesLike = Sequence[Query | str] | Callable[[TokenLayout], Sequence[Query]]
-
-
-def as_loaded_images(images: ImagesLike) -> LoadedImages:
-    """LoadedImages from LoadedImages, a tensor ``[S, 3, H, W]``, or image files / folders / globs."""
-    if isinstance(images, LoadedImages):
-        return images
-    if isinstance(images, torch.Tensor):
-        return images_from_tensor(images)
-    items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-    return load_images(expand_image_paths(items))
-
-
-def _query_factory(queries: QueriesLike, images: LoadedImages) -> Callable[[TokenLayout], list[Query]]:
-    """Queries may be Query objects or strings (tokens.QUERY_SYNTAX; pixels of the original photos)."""
-    if callable(queries):
-        return lambda layout: list(queries(layout))
-    pixel_maps = images.transforms if images.paths is not None else None
-    return lambda layout: [q if isinstance(q, Query) else parse_query(str(q), layout, pixel_maps) for q in queries]
 
 
 def query_grid(layout: TokenLayout, frame: int, rows: int, cols: int) -> list[Query]:
@@ -76,32 +44,6 @@ def query_grid(layout: TokenLayout, frame: int, rows: int, cols: int) -> list[Qu
     rr_ = [int((k + 0.5) * layout.grid_h / rows) for k in range(rows)]
     cc = [int((k + 0.5) * layout.grid_w / cols) for k in range(cols)]
     return [Query.from_patch(layout, frame, r, c) for r in rr_ for c in cc]
-
-
-def capture_run(
-    model: nn.Module,
-    images: ImagesLike,
-    queries: QueriesLike,
-    *,
-    blocks: Sequence[int] | None = None,
-    options: RecordingOptions | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    keep_qk: bool = False,
-    on_block: Callable[[str, int], None] | None = None,
-    arch: str | ModelAdapter | None = None,
-) -> CaptureResult:
-    """The capture part of record_attention: ONE forward pass for all queries, nothing logged.
-
-    ``keep_qk``: keep every block's q/k (``capture.QKCache``: VGGT-1B at 518x518 costs 540 MB per
-    frame in fp32) so that ``interactive.QuerySession`` can add queries without a forward pass.
-    ``on_block(kind, block)``: called as each captured attention module has run (progress).
-    ``arch``: the model's adapter, by name or already resolved (``core.capture.capture``).
-    """
-    options = options if options is not None else RecordingOptions()
-    loaded = as_loaded_images(images)
-    tensor = loaded.tensor.to(model_device(model))
-    return capture(model, tensor, _query_factory(queries, loaded), blocks=blocks, kinds=options.kinds,
-                   autocast_dtype=autocast_dtype, keep_qk=keep_qk, on_block=on_block, arch=arch)  # fmt: skip
 
 
 def record_attention(
@@ -133,8 +75,8 @@ def record_attention(
         send_blueprint: send ``blueprint.default_blueprint_for(result, options)`` into the stream
             (active and default), so that every sink and saved .rrd carries the layout. With
             False, pass it yourself: ``rec.save(path, default_blueprint=default_blueprint_for(...))``.
-        keep_qk: keep the q/k cache in the result (see capture_run) for later queries.
-        on_block: progress callback, see capture_run.
+        keep_qk: keep the q/k cache in the result (see ``core.capture.capture``) for later queries.
+        on_block: progress callback, see ``core.capture.capture``.
         arch: the model's adapter, by name or already resolved (default: from the model).
 
     Returns:
@@ -142,8 +84,8 @@ def record_attention(
     """
     options = options if options is not None else RecordingOptions()
     loaded = as_loaded_images(images)
-    result = capture_run(model, loaded, queries, blocks=blocks, options=options, autocast_dtype=autocast_dtype,
-                         keep_qk=keep_qk, on_block=on_block, arch=arch)  # fmt: skip
+    result = capture(model, loaded, queries, blocks=blocks, kinds=options.kinds, autocast_dtype=autocast_dtype,
+                     keep_qk=keep_qk, on_block=on_block, arch=arch)  # fmt: skip
     rec = recording if recording is not None else rr.RecordingStream(application_id)
     if send_blueprint:
         rec.send_blueprint(default_blueprint_for(result, options), make_active=True, make_default=True)

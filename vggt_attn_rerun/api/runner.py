@@ -1,4 +1,4 @@
-"""One whole run as the command line does it: ``run(RunOptions(...), RunHooks(...))``.
+"""One whole run as the command line does it: ``run(RunOptions(...), RunCallbacks(...))``.
 
 Checks before the model, the model, ``record_attention`` streamed to the sinks (``viz.sinks``),
 and the ``--save`` and ``--export`` files committed together (``io.atomic``). The CLI builds one
@@ -20,10 +20,10 @@ import rerun as rr
 import torch
 from torch import nn
 
-from vggt_attn_rerun.api.record import capture_run, query_grid, record_attention
-from vggt_attn_rerun.core import models, resources
+from vggt_attn_rerun.api.record import query_grid, record_attention
+from vggt_attn_rerun.core import loading, resources
 from vggt_attn_rerun.core.adapters import ModelAdapter
-from vggt_attn_rerun.core.capture import CaptureResult
+from vggt_attn_rerun.core.capture import CaptureResult, capture
 from vggt_attn_rerun.core.images import (
     LoadedImages,
     check_image_size,
@@ -39,7 +39,7 @@ from vggt_attn_rerun.core.introspect import (
     model_num_registers,
     model_patch_size,
 )
-from vggt_attn_rerun.core.models import DEFAULT_MODEL
+from vggt_attn_rerun.core.loading import DEFAULT_MODEL
 from vggt_attn_rerun.core.resources import resolve_device, translate_oom
 from vggt_attn_rerun.core.tokens import (
     VGGT_IMAGE_SIZE,
@@ -92,16 +92,16 @@ class RunOptions:
         query_grid: ``(frame, rows, cols)``: a grid of patch queries over one frame, or None.
         blocks: block list text (``all``, ``0-23``, ``0,12,-1``: tokens.parse_index_list).
         recording: what to log (kinds, focus head and block, points, colors...).
-        model, device, dtype: models.SPEC_SYNTAX, resources.resolve_device's names.
-        arch: the model's architecture (core.model_archs: vggt, pi3, pi3x, streamvggt, vggt-omega)
+        model, device, dtype: loading.SPEC_SYNTAX, resources.resolve_device's names.
+        arch: the model's architecture (core.architectures: vggt, pi3, pi3x, streamvggt, vggt-omega)
             or "auto" (from a known Hub id or the model's type).
         mode, image_size: how photos become model input (images.load_images).
         outputs: where the recording goes (``viz.sinks.Outputs``: save, stdout, connect, serve,
             spawn, headless, overwrite).
         export: also write the run file (io.runfile), committed with ``outputs.save``: both or
             neither; ``outputs.overwrite`` lets it replace a file.
-        ask: keep the q/k cache for ``RunHooks.ask``; force: run past the memory estimate.
-        interactive: keep the q/k cache and the recording's bytes for ``RunHooks.serve_clicks``
+        ask: keep the q/k cache for ``RunCallbacks.ask``; force: run past the memory estimate.
+        interactive: keep the q/k cache and the recording's bytes for ``RunCallbacks.serve_clicks``
             (click-to-query in a browser page on ``port``).
     """
 
@@ -137,7 +137,7 @@ class _Silent:
 
 
 @dataclass
-class RunHooks:
+class RunCallbacks:
     """How a run talks to its user; the defaults are silent.
 
     Attributes:
@@ -195,7 +195,7 @@ class Prepared:
     export: Path | None
 
 
-def run(options: RunOptions, hooks: RunHooks | None = None) -> RunSummary:
+def run(options: RunOptions, callbacks: RunCallbacks | None = None) -> RunSummary:
     """Do one whole run: check, load the images and the model, capture, log, write the files.
 
     In order: every check that needs no model (images, queries, options, output paths, viewer),
@@ -204,13 +204,13 @@ def run(options: RunOptions, hooks: RunHooks | None = None) -> RunSummary:
     together: both or neither (``io.atomic.commit``). Errors: ``BadInput`` for what the user
     asked, UserError for the rest (out of memory, a viewer that went away, a full disk).
     """
-    hooks = hooks if hooks is not None else RunHooks()
+    callbacks = callbacks if callbacks is not None else RunCallbacks()
     with as_bad_input():
-        prep = _prepare(options, hooks)
-    model = load_model_for_run(options.model, prep.device, hooks, options.arch)
+        prep = _prepare(options, callbacks)
+    model = load_model_for_run(options.model, prep.device, callbacks, options.arch)
     adapter = model_adapter(model)  # resolved once; every step below reads the model through it
     with as_bad_input():
-        blocks, queries, recording = check_against_model(model, prep, options, hooks, adapter)
+        blocks, queries, recording = check_against_model(model, prep, options, callbacks, adapter)
     h, w = prep.images.layout_hw
     line = resources.check_forward_memory(
         model, model_layout(model, prep.images.tensor.shape[0], h, w, adapter), autocast=prep.autocast,
@@ -218,20 +218,20 @@ def run(options: RunOptions, hooks: RunHooks | None = None) -> RunSummary:
         keep_qk=options.ask or options.interactive, force=options.force, arch=adapter,
     )  # fmt: skip
     if line:
-        hooks.echo(line)
+        callbacks.echo(line)
     with translate_oom(prep.device):
-        result, added = _capture_and_log(model, prep, options, blocks, queries, recording, hooks, adapter)
+        result, added = _capture_and_log(model, prep, options, blocks, queries, recording, callbacks, adapter)
     count = len(queries) + added
     outputs = ", ".join(p for p in (prep.sinks.describe(), f"exported {prep.export}" if prep.export else "") if p)
     views, kinds = prep.images.tensor.shape[0], "+".join(recording.kinds)
-    hooks.echo(f"{plural(views, 'view')}, {plural(count, 'query', 'queries')}, {plural(len(blocks), 'block')} of "
+    callbacks.echo(f"{plural(views, 'view')}, {plural(count, 'query', 'queries')}, {plural(len(blocks), 'block')} of "
                f"{kinds} attention: {outputs}")  # fmt: skip
     return RunSummary(result, count, outputs)
 
 
-def _prepare(options: RunOptions, hooks: RunHooks) -> Prepared:
+def _prepare(options: RunOptions, callbacks: RunCallbacks) -> Prepared:
     """Every check that needs no model: inputs first, then where the output goes."""
-    models.check_model_spec(options.model)
+    loading.check_model_spec(options.model)
     paths = expand_image_paths(list(options.images))
     check_image_size(options.image_size, VGGT_PATCH_SIZE)
     try:
@@ -247,7 +247,7 @@ def _prepare(options: RunOptions, hooks: RunHooks) -> Prepared:
     grid_view = options.recording.grid_view
     if grid_view is not None and grid_view >= len(paths):
         raise UserError(f"--grid-view {grid_view}: valid frames are 0..{len(paths) - 1}")
-    images = load_photos(paths, options, VGGT_PATCH_SIZE, hooks)
+    images = load_photos(paths, options, VGGT_PATCH_SIZE, callbacks)
     # Provisional VGGT layout: catches bad and out-of-range queries now; resolved again for the model.
     queries = resolve_queries(options, images, VGGT_PATCH_SIZE, VGGT_NUM_REGISTERS, None)
     export = check_output_path(options.export, "--export", RUN_SUFFIX, "the run file format",
@@ -262,12 +262,12 @@ def _prepare(options: RunOptions, hooks: RunHooks) -> Prepared:
     return Prepared(images, queries, device, autocast, sinks, export)
 
 
-def load_photos(paths: Sequence[Path], options: RunOptions, patch: int, hooks: RunHooks) -> LoadedImages:
+def load_photos(paths: Sequence[Path], options: RunOptions, patch: int, callbacks: RunCallbacks) -> LoadedImages:
     """The photos as model input (``options.mode``, ``options.image_size``); warns about tiny photos."""
     loaded = load_images(paths, mode=options.mode, target_size=options.image_size, patch_size=patch)
     for path, t in zip(paths, loaded.transforms, strict=True):
         if min(t.orig_w, t.orig_h) < patch:  # handled, not refused: vggt's preprocessing upscales too
-            hooks.echo(
+            callbacks.echo(
                 f"warning: image {path} is only {t.orig_w}x{t.orig_h} pixels: upscaled to "
                 f"{round(t.orig_w * t.scale_x)}x{round(t.orig_h * t.scale_y)}"
             )
@@ -275,9 +275,9 @@ def load_photos(paths: Sequence[Path], options: RunOptions, patch: int, hooks: R
 
 
 def resolve_queries(options: RunOptions, images: LoadedImages, patch: int, registers: int,
-                     hooks: RunHooks | None, cameras: int = 1) -> list[Query]:  # fmt: skip
+                     callbacks: RunCallbacks | None, cameras: int = 1) -> list[Query]:  # fmt: skip
     """The queries in order: the texts, then the grid (default: the centre pixel of frame 0).
-    A token named twice is used once; ``hooks`` gets one warning line for all repeats."""
+    A token named twice is used once; ``callbacks`` gets one warning line for all repeats."""
     h, w = images.layout_hw
     layout = TokenLayout.for_image_size(len(images.transforms), h, w, patch, registers, cameras)
     texts = list(options.queries)
@@ -307,40 +307,42 @@ def resolve_queries(options: RunOptions, images: LoadedImages, patch: int, regis
             continue
         seen[key] = text
         out.append(q)
-    if repeats and hooks is not None:  # one line however many: a file of 10,000 equal queries is one mistake
+    if repeats and callbacks is not None:  # one line however many: a file of 10,000 equal queries is one mistake
         text, first = repeats[0]
         same = f"query {text!r} is the same token as {first!r}"
         if len(repeats) == 1:
-            hooks.echo(f"warning: {same}: using it once")
+            callbacks.echo(f"warning: {same}: using it once")
         else:
-            hooks.echo(f"warning: {len(repeats)} queries name a token already queried ({same}, ...): each is used once")
+            callbacks.echo(
+                f"warning: {len(repeats)} queries name a token already queried ({same}, ...): each is used once"
+            )
     return out
 
 
-def load_model_for_run(spec: str, device: str, hooks: RunHooks, arch: str = "auto") -> nn.Module:
-    """``models.load_model`` behind a progress line; its warnings become one line each."""
-    bar = hooks.progress(f"loading model {spec}", None)
+def load_model_for_run(spec: str, device: str, callbacks: RunCallbacks, arch: str = "auto") -> nn.Module:
+    """``loading.load_model`` behind a progress line; its warnings become one line each."""
+    bar = callbacks.progress(f"loading model {spec}", None)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = models.load_model(spec, device=device, arch=arch)
+            model = loading.load_model(spec, device=device, arch=arch)
     finally:
         bar.close()
     for w in caught:
-        hooks.echo(f"warning: {' '.join(str(w.message).split())}")
+        callbacks.echo(f"warning: {' '.join(str(w.message).split())}")
     return model
 
 
 def check_against_model(
-    model: nn.Module, prep: Prepared, options: RunOptions, hooks: RunHooks, adapter: ModelAdapter | None = None
+    model: nn.Module, prep: Prepared, options: RunOptions, callbacks: RunCallbacks, adapter: ModelAdapter | None = None
 ) -> tuple[tuple[int, ...], list[Query], RecordingOptions]:
     """Blocks, heads and queries against the loaded model (a custom model may differ from VGGT).
     ``adapter``: the model's, if already resolved."""
     patch = model_patch_size(model, adapter)
     if patch != VGGT_PATCH_SIZE:  # a custom model with another patch size needs its own resize
-        prep.images = load_photos(prep.images.paths or [], options, patch, RunHooks())
+        prep.images = load_photos(prep.images.paths or [], options, patch, RunCallbacks())
     registers, cameras = model_num_registers(model, adapter), model_num_cameras(model, adapter)
-    queries = resolve_queries(options, prep.images, patch, registers, hooks, cameras)
+    queries = resolve_queries(options, prep.images, patch, registers, callbacks, cameras)
     depth, heads = model_depth(model, adapter), model_heads(model, adapter)
     try:
         blocks = parse_index_list(options.blocks, depth)
@@ -349,27 +351,29 @@ def check_against_model(
     rec = options.recording
     if rec.focus_head is not None and not 0 <= rec.focus_head < heads:
         valid = f"the model has {heads} heads, valid are 0..{heads - 1}"
-        raise UserError(f"--head {rec.focus_head} does not exist: {valid}")
+        raise UserError(f"--focus-head {rec.focus_head} does not exist: {valid}")
     if rec.focus_block is not None:
         if not 0 <= rec.focus_block < depth:
-            raise UserError(f"--block {rec.focus_block} does not exist: valid blocks are 0..{depth - 1}")
+            raise UserError(f"--focus-block {rec.focus_block} does not exist: valid blocks are 0..{depth - 1}")
         if rec.focus_block not in blocks:
             shown = ",".join(map(str, blocks))
-            raise UserError(f"--block {rec.focus_block} was not captured: captured blocks are {shown} (see --blocks)")
+            raise UserError(
+                f"--focus-block {rec.focus_block} was not captured: captured blocks are {shown} (see --blocks)"
+            )
     return blocks, queries, rec
 
 
 def _capture_and_log(model: nn.Module, prep: Prepared, options: RunOptions, blocks: Sequence[int],
-                     queries: list[Query], recording: RecordingOptions, hooks: RunHooks,
+                     queries: list[Query], recording: RecordingOptions, callbacks: RunCallbacks,
                      adapter: ModelAdapter) -> tuple[CaptureResult, int]:  # fmt: skip
     """ONE forward pass, logged to the sinks; then the files, committed together. Returns the
-    capture and the number of queries ``hooks.ask`` added."""
-    progress = BlockProgress(hooks, len(blocks) * len(recording.kinds))
+    capture and the number of queries ``callbacks.ask`` added."""
+    progress = BlockProgress(callbacks, len(blocks) * len(recording.kinds))
     pending: list[PendingFile] = []
     added = 0
     try:
         if prep.sinks.empty:  # --export alone: capture, no recording
-            result = capture_run(model, prep.images, queries, blocks=blocks, options=recording,
+            result = capture(model, prep.images, queries, blocks=blocks, kinds=recording.kinds,
                                  autocast_dtype=prep.autocast, on_block=progress, arch=adapter)  # fmt: skip
         else:
             rec = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid4())
@@ -382,16 +386,18 @@ def _capture_and_log(model: nn.Module, prep: Prepared, options: RunOptions, bloc
                     arch=adapter,
                 )  # fmt: skip
                 progress.close()
-                if options.ask and hooks.ask is not None:
-                    added = hooks.ask(rec, result, prep.images, recording)
-                if options.interactive and hooks.serve_clicks is not None:
+                if options.ask and callbacks.ask is not None:
+                    added = callbacks.ask(rec, result, prep.images, recording)
+                if options.interactive and callbacks.serve_clicks is not None:
                     before = len(result.rows.queries)
-                    result = hooks.serve_clicks(rec, result, prep.images, recording, sinks.page_stream, options.port)
+                    result = callbacks.serve_clicks(
+                        rec, result, prep.images, recording, sinks.page_stream, options.port
+                    )
                     added = len(result.rows.queries) - before  # --export below holds them too
                 pending += sinks.finish()
         progress.close()
         if prep.export is not None:
-            bar = hooks.progress(f"exporting {prep.export}", None)
+            bar = callbacks.progress(f"exporting {prep.export}", None)
             try:
                 pending += _pending_export(prep.export, result, prep.images, options.outputs.overwrite)
             finally:
@@ -402,7 +408,7 @@ def _capture_and_log(model: nn.Module, prep: Prepared, options: RunOptions, bloc
         discard(pending)
         raise
     if prep.sinks.outputs.serve:
-        serve_forever(sinks, echo=hooks.echo)
+        serve_forever(sinks, echo=callbacks.echo)
     return result, added
 
 
@@ -422,9 +428,9 @@ class BlockProgress:
     """A bar that advances as each captured attention module runs (capture's ``on_block``),
     then a status line while the run is logged."""
 
-    def __init__(self, hooks: RunHooks, total: int) -> None:
-        self.hooks, self.total, self.done = hooks, total, 0
-        self.bar: ProgressBar | None = hooks.progress("forward pass", total)
+    def __init__(self, callbacks: RunCallbacks, total: int) -> None:
+        self.callbacks, self.total, self.done = callbacks, total, 0
+        self.bar: ProgressBar | None = callbacks.progress("forward pass", total)
 
     def __call__(self, kind: str, block: int) -> None:
         self.done += 1
@@ -432,7 +438,7 @@ class BlockProgress:
             self.bar.update(1)
         if self.done == self.total and self.bar is not None:
             self.bar.close()
-            self.bar = self.hooks.progress("logging to Rerun", None)
+            self.bar = self.callbacks.progress("logging to Rerun", None)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -3,7 +3,7 @@
 Per scene: the photos of its folder (``core.images``; or of its ``images/`` sub-folder), its
 true cameras when it brings them (``cameras.npz`` or a COLMAP ``sparse/`` folder: ``io.cameras``;
 then the geometry scores use them, ``reference = truth``), a query grid over the reference view
-(``api.query_grid``), ONE forward pass for all queries (``api.capture_run``), then per (kind,
+(``api.query_grid``), ONE forward pass for all queries (``core.capture.capture``), then per (kind,
 block, head) the summaries averaged over the queries (``analysis.summaries``) and, for global
 attention, the correspondence score of ``analysis.consistency`` and the epipolar score of
 ``analysis.epipolar``, each with its positional control. The table has one row per (kind,
@@ -62,14 +62,14 @@ from vggt_attn_rerun.analysis.effects import EFFECTS
 from vggt_attn_rerun.analysis.epipolar import epipolar_consistency
 from vggt_attn_rerun.analysis.reference import Geometry, truth_geometry
 from vggt_attn_rerun.analysis.summaries import METRICS, summarize
-from vggt_attn_rerun.api import BadInput, capture_run, query_grid
+from vggt_attn_rerun.api import BadInput, query_grid
 from vggt_attn_rerun.api.ablation import ablate
 from vggt_attn_rerun.batch.inputs import Scene
-from vggt_attn_rerun.core.capture import CaptureResult
+from vggt_attn_rerun.core.capture import CaptureResult, capture
 from vggt_attn_rerun.core.images import LoadedImages, expand_image_paths, load_images
 from vggt_attn_rerun.core.interventions import ABLATIONS, WHATS, sweep
 from vggt_attn_rerun.core.introspect import check_kinds, model_depth, model_patch_size
-from vggt_attn_rerun.core.models import DEFAULT_MODEL, load_model
+from vggt_attn_rerun.core.loading import DEFAULT_MODEL, load_model
 from vggt_attn_rerun.core.resources import DTYPES, resolve_device
 from vggt_attn_rerun.core.tokens import parse_index_list
 from vggt_attn_rerun.errors import UserError
@@ -257,8 +257,8 @@ def capture_scene(model: torch.nn.Module, images: LoadedImages, options: StudyOp
     """ONE forward pass: the rows of the query grid over ``options.frame`` in every chosen block."""
     rows, cols = options.grid
     blocks = parse_index_list(options.blocks, model_depth(model))
-    return capture_run(model, images, lambda lay: query_grid(lay, options.frame, rows, cols), blocks=blocks,
-                       options=options.recording_options(), autocast_dtype=autocast)  # fmt: skip
+    return capture(model, images, lambda lay: query_grid(lay, options.frame, rows, cols), blocks=blocks,
+                   kinds=options.kinds, autocast_dtype=autocast)  # fmt: skip
 
 
 def scene_table(name: str, result: CaptureResult, images: LoadedImages, options: StudyOptions,

@@ -82,8 +82,8 @@ def _ablate(**flags: Any) -> None:
     IMAGES are image files, folders or glob patterns, as for the main command.
     """
     options = ablate_options(**flags)
-    hooks = api.RunHooks(echo=lambda line: click.echo(" ".join(line.split()), err=True), progress=progress)
-    run_ablation(options, hooks)
+    callbacks = api.RunCallbacks(echo=lambda line: click.echo(" ".join(line.split()), err=True), progress=progress)
+    run_ablation(options, callbacks)
 
 
 ablate = click.Command(

@@ -17,7 +17,7 @@ import click
 
 from vggt_attn_rerun.cli.checks import check_model_file
 from vggt_attn_rerun.core.images import MODES
-from vggt_attn_rerun.core.models import DEFAULT_MODEL, SPEC_SYNTAX
+from vggt_attn_rerun.core.loading import DEFAULT_MODEL, SPEC_SYNTAX
 from vggt_attn_rerun.core.resources import DTYPES
 from vggt_attn_rerun.core.tokens import VGGT_PATCH_SIZE, parse_index_list
 from vggt_attn_rerun.errors import UserError

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from vggt_attn_rerun.core.models import SPEC_SYNTAX, check_model_spec
+from vggt_attn_rerun.core.loading import SPEC_SYNTAX, check_model_spec
 from vggt_attn_rerun.core.tokens import QUERY_SYNTAX
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.sinks import DEFAULT_URL

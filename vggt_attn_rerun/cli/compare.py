@@ -10,8 +10,8 @@ from vggt_attn_rerun import api
 from vggt_attn_rerun.cli import checks
 from vggt_attn_rerun.cli.outputs import COMBINING, output_options, take_outputs
 from vggt_attn_rerun.cli.progress import progress
+from vggt_attn_rerun.core.architectures import ARCH_CHOICES
 from vggt_attn_rerun.core.images import MODES
-from vggt_attn_rerun.core.model_archs import ARCH_CHOICES
 from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, VGGT_IMAGE_SIZE
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.viz.options import RecordingOptions
@@ -71,8 +71,8 @@ different depth line up on the depth_percent timeline: block b of L at round(100
 def compare(**f: Any) -> None:
     """Record two or more models on the same photos and queries into one recording, side by side."""
     options = compare_options(**f)
-    hooks = api.RunHooks(echo=lambda line: click.echo(" ".join(line.split()), err=True), progress=progress)
-    api.compare(options, hooks)
+    callbacks = api.RunCallbacks(echo=lambda line: click.echo(" ".join(line.split()), err=True), progress=progress)
+    api.compare(options, callbacks)
 
 
 def compare_options(images: tuple[str, ...], **f: Any) -> api.CompareOptions:

@@ -40,4 +40,4 @@ Examples:
 def demo(frames: int, debug: bool, **flags: Any) -> None:
     echo = lambda line: click.echo(" ".join(str(line).split()), err=True)  # noqa: E731
     outputs, _ = take_outputs(flags)
-    api.run_demo(frames, api.RunHooks(echo=echo, progress=progress), outputs, device="cpu")
+    api.run_demo(frames, api.RunCallbacks(echo=echo, progress=progress), outputs, device="cpu")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import click
 
-from vggt_attn_rerun.core.models import VGGT_SOURCE, vggt_install_command
+from vggt_attn_rerun.core.loading import VGGT_SOURCE, vggt_install_command
 from vggt_attn_rerun.errors import UserError
 
 OFFLINE_HINT = (

@@ -13,7 +13,7 @@ import functools
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -25,9 +25,9 @@ from vggt_attn_rerun.cli.compare import compare
 from vggt_attn_rerun.cli.demo import demo
 from vggt_attn_rerun.cli.outputs import COMBINING, output_options, take_outputs
 from vggt_attn_rerun.cli.progress import progress
+from vggt_attn_rerun.core.architectures import ARCH_CHOICES
 from vggt_attn_rerun.core.images import MAX_IMAGE_SIZE, MODES
-from vggt_attn_rerun.core.model_archs import ARCH_CHOICES
-from vggt_attn_rerun.core.models import DEFAULT_MODEL
+from vggt_attn_rerun.core.loading import DEFAULT_MODEL
 from vggt_attn_rerun.core.resources import DTYPES
 from vggt_attn_rerun.core.tokens import QUERY_SYNTAX, VGGT_IMAGE_SIZE
 from vggt_attn_rerun.errors import UserError
@@ -41,7 +41,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _EXAMPLES = (
     ("photos/", "open the viewer on every image in photos/"),
     ("a.jpg b.jpg c.jpg -q 0:320,240 -q 1:p10,12", "two queries: a photo pixel, a patch"),
-    ('"scene/*.png" --kinds frame,global --blocks 0,12,23 --head 3', "three blocks, head 3"),
+    ('"scene/*.png" --kinds frame,global --blocks 0,12,23 --focus-head 3', "three blocks, head 3"),
     ("photos/ --model tiny --save attn.rrd", "write the file only (no viewer)"),
     ("photos/ --save attn.rrd --spawn", "write the file and open the viewer"),
     ("photos/ --stdout | rerun -", "pipe the recording into a viewer"),
@@ -202,6 +202,18 @@ _INTERACTIVE_HELP = (
     "Ctrl-C stops; --save and --export then hold every clicked query (docs/interactive.md). Needs "
     "pip install 'vggt-attn-rerun[interactive]'."
 )
+
+
+def _gone(old: str, instead: str, flag: bool = False) -> Callable[[Any], Any]:
+    """A hidden option of a former spelling: given, it fails in one line that names its replacement."""
+
+    def refuse(ctx: click.Context, param: click.Parameter, value: object) -> None:
+        if value:
+            raise click.UsageError(f"{old} is no longer an option: use {instead}")
+
+    return click.option(old, is_flag=flag, hidden=True, expose_value=False, callback=refuse)
+
+
 _OPTIONS = (
     click.argument("images", nargs=-1, required=True, metavar="IMAGES..."),
     click.option("-q", "--query", "queries", multiple=True, metavar="QUERY",
@@ -216,10 +228,12 @@ _OPTIONS = (
                  help="Blocks to capture: 0-23, 0,12,23, -1 (the last) or all."),
     click.option("--kinds", default="global", show_default=True, metavar="KINDS",
                  help="Attention to capture: global (across views), frame (within a view) or frame,global."),
-    click.option("--head", "focus_head", type=click.IntRange(min=0), metavar="N",
+    click.option("--focus-head", "focus_head", type=click.IntRange(min=0), metavar="N",
                  help="Head shown on the block timeline. Default: the mean over heads."),
-    click.option("--block", "focus_block", type=click.IntRange(min=0), metavar="N",
+    click.option("--focus-block", "focus_block", type=click.IntRange(min=0), metavar="N",
                  help="Block whose heads the head timeline shows. Default: the last captured block."),
+    _gone("--head", "--focus-head N"),
+    _gone("--block", "--focus-block N (the block whose heads the head timeline shows; --blocks: those captured)"),
     click.option("--model", default=DEFAULT_MODEL, show_default=True, metavar="SPEC",
                  help="tiny, random, a Hub id, a local folder or checkpoint file, or module:callable."),
     click.option("--arch", type=click.Choice(("auto", *ARCH_CHOICES)),
@@ -244,7 +258,7 @@ _OPTIONS = (
                  help="Keep points above this confidence percentile (when --conf-threshold is not given)."),
     click.option("--max-points", type=click.IntRange(min=1), default=200_000, show_default=True,
                  help="Subsample the point cloud to at most this many points."),
-    click.option("--per-view-normalize", is_flag=True, help="Scale each view's heatmap to its own maximum."),
+    _gone("--per-view-normalize", "--scale view", flag=True),
     click.option("--scale", type=click.Choice(["map", "global", "view"]), default="map", show_default=True,
                  help="Colour scale: per (block, head) map shared by its views, one for all, or per view."),
     click.option("--gamma", type=click.FloatRange(0.05, 20), default=1.0, show_default=True,
@@ -291,13 +305,13 @@ def cli(**flags: Any) -> None:
     image is VGGT's reference view (frame 0).
     """
     options = run_options(**flags)
-    hooks = api.RunHooks(echo=_echo, progress=progress, ask=_ask if options.ask else None)
+    callbacks = api.RunCallbacks(echo=_echo, progress=progress, ask=_ask if options.ask else None)
     if options.interactive:
         from vggt_attn_rerun.interactive.web import check_web_dependencies, serve_run
 
         check_web_dependencies()
-        hooks.serve_clicks = functools.partial(serve_run, echo=_echo)
-    api.run(options, hooks)
+        callbacks.serve_clicks = functools.partial(serve_run, echo=_echo)
+    api.run(options, callbacks)
 
 
 def run_options(images: tuple[str, ...], **f: Any) -> api.RunOptions:
@@ -312,7 +326,7 @@ def run_options(images: tuple[str, ...], **f: Any) -> api.RunOptions:
             kinds=tuple(f["kinds"].split(",")), focus_head=f["focus_head"], focus_block=f["focus_block"],
             grid_view=f["grid_view"], points=f["points"], conf_threshold=f["conf_threshold"],
             conf_percentile=f["conf_percentile"], max_points=f["max_points"],
-            per_view_normalize=f["per_view_normalize"], scale=f["scale"], gamma=f["gamma"],
+            scale=f["scale"], gamma=f["gamma"],
             clip_percentile=f["clip_percentile"], rays=f["rays"], peaks=f["peaks"], colormap=f["colormap"],
             cameras=f["cameras"],
         )  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Any
 
 
 def progress(desc: str, total: int | None = None) -> Any:
-    """A tqdm bar on stderr (``api.RunHooks.progress``); without ``total`` a status line for a
+    """A tqdm bar on stderr (``api.RunCallbacks.progress``); without ``total`` a status line for a
     step that cannot count (loading the model, logging, exporting)."""
     from tqdm.auto import tqdm
 

@@ -393,3 +393,16 @@ def batched_images(images: torch.Tensor | LoadedImages) -> torch.Tensor:
     if images.ndim != 5 or images.shape[0] != 1 or images.shape[2] != 3:
         raise UserError(f"images must be [S, 3, H, W] or [1, S, 3, H, W], got {list(images.shape)}")
     return images
+
+
+ImagesLike = LoadedImages | torch.Tensor | str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def as_loaded_images(images: ImagesLike) -> LoadedImages:
+    """LoadedImages from LoadedImages, a tensor ``[S, 3, H, W]``, or image files / folders / globs."""
+    if isinstance(images, LoadedImages):
+        return images
+    if isinstance(images, torch.Tensor):
+        return images_from_tensor(images)
+    items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    return load_images(expand_image_paths(items))

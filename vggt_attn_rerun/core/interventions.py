@@ -13,7 +13,7 @@ the model's own code path; on exit every hook is removed (also when the forward 
 - ``CrossViewKnockout``: in a global block, the rows of the chosen query tokens (default: every
   patch token) keep only the keys of their own frame: probabilities on other frames' keys set
   to 0 and the row renormalised, which is the softmax over the own frame's keys. The q and k
-  are those the module used (``core.hooks.qk_hooks``: norms, RoPE and masks included), v comes
+  are those the module used (``core.hooks.QKHooks``: norms, RoPE and masks included), v comes
   from the module's ``qkv`` output (``[B', N, 3, H, D]``, as every supported model splits it).
   The knocked-out rows replace the module's rows before ``proj``, then ``proj`` runs again.
   Blocks whose sequence holds only the special tokens (VGGT-Omega's "register" blocks, where
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vggt_attn_rerun.core.adapters import ModelAdapter, adapter_for
-from vggt_attn_rerun.core.hooks import qk_hooks
+from vggt_attn_rerun.core.hooks import QKHooks
 from vggt_attn_rerun.core.introspect import KINDS
 from vggt_attn_rerun.core.rows import mask_rows
 from vggt_attn_rerun.core.tokens import TokenLayout
@@ -318,7 +318,7 @@ def intervene(
     handles: list[torch.utils.hooks.RemovableHandle] = []
     with ExitStack() as stack:
         if knocked:  # registered first, so its post hook hands over q and k before ours runs
-            stack.enter_context(qk_hooks(model, sorted({s.block for s in knocked}), ("global",), on_qk, adapter))
+            stack.enter_context(QKHooks(model, sorted({s.block for s in knocked}), ("global",), on_qk, adapter))
         stack.callback(lambda: [h.remove() for h in handles])
         for site in sites.values():
             attn = adapter.blocks(root, site.kind)[site.block].attn

@@ -4,7 +4,7 @@
 (``core.qk_cache.QKCache``), so the attention rows of any other token are one
 ``softmax(scale * q_row @ k^T)`` per (kind, block) away. ``QuerySession`` turns a pixel (or a
 Query) into those rows, wraps them in a CaptureResult of the same run and logs them as query
-``q{n}`` with ``viz.log_run.log_queries``; it then sends the default blueprint with the new
+``q{n}`` with ``viz.log_run.log_added_queries``; it then sends the default blueprint with the new
 query's dashboards (blueprints name their entities, so a new query needs a new layout).
 
 Where new queries come from (Rerun 0.41, see docs/interactive.md for the evidence): clicks in the
@@ -26,15 +26,15 @@ import torch
 from torch import nn
 
 from vggt_attn_rerun.analysis.scene import cameras
-from vggt_attn_rerun.api import ImagesLike, QueriesLike, as_loaded_images, record_attention
-from vggt_attn_rerun.core.capture import CaptureResult
-from vggt_attn_rerun.core.images import LoadedImages
+from vggt_attn_rerun.api import record_attention
+from vggt_attn_rerun.core.capture import CaptureResult, QueriesLike
+from vggt_attn_rerun.core.images import ImagesLike, LoadedImages, as_loaded_images
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.interactive.clicks import Click, Units, click_from_selection, view_units
 from vggt_attn_rerun.viz.blueprint import default_blueprint
-from vggt_attn_rerun.viz.log_run import log_queries
+from vggt_attn_rerun.viz.log_run import log_added_queries
 from vggt_attn_rerun.viz.options import RecordingOptions
 
 PixelSpace = Literal["model", "original"]
@@ -170,7 +170,7 @@ class QuerySession:
         result = self.rows_for(query)
         t1 = time.perf_counter()
         index = self.next_index
-        log_queries(self.rec, result, self.images, self.options, first_index=index)
+        log_added_queries(self.rec, result, self.images, self.options, first_index=index)
         self.queries[index] = query
         self.next_index = index + 1
         if self.update_blueprint:

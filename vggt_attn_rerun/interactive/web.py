@@ -285,7 +285,7 @@ def serve_clicks(session: QuerySession, stream: Any, *, port: int = INTERACTIVE_
 def serve_run(rec: Any, result: CaptureResult, images: LoadedImages, options: RecordingOptions, relay: Any,
               port: int = INTERACTIVE_PORT, *, echo: Callable[[str], object] = print,
               until: Callable[[], bool] | None = None) -> CaptureResult:  # fmt: skip
-    """``RunHooks.serve_clicks``: serve a logged run (``capture(..., keep_qk=True)``) for clicks until
+    """``RunCallbacks.serve_clicks``: serve a logged run (``capture(..., keep_qk=True)``) for clicks until
     Ctrl-C; returns the run with every clicked query (``QuerySession.merged_result``).
 
     ``relay``: the ``rr.BinaryStream`` sink that ``rec`` has written to since before the run was logged.

@@ -24,7 +24,7 @@ Members (format ``FORMAT_NAME``, version ``FORMAT_VERSION``):
   so that the reloaded tensor is always equal to the original;
 - ``transforms``: float64 ``[S, F]``, one row per frame holding ``images.FrameTransform``'s F
   fields in their declared order; ``image_paths``: unicode ``[S]`` (only when the images came from files);
-- ``model_label``: unicode ``[2]``, the ``core.models.ModelLabel`` (title, note) of a random or
+- ``model_label``: unicode ``[2]``, the ``core.loading.ModelLabel`` (title, note) of a random or
   constructed model (only when the model carried one);
 - ``extra_json``: JSON text of the JSON-serializable entries of ``extra``; ``extra_<name>`` for
   its numpy-array entries (numeric, bool or str arrays).
@@ -48,7 +48,7 @@ import torch
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import FrameTransform, LoadedImages
 from vggt_attn_rerun.core.introspect import KINDS
-from vggt_attn_rerun.core.models import ModelLabel
+from vggt_attn_rerun.core.loading import ModelLabel
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError

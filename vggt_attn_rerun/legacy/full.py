@@ -1,4 +1,4 @@
-"""Full attention matrices, only on request (the seed-compatible API needs them)."""
+"""Full attention matrices, only on request (the earlier script's API needs them)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vggt_attn_rerun.core.hooks import qk_hooks
+from vggt_attn_rerun.core.hooks import QKHooks
 from vggt_attn_rerun.core.images import batched_images
 from vggt_attn_rerun.core.introspect import KINDS, check_blocks, check_kinds, model_heads, model_layout
 from vggt_attn_rerun.core.rows import softmax_rows
@@ -15,7 +15,7 @@ from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
 
 # --------------------------------------------------------------------------------------------
-# Full matrices (only on request: the seed API needs them)
+# Full matrices (only on request: the earlier script's API needs them)
 # --------------------------------------------------------------------------------------------
 
 
@@ -74,6 +74,6 @@ def capture_full(
             "or raise budget_bytes"
         )
     collector = FullCollector(blocks)
-    with torch.no_grad(), qk_hooks(model, blocks, kinds, collector):
+    with torch.no_grad(), QKHooks(model, blocks, kinds, collector):
         predictions = model(images)
     return predictions, collector.maps, layout

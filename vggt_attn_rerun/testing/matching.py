@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from vggt_attn_rerun.core.models import ModelLabel, label_model
+from vggt_attn_rerun.core.loading import ModelLabel, label_model
 from vggt_attn_rerun.testing.tiny_model import TinyVGGT, tiny_vggt
 
 #: one line for recordings and docs: what this model is
@@ -30,7 +30,7 @@ CONSTRUCTED_NOTE = (
     "global block made of hand-made appearance-matching heads (k = q weights, large q/k norm gains); "
     "not learned, not VGGT."
 )
-#: the label the model carries (core.models.ModelLabel): every recording of it shows it
+#: the label the model carries (core.loading.ModelLabel): every recording of it shows it
 CONSTRUCTED_LABEL = ModelLabel("CONSTRUCTED demo model, not VGGT", CONSTRUCTED_NOTE)
 UNIFORM_LABEL = ModelLabel(
     "CONSTRUCTED uniform model, not VGGT",

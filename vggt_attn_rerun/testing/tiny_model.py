@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras
-from vggt_attn_rerun.core.models import TINY_LABEL, label_model
+from vggt_attn_rerun.core.loading import TINY_LABEL, label_model
 
 
 class RotaryPositionEmbedding2D(nn.Module):

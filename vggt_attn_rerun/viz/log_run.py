@@ -15,7 +15,7 @@ only one timeline is invisible on the other. Summary and peak-distance series ar
 only. Everything else is static. The tensor's block axis indexes the captured blocks in order
 (see ``queries/q{i}/{kind}:blocks``).
 
-Many queries: each query keeps its own entities (``q{i}``); ``log_queries`` adds more to a
+Many queries: each query keeps its own entities (``q{i}``); ``log_added_queries`` adds more to a
 recording later (interactive queries). The default layout shows at most blueprint.MANY_QUERIES
 queries' dashboards (then only q0, the query means and a query picker): see blueprint.py for
 switching the shown query.
@@ -204,8 +204,9 @@ def _check_images(result: CaptureResult, images: LoadedImages) -> None:
         )
 
 
-def _log_queries(rec: rr.RecordingStream, result: CaptureResult, options: RecordingOptions, focus: _Focus,
+def _log_each_query(rec: rr.RecordingStream, result: CaptureResult, options: RecordingOptions, focus: _Focus,
                  scene: Scene, analysis: RunAnalysis, first_index: int) -> None:  # fmt: skip
+    """Everything of each query in ``result.rows.queries``, as ``q{first_index + j}``: the scene is logged."""
     rows, lay = result.rows, result.layout
     for j, q in enumerate(rows.queries):
         i = first_index + j
@@ -253,7 +254,7 @@ def _index_text(result: CaptureResult) -> str:
     return "\n".join(lines)
 
 
-def log_queries(rec: rr.RecordingStream, result: CaptureResult, images: LoadedImages, options: RecordingOptions,
+def log_added_queries(rec: rr.RecordingStream, result: CaptureResult, images: LoadedImages, options: RecordingOptions,
                 first_index: int, analysis: RunAnalysis | None = None) -> None:  # fmt: skip
     """Log ONLY the per-query data of ``result.rows.queries``, as queries ``q{first_index + j}``.
 
@@ -273,15 +274,15 @@ def log_queries(rec: rr.RecordingStream, result: CaptureResult, images: LoadedIm
     _check_images(result, images)
     focus = _resolve(options, result)
     scene = build_scene(result, images, options)
-    _log_queries(rec, result, options, focus, scene, _analysis(result, images, options, analysis), int(first_index))
+    _log_each_query(rec, result, options, focus, scene, _analysis(result, images, options, analysis), int(first_index))
 
 
 def log_run(rec: rr.RecordingStream, result: CaptureResult, images: LoadedImages, options: RecordingOptions,
             analysis: RunAnalysis | None = None) -> None:  # fmt: skip
     """Log one capture run into ``rec`` (timelines: see the module docstring; entity paths: paths.py).
 
-    The scene (cameras, images, point cloud), then every query (``log_queries`` with first
-    index 0), then the means over queries (when there are several) and the query index.
+    The scene (cameras, images, point cloud), then every query (what ``log_added_queries`` logs,
+    from index 0), then the means over queries (when there are several) and the query index.
 
     Args:
         rec: the recording stream; its sinks are the caller's business.
@@ -296,7 +297,7 @@ def log_run(rec: rr.RecordingStream, result: CaptureResult, images: LoadedImages
     scene = build_scene(result, images, options)
     _log_scene(rec, result, scene, options)
     analysis = _analysis(result, images, options, analysis)
-    _log_queries(rec, result, options, focus, scene, analysis, 0)
+    _log_each_query(rec, result, options, focus, scene, analysis, 0)
     if len(result.rows.queries) > 1:
         log_query_means(rec, result, analysis.summaries, analysis.consistency, options)
     rec.log(Paths.query_index, rr.TextDocument(_index_text(result), media_type=rr.MediaType.MARKDOWN), static=True)

@@ -33,7 +33,6 @@ class RecordingOptions:
         scale: the colour scale of the maps (analysis.maps): "map" (default: one scale per
             (block, head) map, shared by its views), "global" (one for every block, head and
             view) or "view" (one per map and view: colors do not compare across views).
-        per_view_normalize: the same as ``scale="view"`` (kept for older callers).
         gamma: ``u8 = round(255 * clip(p / vmax, 0, 1) ** gamma)``; < 1 lifts diffuse maps.
         clip_percentile: vmax = this percentile of the scale's values instead of their maximum
             (100 = the maximum; e.g. 99 lets the top 1% saturate).
@@ -63,7 +62,6 @@ class RecordingOptions:
     conf_percentile: float = 50.0
     max_points: int = 200_000
     scale: str = "map"
-    per_view_normalize: bool = False
     gamma: float = 1.0
     clip_percentile: float = 100.0
     rays: int = 8
@@ -95,8 +93,6 @@ class RecordingOptions:
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise UserError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality!r}")
         self.colormap = colormap.check_colormap(self.colormap)
-        if self.per_view_normalize:
-            self.scale = "view"
         self.scale = check_scale(self.scale)
         if not (isinstance(self.gamma, (int, float)) and 0.05 <= float(self.gamma) <= 20.0):
             raise UserError(f"gamma must be a number in [0.05, 20], got {self.gamma!r}")

@@ -1,40 +1,40 @@
 """The API of the earlier VGGT attention script users know, with its bugs fixed.
 
-The seed is ``visualize_attention.py`` of the public fork ``tang0214/vggt`` (with
+The earlier script is ``visualize_attention.py`` of the public fork ``tang0214/vggt`` (with
 ``example_visualize_attention.py``, ``demo_attention.ipynb`` and the guide
 ``ATTENTION_VISUALIZATION_README.md``). The names, arguments, defaults and return structures of
 its public functions are kept, so code written for it runs unchanged: ``from visualize_attention
 import ...`` works once the package is installed (``legacy/visualize_attention.py``, installed as a
 top-level module, re-exports them all). This module: extraction (``AttentionExtractor``,
-``extract_both_attentions``); ``seed_values``: ``get_attention_values``,
-``get_all_frames_attention``; ``seed_figures``: the ``visualize_*`` figures; ``seed_demos``: the
+``extract_both_attentions``); ``values``: ``get_attention_values``,
+``get_all_frames_attention``; ``figures``: the ``visualize_*`` figures; ``demos``: the
 two demos. What differs:
 
-1. RoPE is kept. The seed hooked ``Block`` and read ``pos`` from the positional inputs, but
+1. RoPE is kept. The earlier script hooked ``Block`` and read ``pos`` from the positional inputs, but
    ``Block.forward`` passes ``pos`` to attention by keyword: ``pos`` was always None, RoPE was
    skipped and the maps were not the attention the model computed. Here the maps are built from
-   the q and k the attention module really used (``capture.qk_hooks``: after q_norm/k_norm and RoPE).
-2. Frame attention reads the frame the query token is in. The seed always read
+   the q and k the attention module really used (``core.hooks.QKHooks``: after q_norm/k_norm and RoPE).
+2. Frame attention reads the frame the query token is in. The earlier script always read
    ``attn_weights[0]`` (frame 0) and always drew frame 0's image, whatever the token.
-3. Bad indices raise ``UserError`` naming the valid range. The seed's demos silently moved an
+3. Bad indices raise ``UserError`` naming the valid range. The earlier script's demos silently moved an
    out-of-range ``token_idx`` to the first, middle or last token, ``register_hooks`` silently
    skipped missing blocks, and a bad ``head_idx`` ended in an IndexError.
 
-Also: softmax in fp32 even under autocast (the seed ran it in fp16/bf16), full matrices are
+Also: softmax in fp32 even under autocast (the earlier script ran it in fp16/bf16), full matrices are
 checked against a memory budget (one global map of VGGT-1B is 7.7 GB at 8 views; the rows API
 ``vggt_attn_rerun.core.capture.capture`` never builds them), the patch size is an argument (the
 demos take the model's) instead of a hard-coded 14, and one scene at a time: images or weights
-holding a batch of several scenes are refused in one line (the seed silently used the first).
+holding a batch of several scenes are refused in one line (the earlier script silently used the first).
 
 Token indices: ``token_idx`` is a global token index, ``frame * P + index within frame`` with
 ``P = patch_start_idx + grid_h * grid_w``, for frame and global attention alike; for a token of
-frame 0 this is the seed's index, so the seed's calls keep their meaning. Where a function takes
+frame 0 this is the earlier script's index, so the earlier script's calls keep their meaning. Where a function takes
 ``frame_idx`` (``visualize_frame_attention``, and ``get_attention_values`` /
 ``visualize_attention_on_image`` by keyword), ``token_idx`` may instead be an index within that
-frame, as the guide's FAQ counts frame-attention tokens (``seed_values`` module docstring).
+frame, as the guide's FAQ counts frame-attention tokens (``values`` module docstring).
 
-Figures are pyplot figures (``plt.figure``), so a notebook shows them as the seed's did; the demos
-call ``plt.show()`` as the seed did, unless given ``show=False``.
+Figures are pyplot figures (``plt.figure``), so a notebook shows them as the earlier script's did; the demos
+call ``plt.show()`` as the earlier script did, unless given ``show=False``.
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vggt_attn_rerun.core.hooks import qk_hooks
+from vggt_attn_rerun.core.hooks import QKHooks
 from vggt_attn_rerun.core.images import LoadedImages, batched_images, load_images
 from vggt_attn_rerun.core.introspect import KINDS, check_blocks, check_kinds
-from vggt_attn_rerun.core.models import model_device
+from vggt_attn_rerun.core.loading import model_device
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.legacy.full import FullCollector, capture_full
 
@@ -93,7 +93,7 @@ class _BudgetedCollector(FullCollector):
 
 
 def _entry(weights: Tensor, kind: str) -> dict[str, Any]:
-    """The seed's per-layer record."""
+    """The earlier script's per-layer record."""
     return {
         "attn_weights": weights,
         "layer_type": kind,
@@ -105,7 +105,7 @@ def _entry(weights: Tensor, kind: str) -> dict[str, Any]:
 class AttentionExtractor:
     """Full attention matrices of chosen blocks, captured while the user runs ``model(images)``.
 
-    Usage (as the seed)::
+    Usage (as the earlier script)::
 
         extractor = AttentionExtractor(model)
         extractor.register_hooks(block_indices=[23], attention_types=["frame", "global"])
@@ -138,14 +138,14 @@ class AttentionExtractor:
         """Hook the attention modules of ``block_indices`` (None: all) for each kind in ``attention_types``.
 
         Replaces hooks and maps of an earlier call. A block that does not exist raises
-        UserError naming the valid blocks (the seed skipped it silently).
+        UserError naming the valid blocks (the earlier script skipped it silently).
         """
         self.clear_hooks()
         kinds = check_kinds(attention_types)
         blocks = check_blocks(self.model, block_indices)
         collector = _BudgetedCollector(blocks, self.budget_bytes)
         stack = contextlib.ExitStack()
-        stack.enter_context(qk_hooks(self.model, blocks, kinds, collector))
+        stack.enter_context(QKHooks(self.model, blocks, kinds, collector))
         self._stack, self._collector = stack, collector
         self.attention_maps = {}
 
@@ -158,7 +158,7 @@ class AttentionExtractor:
     def get_attention_maps(self) -> dict[str, dict[str, Any]]:
         """The maps of the last forward pass, keyed ``frame_block_{i}`` / ``global_block_{i}``.
 
-        Each value is ``{"attn_weights", "layer_type", "num_heads", "num_tokens"}`` (the seed's
+        Each value is ``{"attn_weights", "layer_type", "num_heads", "num_tokens"}`` (the earlier script's
         record) with ``attn_weights`` fp32 on CPU: frame ``[S, H, P, P]``, global ``[1, H, S*P, S*P]``
         (rows are queries, columns keys, each row sums to 1).
         """
@@ -187,7 +187,7 @@ def input_images(model: nn.Module, images: Tensor | LoadedImages | str | os.Path
 
 
 def autocast_like_seed(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    # The seed used torch.cuda.amp.autocast, which does nothing for CPU tensors: keep that, so CPU
+    # The earlier script used torch.cuda.amp.autocast, which does nothing for CPU tensors: keep that, so CPU
     # runs stay fp32, and skip dtypes CUDA autocast does not take (it would only warn).
     if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
         return torch.autocast("cuda", dtype=dtype)

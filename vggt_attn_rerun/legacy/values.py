@@ -1,8 +1,8 @@
-"""The seed's value functions: one query token's attention over the patches, as numpy arrays.
+"""The earlier script's value functions: one query token's attention over the patches, as numpy arrays.
 
-Token indices (see seed.py): ``token_idx`` is a global token index ``frame * P + index within
+Token indices (see extraction.py): ``token_idx`` is a global token index ``frame * P + index within
 frame``, unless ``frame_idx`` is given: then it may also be an index within that frame
-(``0..P-1``), as the seed guide's FAQ uses frame-attention indices ("token 820 of frame 2").
+(``0..P-1``), as its guide's FAQ uses frame-attention indices ("token 820 of frame 2").
 Both name the same token, so ``(token_idx=820, frame_idx=1)`` and ``token_idx=1750`` (with
 ``P = 930``) give the same maps; a global index of another frame than ``frame_idx`` is a UserError.
 """
@@ -22,7 +22,7 @@ from vggt_attn_rerun.core.introspect import check_kinds
 from vggt_attn_rerun.core.tokens import VGGT_PATCH_SIZE, TokenLayout
 from vggt_attn_rerun.errors import UserError
 
-RESIZE_MODE = "bilinear"  # as the seed; align_corners=False puts each patch value at its patch centre
+RESIZE_MODE = "bilinear"  # as the earlier script; align_corners=False puts each patch value at its patch centre
 MEAN = "mean"
 
 
@@ -38,7 +38,7 @@ def _index(value: object, what: str) -> int:
 def frame_token(layout: TokenLayout, token_idx: int, frame_idx: int | None = None) -> tuple[int, int]:
     """(frame, index within frame) of a token: global ``token_idx``, or one within ``frame_idx``.
 
-    UserError with the valid ranges for anything else (the seed silently moved such tokens).
+    UserError with the valid ranges for anything else (the earlier script silently moved such tokens).
     """
     token, p = _index(token_idx, "token_idx"), layout.tokens_per_frame
     if frame_idx is None:
@@ -76,7 +76,7 @@ def check_head(head_idx: int | str | None, num_heads: int) -> int | None:
 
 
 def seed_layout(images: Tensor, patch_start_idx: int, patch_size: int) -> tuple[Tensor, TokenLayout]:
-    """Images ``[S, 3, H, W]`` (one scene) and the token layout of the seed's arguments."""
+    """Images ``[S, 3, H, W]`` (one scene) and the token layout of the earlier script's arguments."""
     imgs = batched_images(images)[0]
     s, _, h, w = (int(d) for d in imgs.shape)
     registers = _index(patch_start_idx, "patch_start_idx") - 1
@@ -110,12 +110,12 @@ def _maps(row: Tensor, layout: TokenLayout, renormalize: bool) -> Tensor:
 
 
 def resize_maps(maps: Tensor, height: int, width: int) -> Tensor:
-    """``[n, gh, gw]`` -> ``[n, H, W]``, bilinear with ``align_corners=False`` (as the seed)."""
+    """``[n, gh, gw]`` -> ``[n, H, W]``, bilinear with ``align_corners=False`` (as the earlier script)."""
     return F.interpolate(maps[:, None], size=(height, width), mode=RESIZE_MODE, align_corners=False)[:, 0]
 
 
 def _metadata(layout: TokenLayout, token_idx: int, head: int | None) -> dict[str, Any]:
-    """The metadata keys both value functions return (the seed's names)."""
+    """The metadata keys both value functions return (the earlier script's names)."""
     h, w = layout.image_size
     return {
         "grid_h": layout.grid_h,
@@ -149,12 +149,12 @@ def get_attention_values(
         images: the model input, ``[S, 3, H, W]`` or ``[1, S, 3, H, W]`` in [0, 1] (one scene).
         token_idx: the query token: a global index ``frame * P + index within frame`` (special
             tokens allowed), or, with ``frame_idx``, an index within that frame (module docstring).
-            Frame attention reads the row of the token's frame (the seed always read frame 0).
+            Frame attention reads the row of the token's frame (the earlier script always read frame 0).
         head_idx: a head (0..H-1), or ``"mean"`` / None for the mean over heads.
         patch_start_idx: camera + register tokens before the patches of each frame (VGGT: 5).
         attention_type: ``"frame"`` or ``"global"``.
         frame_idx: the frame of ``token_idx`` when it is an index within a frame (None: global).
-        renormalize: divide by the mass on patches (the seed's behaviour), so the maps sum to 1
+        renormalize: divide by the mass on patches (the earlier script's behaviour), so the maps sum to 1
             over all patches of all frames; False keeps the raw softmax probabilities.
         patch_size: pixels per patch side (VGGT: core.tokens.VGGT_PATCH_SIZE).
 
@@ -210,14 +210,14 @@ def get_all_frames_attention(
     Args:
         attn_weights: frame attention ``[S, H, P, P]``.
         images: ``[S, 3, H, W]`` or ``[1, S, 3, H, W]`` (one scene).
-        token_idx: an index within a frame (``0..P-1``, as the seed), read in every frame of
+        token_idx: an index within a frame (``0..P-1``, as the earlier script), read in every frame of
             ``frame_indices``; a global index ``frame * P + i`` stands for its index ``i``.
         head_idx, patch_start_idx, renormalize, patch_size: as in ``get_attention_values`` (each
-            frame's map is renormalized over that frame's patches, as the seed).
+            frame's map is renormalized over that frame's patches, as the earlier script).
         frame_indices: the frames (default all, in order); out of range: UserError.
 
     Returns:
-        The seed's dict: ``attention_maps [n, gh, gw]``, ``attention_maps_resized [n, H, W]``,
+        The earlier script's dict: ``attention_maps [n, gh, gw]``, ``attention_maps_resized [n, H, W]``,
         ``images [S, H, W, 3]``, ``frame_indices`` (list), ``metadata`` (grid_h, grid_w, H, W, S,
         token_idx, head_idx, patch_start_idx, attention_type "frame", local_idx).
     """

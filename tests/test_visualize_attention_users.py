@@ -1,6 +1,6 @@
-"""Code written for the seed script runs: its module name, its functions, its figures shown.
+"""Code written for the earlier script runs: its module name, its functions, its figures shown.
 
-The seed is ``visualize_attention.py`` of the fork ``tang0214/vggt``; SEED_SIGNATURES below are its
+The earlier script is ``visualize_attention.py`` of the fork ``tang0214/vggt``; SCRIPT_SIGNATURES below are its
 public functions and their leading parameters, copied from that script's ``def`` lines.
 """
 
@@ -19,7 +19,7 @@ from vggt_attn_rerun.errors import UserError
 S, GH, GW, P, HEADS = 3, 4, 6, 29, 4
 BLOCK = 2
 
-SEED_SIGNATURES = {
+SCRIPT_SIGNATURES = {
     "AttentionExtractor": ["model"],
     "visualize_attention_map": ["attn_weights", "token_idx", "head_idx", "frame_idx", "title", "figsize", "cmap"],
     "visualize_attention_on_image": [
@@ -70,17 +70,17 @@ def test_visualize_attention_is_an_installed_top_level_module():
 
 
 def test_the_alias_has_every_public_function_of_the_seed_with_its_parameters(va):
-    assert sorted(va.__all__) == sorted(SEED_SIGNATURES)
-    for name, params in SEED_SIGNATURES.items():
+    assert sorted(va.__all__) == sorted(SCRIPT_SIGNATURES)
+    for name, params in SCRIPT_SIGNATURES.items():
         ours = list(inspect.signature(getattr(va, name)).parameters)[: len(params)]
         assert ours == params, name
 
 
 def test_the_alias_is_the_package_api_not_a_copy(va):
-    from vggt_attn_rerun.legacy import seed, seed_values
+    from vggt_attn_rerun.legacy import extraction, values
 
-    assert va.extract_both_attentions is seed.extract_both_attentions
-    assert va.get_attention_values is seed_values.get_attention_values
+    assert va.extract_both_attentions is extraction.extract_both_attentions
+    assert va.get_attention_values is values.get_attention_values
 
 
 def test_figures_are_pyplot_figures(va, both, scene_images):
@@ -180,7 +180,7 @@ def test_demo_single_layer_attention_draws_frame_attention_of_the_tokens_frame(v
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"token_idx": 500}, r"token_idx 500 is out of range: valid are 0\.\.86"),  # the seed clamped it
+        ({"token_idx": 500}, r"token_idx 500 is out of range: valid are 0\.\.86"),  # the earlier script clamped it
         ({"mode": "show"}, r"unknown mode 'show': valid modes are visualize, data"),
         ({"head_idx": 4}, r"head_idx 4 is out of range: valid are 0\.\.3"),
         ({"block_idx": 4}, r"valid blocks are 0\.\.3"),
@@ -198,6 +198,6 @@ def test_a_batch_of_several_scenes_is_refused_clearly(va, tiny_model, both, scen
         va.extract_both_attentions(tiny_model, batch, block_idx=1)
     with pytest.raises(UserError, match="batch of 2 scenes"):
         va.get_attention_values(both["global_attention"]["attn_weights"], batch, 7, 0, 5, "global")
-    two_scenes = torch.cat([both["frame_attention"]["attn_weights"]] * 2)  # the seed's [B*S, H, P, P]
+    two_scenes = torch.cat([both["frame_attention"]["attn_weights"]] * 2)  # the earlier script's [B*S, H, P, P]
     with pytest.raises(UserError, match="a batch of several scenes is not supported"):
         va.get_attention_values(two_scenes, scene_images, 7, 0, 5, "frame")

@@ -8,7 +8,7 @@ Face Hub id (``facebook/VGGT-1B``, ``yyfz233/Pi3``), a local directory (``config
 
 Unlike ``VGGT.from_pretrained``, which loads with ``strict=False`` and silently keeps random
 weights for missing keys, every checkpoint is checked key by key here. Architectures
-(``core.model_archs``): vggt (default; also read from .pt), pi3, pi3x, streamvggt, vggt-omega and
+(``core.architectures``): vggt (default; also read from .pt), pi3, pi3x, streamvggt, vggt-omega and
 their tiny replicas; all but vggt read ``.safetensors`` only. The model is tagged with its
 adapter (``core.adapters``) so that capture reads it the right way.
 
@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from vggt_attn_rerun.core.adapters import ARCH_ATTR
-from vggt_attn_rerun.core.model_archs import ARCHS as _ARCHS
-from vggt_attn_rerun.core.model_archs import TINY_OF, arch_builder, arch_for_hub_id, finish_random, get_arch
+from vggt_attn_rerun.core.architectures import ARCHS as _ARCHS
+from vggt_attn_rerun.core.architectures import TINY_OF, arch_builder, arch_for_hub_id, finish_random, get_arch
 from vggt_attn_rerun.errors import UserError
 
 DEFAULT_MODEL = "facebook/VGGT-1B"
@@ -440,7 +440,7 @@ def load_model(
         device, dtype: where and in which precision the returned model lives.
         strict: a checkpoint with missing or unexpected keys raises UserError (else warns).
         arch: the architecture that checkpoints, ``random`` and ``tiny`` are built as (see
-            ``core.model_archs.ARCHS``): ``vggt`` (needs the vggt package; a config.json beside the
+            ``core.architectures.ARCHS``): ``vggt`` (needs the vggt package; a config.json beside the
             weights sets its arguments), ``pi3``, ``pi3x``, ``streamvggt``, ``vggt-omega``, or a tiny
             replica (``tiny``, ``tiny-pi3``, ...). Default: the architecture of a known Hub id, else vggt.
 

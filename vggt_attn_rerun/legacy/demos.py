@@ -1,9 +1,9 @@
-"""The seed's two demos: load photos and a model, extract one block, draw or return it.
+"""The earlier script's two demos: load photos and a model, extract one block, draw or return it.
 
-As the seed, each demo shows its figures with ``plt.show()`` (``show=False`` skips that: the
-figures are returned either way, pyplot-managed). Unlike the seed, a bad ``token_idx``,
-``head_idx``, ``block_idx`` or mode raises UserError before the model runs (the seed moved the
-token elsewhere and went on), ``model=`` reuses a loaded model (the seed loaded VGGT-1B on every
+As the earlier script, each demo shows its figures with ``plt.show()`` (``show=False`` skips that: the
+figures are returned either way, pyplot-managed). Unlike the earlier script, a bad ``token_idx``,
+``head_idx``, ``block_idx`` or mode raises UserError before the model runs (the earlier script moved the
+token elsewhere and went on), ``model=`` reuses a loaded model (the earlier script loaded VGGT-1B on every
 call), and frame attention is read in the query token's own frame.
 """
 
@@ -20,15 +20,15 @@ from vggt_attn_rerun.core.images import LoadedImages
 from vggt_attn_rerun.core.introspect import KINDS, check_blocks, check_kinds, model_heads, model_layout
 from vggt_attn_rerun.core.resources import autocast_dtype_for
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.legacy.seed import (
+from vggt_attn_rerun.legacy.extraction import (
     DEFAULT_BUDGET_BYTES,
     AttentionExtractor,
     autocast_like_seed,
     extract_both_attentions,
     input_images,
 )
-from vggt_attn_rerun.legacy.seed_figures import pyplot, visualize_attention_map, visualize_attention_on_image
-from vggt_attn_rerun.legacy.seed_values import check_head, frame_token, get_attention_values
+from vggt_attn_rerun.legacy.figures import pyplot, visualize_attention_map, visualize_attention_on_image
+from vggt_attn_rerun.legacy.values import check_head, frame_token, get_attention_values
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -41,7 +41,7 @@ MODES = ("visualize", "data")
 
 def _setup(model: nn.Module | None, image_paths: ImagesArg) -> tuple[nn.Module, Tensor]:
     if model is None:
-        from vggt_attn_rerun.core.models import load_model
+        from vggt_attn_rerun.core.loading import load_model
 
         model = load_model(device="cuda" if torch.cuda.is_available() else "cpu")
     return model, input_images(model, image_paths)
@@ -59,7 +59,7 @@ def demo_visualize_token_attention(
     frame_idx: int | None = None,
     show: bool = True,
 ) -> tuple[list[tuple[str, Figure]], dict[str, Any]]:
-    """Load photos, extract block ``block_idx`` and draw ``token_idx``'s attention (the seed's demo).
+    """Load photos, extract block ``block_idx`` and draw ``token_idx``'s attention (the earlier script's demo).
 
     Args:
         image_paths: the photos (loaded as vggt's ``load_and_preprocess_images``, crop mode), or
@@ -67,10 +67,10 @@ def demo_visualize_token_attention(
         block_idx, token_idx, head_idx: as in ``extract_both_attentions`` / ``get_attention_values``;
             out of range raises UserError naming the valid range, before the forward pass.
         attention_types: which figures to draw, ``"frame"`` and/or ``"global"``.
-        model: the model; None loads ``models.load_model()`` (facebook/VGGT-1B) on CUDA if
+        model: the model; None loads ``core.loading.load_model()`` (facebook/VGGT-1B) on CUDA if
             available, else CPU. budget_bytes: as in ``extract_both_attentions``.
-        frame_idx: with it, ``token_idx`` may be an index within that frame (``seed_values``).
-        show: call ``plt.show()`` once the figures are drawn, as the seed did.
+        frame_idx: with it, ``token_idx`` may be an index within that frame (``values``).
+        show: call ``plt.show()`` once the figures are drawn, as the earlier script did.
 
     Returns:
         ``(figures, result)``: ``figures`` a list of ``(kind, Figure)`` (frame first), ``result``
@@ -86,7 +86,7 @@ def demo_visualize_token_attention(
 
     result = extract_both_attentions(model, images, block_idx, autocast_dtype_for(images.device), budget_bytes)
     figures = []
-    for kind in KINDS:  # the seed's order: frame, then global
+    for kind in KINDS:  # the earlier script's order: frame, then global
         if kind in kinds:
             values = get_attention_values(
                 result[f"{kind}_attention"]["attn_weights"], images, token_idx, head_idx,
@@ -119,7 +119,7 @@ def demo_single_layer_attention(
         block_idx: the block; attention_type: ``"global"`` or ``"frame"``.
         token_idx: a global token index (``frame * P + index within frame``), or with
             ``frame_idx`` an index within that frame. Frame attention draws the row of the
-            token's own frame (the seed always drew frame 0).
+            token's own frame (the earlier script always drew frame 0).
         head_idx: a head, or ``"mean"``.
         mode: ``"visualize"``: the token-to-token heatmap (``visualize_attention_map``), shown
             with ``plt.show()`` unless ``show=False``; ``"data"``: the raw matrix.
@@ -127,7 +127,7 @@ def demo_single_layer_attention(
     Returns:
         visualize: the Figure. data: ``{"attention_weights": [S, H, P, P] (frame) or
         ``[1, H, S*P, S*P]`` (global), "layer_name", "layer_type", "num_heads", "num_tokens"}``,
-        the seed's dict.
+        the earlier script's dict.
     """
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}: valid modes are {', '.join(MODES)}")

@@ -1,8 +1,8 @@
-"""The seed's figures: one token's attention drawn over the images, with matplotlib.
+"""The earlier script's figures: one token's attention drawn over the images, with matplotlib.
 
-Every function returns a pyplot figure (``plt.figure``), as the seed's did: a notebook shows it
+Every function returns a pyplot figure (``plt.figure``), as the earlier script's did: a notebook shows it
 when the cell ends, a script shows it with ``plt.show()``, and ``plt.close(fig)`` frees it.
-Needs matplotlib (extra ``plot``), else UserError. Token indices: see ``seed_values``.
+Needs matplotlib (extra ``plot``), else UserError. Token indices: see ``values``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from vggt_attn_rerun.core.tokens import VGGT_PATCH_SIZE
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.legacy.seed_values import (
+from vggt_attn_rerun.legacy.values import (
     MEAN,
     check_head,
     get_all_frames_attention,
@@ -119,11 +119,11 @@ def visualize_attention_on_image(
     frame_idx: int | None = None,
     patch_size: int = VGGT_PATCH_SIZE,
 ) -> Figure:
-    """One token's attention over the images (the seed's figure).
+    """One token's attention over the images (the earlier script's figure).
 
-    Takes either the seed's arguments (as ``get_attention_values``, ``frame_idx`` included) or, as
+    Takes either the earlier script's arguments (as ``get_attention_values``, ``frame_idx`` included) or, as
     first argument, the dict ``get_attention_values`` returned. Frame attention: the query's frame
-    (the seed always drew frame 0) and the map over it. Global attention: a row of the S images
+    (the earlier script always drew frame 0) and the map over it. Global attention: a row of the S images
     over a row of the S maps laid over them, one colour scale. The query patch is marked with a cross.
     """
     if isinstance(attn_weights, Mapping):
@@ -164,11 +164,11 @@ def visualize_frame_attention(
     *,
     patch_size: int = VGGT_PATCH_SIZE,
 ) -> Figure:
-    """Frame attention ``[S, H, P, P]`` of one token over its frame (the seed's figure).
+    """Frame attention ``[S, H, P, P]`` of one token over its frame (the earlier script's figure).
 
-    ``token_idx`` is an index within frame ``frame_idx`` (0..P-1, as the seed) or a global index
+    ``token_idx`` is an index within frame ``frame_idx`` (0..P-1, as the earlier script) or a global index
     of a token of that frame; with ``frame_idx=None`` it is a global index (for frame 0 the two
-    are the same, so the seed's default ``frame_idx=0`` keeps its meaning).
+    are the same, so the earlier script's default ``frame_idx=0`` keeps its meaning).
     """
     values = get_attention_values(
         attn_weights, images, token_idx, head_idx, patch_start_idx, "frame", frame_idx=frame_idx, patch_size=patch_size
@@ -237,9 +237,9 @@ def visualize_attention_map(
     figsize: tuple[float, float] = (8, 6),
     cmap: str = "turbo",
 ) -> Figure:
-    """One row of a full attention matrix ``[B', H, N, N]`` as a token-to-token heatmap (the seed's).
+    """One row of a full attention matrix ``[B', H, N, N]`` as a token-to-token heatmap (the earlier script's).
 
-    The N keys are laid out row-major in the smallest square (as the seed; the padding is blank,
+    The N keys are laid out row-major in the smallest square (as the earlier script; the padding is blank,
     not zero). ``frame_idx`` picks the matrix of frame attention ``[S, H, P, P]`` (None: 0, or
     the frame of a global ``token_idx``); global attention ``[1, H, N, N]`` has only matrix 0.
     """
