@@ -24,7 +24,7 @@ from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.images import images_from_tensor
 from vggt_attn_rerun.core.tokens import Query
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.io.npzsafe import read_bound
+from vggt_attn_rerun.io.checked_npz import read_bound
 from vggt_attn_rerun.io.runfile import FORMAT_NAME, is_run_file, load_run, save_run
 
 S, H, W = 2, 28, 42  # 2 frames of 2x3 patches: P = 5 + 6 = 11 tokens per frame

@@ -7,7 +7,7 @@ default blueprint, and exits with ``rr.EXTERNAL_IMPORTER_INCOMPATIBLE_EXIT_CODE`
 file so that the viewer tries its other importers.
 
 Hostile files: ``load_run`` checks every member's header against the format before reading it,
-bounds what a file may make loading and logging allocate (``npzsafe.read_bound``) and refuses rows
+bounds what a file may make loading and logging allocate (``checked_npz.read_bound``) and refuses rows
 that cannot be attention probabilities. The recording streams, as it is logged, into an anonymous
 temporary file (``io.streamfile``: memory does not grow with the recording) and is copied to
 stdout only once complete, so a bad file ends with one ``error:`` line on stderr, exit 1, and

@@ -29,7 +29,7 @@ import numpy as np
 
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.atomic import write_file
-from vggt_attn_rerun.io.npzsafe import CheckedNpz, NpzDamaged
+from vggt_attn_rerun.io.checked_npz import CheckedNpz, NpzDamaged
 
 PINHOLE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
 NPZ_NAME = "cameras.npz"

@@ -53,8 +53,7 @@ from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.atomic import write_file
-from vggt_attn_rerun.io.npzsafe import CheckedNpz, NpzDamaged, first_member, read_bound, read_identity
-from vggt_attn_rerun.io.runextra import extra_members
+from vggt_attn_rerun.io.checked_npz import CheckedNpz, NpzDamaged, first_member, read_bound, read_identity
 
 FORMAT_NAME = "vggt-attn-rerun/run"
 FORMAT_VERSION = "1"
@@ -65,6 +64,41 @@ SAVED_PREDICTIONS = ("pose_enc", "depth", "depth_conf", "world_points", "world_p
 #: FrameTransform's fields, in the order of a ``transforms`` row (the one place that order is written)
 _TRANSFORM_FIELDS = tuple(f.name for f in dataclasses.fields(FrameTransform))
 _TRANSFORM_INTS = frozenset(f.name for f in dataclasses.fields(FrameTransform) if f.type in (int, "int"))
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def extra_members(extra: Mapping[str, object] | None) -> dict[str, np.ndarray]:
+    """The ``extra`` metadata of a run file as members: JSON values in ``extra_json``, arrays as ``extra_<name>``."""
+    if not extra:
+        return {"extra_json": np.array("{}")}
+    plain: dict[str, object] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in extra.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise UserError(f"extra key {key!r} must be a Python identifier (letters, digits, _)")
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray):
+            if key == "json":
+                raise UserError("extra key 'json' is reserved: pick another name for this array")
+            if value.dtype.kind not in "biufcU":
+                raise UserError(f"extra array {key!r} has dtype {value.dtype}: valid are numeric, bool or str arrays")
+            arrays[f"extra_{key}"] = value
+        else:
+            plain[key] = value
+    try:
+        text = json.dumps(plain, default=_json_default)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"extra must hold JSON-serializable values or numpy arrays: {e}") from None
+    return {"extra_json": np.array(text), **arrays}
+
 
 _MAX_LAYOUT = 1 << 20  # largest layout value, block index or head count a file may declare
 #: how far a saved row's sum may be from 1 (fp16 or bf16 rows round each probability by < 0.4%)
@@ -207,14 +241,14 @@ def save_run(
 
 
 def _format_of(path: Path) -> tuple[str, str] | None:
-    """(format name, version) of an npz of ours, or None. Safe on any file (npzsafe.read_identity)."""
+    """(format name, version) of an npz of ours, or None. Safe on any file (checked_npz.read_identity)."""
     fmt = read_identity(path, ("__format__", "format_version"))
     return None if fmt is None else (fmt[0], fmt[1])
 
 
 def _cut_short(path: Path) -> bool:
     """A run file whose end is lost (a copy cut short): its zip directory cannot be read, but its
-    first member, read from its local header, is the format name (npzsafe.first_member)."""
+    first member, read from its local header, is the format name (checked_npz.first_member)."""
     try:
         with zipfile.ZipFile(path):
             return False
@@ -394,7 +428,7 @@ def load_run(path: str | os.PathLike[str], max_bytes: int | None = None) -> tupl
     Hostile files: every member's ``.npy`` header is checked against the format (dtype, and
     shape from the layout) before its data is read, and the declared sizes of all members
     together (every entry of the archive, read or not) must stay within
-    ``npzsafe.read_bound(file size)``: ``min(4 GiB, max(64 MiB, 64 x the file size))``
+    ``checked_npz.read_bound(file size)``: ``min(4 GiB, max(64 MiB, 64 x the file size))``
     (``max_bytes`` replaces that bound), so no file makes loading and showing it allocate more
     than that (images counted as the float32 tensor they become, and what logging the rows
     allocates: ``LOGGING_BYTES_PER_QUERY_ROW_BYTE`` times one query's rows). A file that breaks any rule raises
