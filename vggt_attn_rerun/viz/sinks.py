@@ -10,7 +10,12 @@ A saved recording is never written under its final name until it is complete: Re
 sink streams it, as it is logged, through a named pipe (``io.streamfile``) into a temporary file
 beside the target, which ``io.atomic.commit`` moves in place with the other files of the run
 (all or nothing). Memory does not grow with the file; an error, a full disk or Ctrl-C leaves no
-partial file, and a full disk is reported in one line. Two cases buffer the recording in memory
+partial file, and a full disk is reported in one line. The file ends with Rerun's footer (an index
+of every chunk, which ``rerun rrd verify`` requires): Rerun keeps that index in memory until the
+file closes, about 12 KiB a chunk (a few hundred chunks a query), the one part of ``--save`` that
+grows with the recording (``SinkPlan.footer=False`` leaves it out). Streams that a viewer reads
+as they come (``--stdout``, the importer) carry no footer: it would only cost memory
+(``stream_sinks``). Two cases buffer the recording in memory
 instead (a Rerun ``BinaryStream``, written when the run is complete): ``--serve`` (its server
 keeps the whole recording in memory for the viewers anyway, and the file sink's closing footer
 could only be written by stopping the server) and platforms without named pipes.
@@ -66,6 +71,9 @@ class SinkPlan:
         serve: host a gRPC server and a web viewer, and keep serving until Ctrl-C.
         relay: also keep the recording's bytes in a ``rr.BinaryStream`` (``OpenSinks.relay``)
             for a viewer the caller feeds itself (``--interactive``: the browser page).
+        footer: end the ``save`` file with Rerun's footer, the index of every chunk that
+            ``rerun rrd verify`` requires; Rerun holds it in memory until the file closes (about
+            12 KiB a chunk). Without it the file grows on disk only; ``rerun rrd optimize`` adds it later.
     """
 
     save: Path | None = None
@@ -79,6 +87,7 @@ class SinkPlan:
     web_port: int = WEB_PORT
     open_browser: bool = True
     relay: bool = False
+    footer: bool = True
 
     @property
     def empty(self) -> bool:
@@ -255,6 +264,42 @@ def plan_sinks(
     return plan
 
 
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 goes to the null device meanwhile (Rerun's Rust log lines write there)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # stderr is closed: nothing to silence
+        yield
+        return
+    if sys.stderr is not None:
+        sys.stderr.flush()  # what Python printed before still goes out
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def stream_sinks(recording: rr.RecordingStream, *sinks: Any, stdout: bool = False,
+                 default_blueprint: rrb.Blueprint | None = None) -> None:  # fmt: skip
+    """``recording.set_sinks(*sinks)`` (or ``recording.stdout()``) for sinks made without a footer.
+
+    A file sink made with ``rr.FileSink(path, write_footer=False)`` (and ``stdout=True``) keeps no
+    index of the chunks in memory, so memory does not grow with the recording; Rerun then logs
+    a coloured warning line on stderr about the missing footer, which is on purpose here and is
+    silenced (while the sinks are set, which is when Rerun writes it).
+    """
+    with _stderr_silenced():
+        if stdout:
+            recording.stdout(default_blueprint=default_blueprint, write_footer=False)
+        else:
+            recording.set_sinks(*sinks, default_blueprint=default_blueprint)
+
+
 def script_setup(args: argparse.Namespace, application_id: str = APPLICATION_ID, **kwargs: Any) -> rr.RecordingStream:
     """``rr.script_setup`` for scripts using ``rr.script_add_args``, but a viewer that cannot be
     spawned (no display, no ``rerun`` executable) ends the script with one ``error:`` line and
@@ -290,7 +335,8 @@ class OpenSinks:
         plan = self.plan
         if plan.stdout:
             self.relay = StdoutRelay("--stdout")
-            self.recording.stdout(default_blueprint=self.blueprint)
+            # The viewer reads the stream as it comes: a footer would only hold memory until the end.
+            stream_sinks(self.recording, stdout=True, default_blueprint=self.blueprint)
             return
         sinks: list[Any] = []
         if plan.save is not None:
@@ -299,7 +345,7 @@ class OpenSinks:
             )
             if streamfile.available() and not plan.serve:
                 self.pipe = streamfile.PipeToFile(self.writer.file)
-                sinks.append(rr.FileSink(str(self.pipe.path)))
+                sinks.append(rr.FileSink(str(self.pipe.path), write_footer=plan.footer))
             else:
                 # In memory until the run is complete (about 5x the file, measured). One read only:
                 # every read returns a complete .rrd stream, and two of them do not concatenate.
@@ -319,7 +365,10 @@ class OpenSinks:
             self.server_uri = server.uri.replace("0.0.0.0", "127.0.0.1")
             sinks.append(server)
         # Every sink gets the blueprint (if any): embedded in the file, a default for viewers.
-        self.recording.set_sinks(*sinks, default_blueprint=self.blueprint)
+        if plan.footer:
+            self.recording.set_sinks(*sinks, default_blueprint=self.blueprint)
+        else:
+            stream_sinks(self.recording, *sinks, default_blueprint=self.blueprint)
         if plan.serve:
             self._serving(
                 lambda: rr.serve_web_viewer(
