@@ -300,19 +300,60 @@ def stream_sinks(recording: rr.RecordingStream, *sinks: Any, stdout: bool = Fals
             recording.set_sinks(*sinks, default_blueprint=default_blueprint)
 
 
+#: the relay of a script's ``--stdout`` (script_setup), closed by script_teardown
+_script_relay: StdoutRelay | None = None
+
+
 def script_setup(args: argparse.Namespace, application_id: str = APPLICATION_ID, **kwargs: Any) -> rr.RecordingStream:
-    """``rr.script_setup`` for scripts using ``rr.script_add_args``, but a viewer that cannot be
-    spawned (no display, no ``rerun`` executable) ends the script with one ``error:`` line and
-    exit code 1, instead of Rerun's log lines and exit code 0."""
+    """``rr.script_setup`` for scripts using ``rr.script_add_args``; end them with ``script_teardown``.
+
+    What differs: a viewer that cannot be spawned (no display, no ``rerun`` executable) ends the
+    script with one ``error:`` line and exit code 1, instead of Rerun's log lines and exit code 0;
+    ``--stdout`` goes through ``io.pipe`` as the command line's does (Rerun's own stdout sink
+    hangs for good on a broken pipe): a standard output that cannot take the recording (closed,
+    a pipe nobody reads, a full device) is one ``error:`` line and exit code 1 before any work,
+    and a reader that leaves half-way is one line when the script ends.
+    """
     import rerun as rr  # noqa: F811 - the real module, not the TYPE_CHECKING name
 
+    global _script_relay
     spawns = not (args.stdout or args.serve or args.connect or args.save is not None or args.headless)
-    if spawns:
-        try:
+    try:
+        if spawns:
             find_viewer()
-        except UserError as e:
-            raise SystemExit(f"error: {e}") from None
-    return rr.script_setup(args, application_id, **kwargs)
+        if args.stdout:
+            check_stdout("--stdout")
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
+    if not args.stdout:
+        return rr.script_setup(args, application_id, **kwargs)
+    rr.init(application_id, recording_id=kwargs.get("recording_id"), default_enabled=True, strict=True)
+    rec = rr.get_global_data_recording()
+    assert rec is not None, "rr.init sets a global recording"
+    # No interrupt: a script has no handler for it; the rest of the stream is drained and dropped.
+    _script_relay = StdoutRelay("--stdout", interrupt=False)
+    stream_sinks(rec, stdout=True, default_blueprint=kwargs.get("default_blueprint"))
+    return rec
+
+
+def script_teardown(args: argparse.Namespace) -> None:
+    """``rr.script_teardown`` for scripts set up with ``script_setup``: with ``--stdout``, the
+    recording is delivered (or one ``error:`` line, exit code 1, says why it could not be)."""
+    import rerun as rr  # noqa: F811 - the real module, not the TYPE_CHECKING name
+
+    global _script_relay
+    relay, _script_relay = _script_relay, None
+    if relay is None:
+        rr.script_teardown(args)
+        return
+    rec = rr.get_global_data_recording()
+    if rec is not None:
+        rec.flush(timeout_sec=FLUSH_TIMEOUT_S)
+        rec.disconnect()  # Rerun writes the end of the stream into the relay now
+    try:
+        relay.close(timeout=FLUSH_TIMEOUT_S)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 class OpenSinks:
