@@ -7,6 +7,8 @@ peak resident memory (``ru_maxrss``):
 
 - ``save``: ``log_run`` into the sinks of ``--save`` (``viz.sinks.open_sinks``), then the file
   committed (``io.atomic.commit``), as the command line does after the forward pass;
+- ``save-nofooter``: the same without Rerun's footer (``SinkPlan(footer=False)``), whose index of
+  every chunk Rerun holds in memory until the file closes;
 - ``import``: ``rerun-importer-vggt-attn run.npz > /dev/null`` on the ``--export`` of the same run
   (``io.runfile.save_run``; written by another child, not measured).
 
@@ -16,6 +18,9 @@ capture holds anyway, not a multiple of the file.
 
     python -m benchmarks.memory_at_vggt_size --label after          # this tree
     cd /some/other/tree && PYTHONPATH=$PWD python /path/to/benchmarks/memory_at_vggt_size.py --label before
+    python -m benchmarks.memory_at_vggt_size --cases 8x1x24,8x4x24 --modes save,import   # a subset
+
+``--cases``: FRAMESxSIDExBLOCKS (SIDE x SIDE queries); a growth needs the case's 1-query case.
 
 Writes ``benchmarks/results/memory-<label>.json`` and ``.md`` (``--out`` for another folder).
 """
@@ -40,6 +45,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CASES = [(8, 1, 24), (8, 2, 24), (8, 4, 24), (100, 1, 2), (100, 2, 2), (200, 1, 2)]
 #: the importer's cases (save_run compresses the rows: the biggest runs would take minutes to export)
 IMPORT_CASES = [(8, 1, 24), (8, 2, 24), (8, 4, 24), (100, 1, 2), (100, 2, 2)]
+MODES = ("save", "save-nofooter", "import")
+
+
+def _cases(text: str) -> list[tuple[int, int, int]]:
+    try:
+        cases = [tuple(int(n) for n in case.split("x")) for case in text.split(",")]
+    except ValueError:
+        cases = []
+    if not cases or any(len(c) != 3 or min(c) < 1 for c in cases):
+        raise argparse.ArgumentTypeError(f"expected FRAMESxSIDExBLOCKS,... (e.g. 8x1x24,8x4x24), got {text!r}")
+    return cases  # type: ignore[return-value]
 
 
 def fake_run(num_frames: int, side: int, blocks: int):  # noqa: ANN201 - CaptureResult, imported late
@@ -100,7 +116,7 @@ def _rows_bytes(result) -> int:  # noqa: ANN001
     return sum(p.numel() * p.element_size() for p in result.rows.probs.values())
 
 
-def child_save(frames: int, side: int, blocks: int, out: Path) -> dict:
+def child_save(frames: int, side: int, blocks: int, out: Path, footer: bool = True) -> dict:
     import rerun as rr
 
     from vggt_attn_rerun.io.atomic import commit
@@ -112,7 +128,7 @@ def child_save(frames: int, side: int, blocks: int, out: Path) -> dict:
     before = _peak_bytes()
     rec = rr.RecordingStream("vggt_attn_rerun")
     start = time.perf_counter()
-    with open_sinks(rec, SinkPlan(Outputs(save=out, overwrite=True))) as sinks:
+    with open_sinks(rec, SinkPlan(Outputs(save=out, overwrite=True), footer=footer)) as sinks:
         log_run(rec, result, images, RecordingOptions(kinds=("global", "frame")))
         commit(sinks.finish())
     return {"seconds": time.perf_counter() - start, "peak": _peak_bytes(), "peak_before_logging": before,
@@ -215,14 +231,13 @@ def compare(before_path: Path, after_path: Path) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in after["cases"]:
-        b = old.get(tuple(r[k] for k in key))
-        if b is None:
-            continue
+        b = old.get(tuple(r[k] for k in key))  # None: a mode the earlier code did not have
         one = r["queries"] == 1
         lines.append(
             f"| {r['mode']} | {r['frames']} | {r['queries']} | {r['blocks']} | {_mib(r['file'])} | "
-            f"{'-' if one else _mib(r['rows_growth'])} | {_mib(b['peak'])} | {'-' if one else _mib(b['growth'])} | "
-            f"{_mib(r['peak'])} | {'-' if one else _mib(r['growth'])} |"
+            f"{'-' if one else _mib(r['rows_growth'])} | {'-' if b is None else _mib(b['peak'])} | "
+            f"{'-' if one or b is None else _mib(b['growth'])} | {_mib(r['peak'])} | "
+            f"{'-' if one else _mib(r['growth'])} |"
         )
     return "\n".join([*lines, ""])
 
@@ -232,6 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", default="after", help="names the result files: memory-<label>.json/.md")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--quick", action="store_true", help="two small cases only (a smoke test)")
+    parser.add_argument("--cases", type=_cases, help="a subset: FRAMESxSIDExBLOCKS,... (default: every case)")
+    parser.add_argument("--modes", default=",".join(MODES), type=lambda t: t.split(","),
+                        help=f"a subset of {','.join(MODES)}")  # fmt: skip
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE.json", "AFTER.json"),
                         help="write memory.md: two reports side by side (measures nothing)")  # fmt: skip
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -247,22 +265,26 @@ def main(argv: list[str] | None = None) -> None:
             out = child_import(Path(rest[0]))
         else:
             frames, side, blocks = map(int, rest[:3])
-            out = (child_save if mode == "save" else child_export)(frames, side, blocks, Path(rest[3]))
+            if mode == "export":
+                out = child_export(frames, side, blocks, Path(rest[3]))
+            else:
+                out = child_save(frames, side, blocks, Path(rest[3]), footer=mode == "save")
         print(json.dumps(out))
         return
     import rerun as rr
 
     env = dict(os.environ)
-    cases = [(4, 1, 2), (4, 2, 2)] if args.quick else CASES
-    import_cases = cases if args.quick else IMPORT_CASES
+    cases = [(4, 1, 2), (4, 2, 2)] if args.quick else args.cases or CASES
+    import_cases = cases if args.quick or args.cases else IMPORT_CASES
     start = time.perf_counter()
     found = []
     with tempfile.TemporaryDirectory() as tmp:
-        for frames, side, blocks in cases:
-            got = _child(["save", str(frames), str(side), str(blocks), f"{tmp}/out.rrd"], env)
-            found.append({"mode": "save", "frames": frames, "queries": side * side, "blocks": blocks, **got})
-            print(found[-1], flush=True)
-        for frames, side, blocks in import_cases:
+        for mode in [m for m in ("save", "save-nofooter") if m in args.modes]:
+            for frames, side, blocks in cases:
+                got = _child([mode, str(frames), str(side), str(blocks), f"{tmp}/out.rrd"], env)
+                found.append({"mode": mode, "frames": frames, "queries": side * side, "blocks": blocks, **got})
+                print(found[-1], flush=True)
+        for frames, side, blocks in import_cases if "import" in args.modes else []:
             made = _child(["export", str(frames), str(side), str(blocks), f"{tmp}/run.npz"], env)
             got = _child(["import", f"{tmp}/run.npz"], env)
             found.append({"mode": "import", "frames": frames, "queries": side * side, "blocks": blocks, **made, **got})

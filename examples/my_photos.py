@@ -11,12 +11,13 @@ replace the sink with ``rec.notebook_show()``.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import rerun as rr
 import torch
 
 from vggt_attn_rerun import RecordingOptions, load_images, load_model, record_attention
-from vggt_attn_rerun.viz.sinks import script_setup
+from vggt_attn_rerun.viz.sinks import script_setup, script_teardown
 
 
 def main() -> None:
@@ -26,7 +27,8 @@ def main() -> None:
     parser.add_argument("--model", default="facebook/VGGT-1B", help="hub id, local dir or file")
     rr.script_add_args(parser)
     args = parser.parse_args()
-    # rr.script_setup, but no display to spawn a viewer on ends in one line and exit code 1 (before the model loads).
+    # rr.script_setup, but no display to spawn a viewer on, or a --stdout nobody reads, ends in one line and
+    # exit code 1 (before the model loads).
     rec = script_setup(args)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -39,8 +41,9 @@ def main() -> None:
                                  options=RecordingOptions(kinds=("global", "frame")))  # fmt: skip
     rows = result.rows
     mass = rows.frame_mass("global")[:, 0].mean(1)  # [L, S]: head-mean mass per view, first query
-    print("global attention mass per view at the last block:", [f"{m:.2f}" for m in mass[-1].tolist()])
-    rr.script_teardown(args)
+    # On stderr: with --stdout, standard output carries the recording.
+    print("global attention mass per view at the last block:", [f"{m:.2f}" for m in mass[-1].tolist()], file=sys.stderr)
+    script_teardown(args)
     if args.save:
         print(f"wrote {args.save}: open it with  rerun {args.save}")
 

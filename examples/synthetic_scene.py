@@ -24,7 +24,7 @@ import torch
 from vggt_attn_rerun import RecordingOptions, record_attention
 from vggt_attn_rerun.core.images import images_from_tensor
 from vggt_attn_rerun.testing import matching_vggt, synthetic_scene, tiny_vggt
-from vggt_attn_rerun.viz.sinks import script_setup
+from vggt_attn_rerun.viz.sinks import script_setup, script_teardown
 
 
 def main() -> None:
@@ -43,10 +43,11 @@ def main() -> None:
     # The `head` timeline walks the heads of the focus block: the constructed one, when there is one.
     options = RecordingOptions(kinds=("global", "frame"), focus_block=2 if constructed else None)
     # The standard Rerun sink flags (--save/--connect/--serve/--headless); spawning is the default.
-    # rr.script_setup, but no display to spawn a viewer on ends in one line and exit code 1.
+    # rr.script_setup, but no display to spawn a viewer on, or a --stdout nobody reads, ends in one line and
+    # exit code 1.
     rec = script_setup(args)
     record_attention(model, images, [args.query], recording=rec, options=options)
-    rr.script_teardown(args)
+    script_teardown(args)
     if args.save:
         print(f"wrote {args.save}: open it with  rerun {args.save}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,19 @@ class Recording:
                 if t is not None and v is not None:
                     out[t] = v
         return out
+
+
+def has_footer(path: Path) -> bool:
+    """Whether an .rrd ends with Rerun's footer (the index of its chunks): only then can it be
+    opened lazily (``RrdReader.store``), and ``rerun rrd verify`` passes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Rerun warns that a file without a footer is read whole
+        reader = rr.chunk.RrdReader(path)
+    try:
+        reader.store()
+    except RuntimeError:
+        return False
+    return True
 
 
 def entities(path: Path) -> set[str]:

@@ -21,7 +21,7 @@ from vggt_attn_rerun.cli.main import run
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.atomic import PARTIAL_MARK
 
-from .helpers import STUDY_OPTIONS, make_scenes
+from .helpers import STUDY_OPTIONS, entities, make_scenes
 
 OPTIONS = STUDY_OPTIONS
 ROWS_PER_SCENE = 2 * 4 * 4  # kinds x blocks x heads
@@ -213,6 +213,19 @@ def test_rrd_option_writes_each_scenes_recording(tmp_path):
     rrd = tmp_path / "out" / "scenes" / "a.rrd"
     entities = {c.entity_path for c in rr.chunk.RrdReader(rrd).stream()}
     assert "/world/frames/1/image" in entities and "/queries/q3/global/maps" in entities
+
+
+def test_a_scenes_recording_streams_into_a_file_that_the_study_moves_in(tmp_path):
+    scenes = make_scenes(tmp_path / "scenes", ["a"])
+    options = StudyOptions(**{**OPTIONS.__dict__, "rrd": True})
+    runner = SceneRunner(options)  # its temporary folder holds the file until the study moves it
+    outcome = runner(Scene("a", scenes / "a"))
+    assert isinstance(outcome.rrd, Path) and outcome.rrd.stat().st_size > 0  # on disk, not bytes in memory
+    folder = store.StudyFolder(tmp_path / "out", options)
+    folder.open()
+    folder.save(outcome)
+    assert not outcome.rrd.exists()
+    assert "/queries/q3/global/maps" in entities(tmp_path / "out" / "scenes" / "a.rrd")
 
 
 def test_the_cli_runs_a_study_and_refuses_bad_input_before_the_model(tmp_path, capsys):

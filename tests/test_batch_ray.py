@@ -67,6 +67,17 @@ def test_a_model_that_does_not_load_on_the_workers_ends_the_study_in_one_line(tm
         run_study(scenes, tmp_path / "out", broken, engine="ray", ray=RaySettings(workers=1), progress=False)
 
 
+def test_blocks_the_model_lacks_are_one_line_before_any_scene(tmp_path, local_ray):
+    from vggt_attn_rerun.api import BadInput
+
+    scenes = make_scenes(tmp_path / "scenes", ["a", "b"])
+    bad = StudyOptions(model="tiny", grid=(2, 2), image_size=84, blocks="99")
+    with pytest.raises(BadInput, match=r"^--blocks 99: .*valid") as caught:
+        run_study(scenes, tmp_path / "out", bad, engine="ray", ray=RaySettings(workers=2), progress=False)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out" / "scenes").exists() or not any((tmp_path / "out" / "scenes").iterdir())
+
+
 def test_local_and_ray_engines_give_equal_effect_tables_with_ablate(tmp_path, local_ray):
     import dataclasses
 

@@ -21,7 +21,7 @@ from vggt_attn_rerun.core.loading import VGGT_COMMIT
 from vggt_attn_rerun.io.runfile import load_run
 from vggt_attn_rerun.viz import sinks
 
-from .helpers import entities, info_text
+from .helpers import entities, has_footer, info_text
 
 RERUN = Path(sys.executable).with_name("rerun")
 FAST = ["--model", "tiny", "--image-size", "84"]  # 84x56 input: a 6x4 patch grid
@@ -317,6 +317,7 @@ def test_stdout_pipes_a_recording_that_rerun_reads(scene, tmp_path):
     found = entities(piped)
     assert {"/world/points", "/queries/q0/info", "/world/frames/1/image/attention/q0/global"} <= found
     assert "frame 1, patch row 2, col 3" in info_text(piped, 0)
+    assert not has_footer(piped)  # a stream the viewer reads as it comes: no index of every chunk held in memory
 
 
 @pytest.mark.parametrize("example", [["synthetic_scene.py"], ["my_photos.py", "photo.jpg"]])

@@ -18,7 +18,7 @@ from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import Paths
 
-from .helpers import Recording
+from .helpers import Recording, has_footer
 
 
 def _importer(*args):
@@ -69,6 +69,15 @@ def run_file(tiny_model, scene_images, tmp_path_factory):
     images = images_from_tensor(scene_images)
     result = capture(tiny_model, scene_images, lambda lay: [Query.from_patch(lay, 0, 1, 1)], blocks=[0, 1])
     return save_run(tmp_path_factory.mktemp("run") / "run.npz", result, images)
+
+
+def test_the_imported_stream_has_no_footer_and_stderr_stays_empty(run_file, tmp_path):
+    proc = _importer(run_file, "--application-id", "vggt_attn_rerun")
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode()
+    imported = tmp_path / "imported.rrd"
+    imported.write_bytes(proc.stdout)
+    assert Paths.maps(0, "global").strip("/") in Recording(imported).entities()
+    assert not has_footer(imported)  # the viewer reads it as it comes: no index of every chunk held in memory
 
 
 def _stderr_line(proc) -> str:

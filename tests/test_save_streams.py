@@ -10,6 +10,8 @@ import rerun as rr
 from vggt_attn_rerun.io.atomic import PARTIAL_MARK, commit
 from vggt_attn_rerun.viz.sinks import Outputs, SinkPlan, open_sinks
 
+from .helpers import has_footer
+
 TENSOR_BYTES = 4 << 20
 
 
@@ -46,7 +48,20 @@ def test_the_recording_is_on_disk_before_the_run_ends(tmp_path):
     (chunk,) = rr.chunk.RrdReader(target).stream().filter(content="/noise")
     logged = chunk.to_record_batch().column("Tensor:data")[0].as_py()[0]["buffer"]
     assert np.array_equal(np.asarray(logged, np.float32), data)
-    assert rr.chunk.RrdReader(target).store() is not None  # the footer (manifest) is there
+    assert has_footer(target)
+
+
+def test_a_save_without_footer_is_complete_and_rerun_says_nothing(tmp_path, capfd):
+    target = tmp_path / "a.rrd"
+    rec = rr.RecordingStream("vggt_attn_rerun")
+    with open_sinks(rec, SinkPlan(Outputs(save=target), footer=False)) as sinks:
+        data = _log_noise(rec)
+        commit(sinks.finish())
+    (chunk,) = rr.chunk.RrdReader(target).stream().filter(content="/noise")
+    logged = chunk.to_record_batch().column("Tensor:data")[0].as_py()[0]["buffer"]
+    assert np.array_equal(np.asarray(logged, np.float32), data)
+    assert not has_footer(target)
+    assert capfd.readouterr().err == ""  # no Rust warning line about the missing footer
 
 
 def test_an_error_while_logging_leaves_no_file(tmp_path):

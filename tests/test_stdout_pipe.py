@@ -158,3 +158,23 @@ def test_a_reader_leaving_mid_stream_ends_the_run_in_one_line(scene):
         "error: --stdout: the recording could not be written to standard output: "
         "the viewer or the command after | closed the pipe"
     ]
+
+
+def _example(*args) -> list[str]:
+    return [sys.executable, str(ROOT / "examples" / "synthetic_scene.py"), "--frames", "2", *args]
+
+
+def test_an_example_into_a_pipe_nobody_reads_ends_in_one_line(pipe_nobody_reads):
+    run = subprocess.run(_example("--stdout"), stdout=pipe_nobody_reads, stderr=subprocess.PIPE, text=True,
+                         timeout=SUBPROCESS_TIMEOUT_S)  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [NOBODY_READS]
+
+
+def test_an_example_pipes_a_recording_that_rerun_reads(tmp_path):
+    piped = tmp_path / "piped.rrd"
+    with open(piped, "wb") as out:
+        run = subprocess.run(_example("--stdout"), stdout=out, stderr=subprocess.PIPE, text=True,
+                             timeout=SUBPROCESS_TIMEOUT_S)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "/queries/q0/info" in {str(ch.entity_path) for ch in rr.chunk.RrdReader(piped).stream()}

@@ -8,7 +8,9 @@ readable at the same path on every node, e.g. a shared file system), and ``map_b
 ``_RayWorker``, a callable class, so each Ray actor loads the model ONCE in its constructor and then
 runs one scene per batch; ``compute=ActorPoolStrategy(size=workers)`` fixes the number of actors
 (what ``concurrency=workers`` did before Ray 2.51) and ``num_gpus`` gives each its GPUs. The
-results come back as Arrow IPC bytes in a binary column.
+results come back as Arrow IPC bytes in a binary column. Before the scenes, one Ray task with a
+worker's resources loads the model and checks the options against it (``job.check_against_model``):
+a bad ``--blocks`` or ``--query-grid`` is one line, as with the local engine, not a failed worker.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from vggt_attn_rerun.api import BadInput
 from vggt_attn_rerun.batch.inputs import Scene
 from vggt_attn_rerun.batch.job import SceneOutcome, SceneRunner, StudyOptions
 from vggt_attn_rerun.errors import UserError
@@ -74,12 +77,39 @@ class _RayWorker:
             out["path"].append(path)
             out["table"].append(table_to_bytes(o.table) if o.table is not None else None)
             out["effects"].append(table_to_bytes(o.effects) if o.effects is not None else None)
-            out["rrd"].append(o.rrd)
+            out["rrd"].append(_take_bytes(o.rrd))
             out["error"].append(o.error)
             out["details"].append(o.details)
             out["seconds"].append(o.seconds)
         types = {"table": pa.binary(), "effects": pa.binary(), "rrd": pa.binary(), "error": pa.string()}
         return pa.table({k: pa.array(v, type=types.get(k)) for k, v in out.items()})
+
+
+def _take_bytes(rrd: Path | bytes | None) -> bytes | None:
+    """A scene's recording as bytes to send back (the worker's file removed)."""
+    if not isinstance(rrd, Path):
+        return rrd
+    data = rrd.read_bytes()
+    rrd.unlink()
+    return data
+
+
+def _check_on_a_worker(options: dict[str, Any]) -> str | None:
+    """What a worker's constructor does (load the model, check the options against it): the
+    BadInput's line, or None when the options fit the model."""
+    try:
+        SceneRunner(StudyOptions.from_json(options))
+    except BadInput as e:
+        return str(e)
+    return None
+
+
+def _worker_failed(e: Exception) -> UserError:
+    """One line for a Ray worker that died: its model did not load, it was killed, ..."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    cause = lines[-1][:300] if lines else type(e).__name__  # Ray puts the worker's own error last
+    return UserError(f"a Ray worker failed ({cause}); the scenes done so far are saved: run the same command again "
+                     "to go on")  # fmt: skip
 
 
 def _import_ray() -> Any:
@@ -125,6 +155,13 @@ def run_ray(scenes: Sequence[Scene], options: StudyOptions, settings: RaySetting
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         workers, per = _plan_workers(ray, settings)
+        check = ray.remote(_check_on_a_worker).options(num_gpus=per or None, num_cpus=1)
+        try:
+            problem = ray.get(check.remote(options.to_json()))
+        except ray.exceptions.RayError as e:
+            raise _worker_failed(e) from e
+        if problem is not None:
+            raise BadInput(problem)
         items = [{"name": s.name, "path": str(s.path)} for s in scenes]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
@@ -143,11 +180,8 @@ def run_ray(scenes: Sequence[Scene], options: StudyOptions, settings: RaySetting
                 row = next(rows)
             except StopIteration:
                 break
-            except ray.exceptions.RayError as e:  # a worker died: its model did not load, it was killed, ...
-                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-                cause = lines[-1][:300] if lines else type(e).__name__  # Ray puts the worker's own error last
-                raise UserError(f"a Ray worker failed ({cause}); the scenes done so far are saved: "
-                                "run the same command again to go on") from e  # fmt: skip
+            except ray.exceptions.RayError as e:
+                raise _worker_failed(e) from e
             table = table_from_bytes(row["table"]) if row["table"] is not None else None
             effects = table_from_bytes(row["effects"]) if row["effects"] is not None else None
             yield SceneOutcome(by_name[row["name"]], table, row["rrd"], effects, row["error"], row["details"] or "",

@@ -47,6 +47,7 @@ by ``api.ablate``) and its effect table: one row per intervention, EFFECT_SCHEMA
 
 from __future__ import annotations
 
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, fields
@@ -74,7 +75,7 @@ from vggt_attn_rerun.core.resources import DTYPES, resolve_device
 from vggt_attn_rerun.core.tokens import parse_index_list
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.io.cameras import find_cameras, read_cameras
-from vggt_attn_rerun.viz.log_dataset import scene_recording_bytes
+from vggt_attn_rerun.viz.log_dataset import save_scene_recording
 from vggt_attn_rerun.viz.options import RecordingOptions
 
 GEOMETRY_METRICS = (
@@ -357,11 +358,15 @@ def scene_truth(scene: Scene, images: LoadedImages) -> Geometry | None:
 
 @dataclass
 class SceneOutcome:
-    """What one scene gave: its table (and .rrd bytes with ``--rrd``), or why it failed."""
+    """What one scene gave: its table (and its recording with ``--rrd``), or why it failed.
+
+    ``rrd``: a complete .rrd in the temporary folder of its SceneRunner (there while the runner
+    lives; ``StudyFolder.save`` moves it in), or its bytes (what a Ray worker sends back).
+    """
 
     scene: Scene
     table: pa.Table | None = None
-    rrd: bytes | None = None
+    rrd: Path | bytes | None = None
     effects: pa.Table | None = None  # with --ablate: the scene's effect table (EFFECT_SCHEMA)
     error: str | None = None
     details: str = field(default="", repr=False)
@@ -382,6 +387,8 @@ class SceneRunner:
         self.device, self.autocast = resolve_device(options.device, options.dtype)
         self.model = model if model is not None else load_model(options.model, device=self.device)
         check_against_model(self.model, options)
+        # --rrd: each scene's recording streams into a file here first (removed with the runner).
+        self._recordings = tempfile.TemporaryDirectory(prefix="vggt-attn-rerun-scenes-") if options.rrd else None
 
     def __call__(self, scene: Scene) -> SceneOutcome:
         start = time.perf_counter()
@@ -391,8 +398,9 @@ class SceneRunner:
             result = capture_scene(self.model, images, self.options, self.autocast)
             table = scene_table(scene.name, result, images, self.options, geometry)
             rrd = None
-            if self.options.rrd:
-                rrd = scene_recording_bytes(result, images, self.options.recording_options(), scene.name)
+            if self._recordings is not None:
+                rrd = Path(self._recordings.name) / f"{scene.key}.rrd"
+                save_scene_recording(result, images, self.options.recording_options(), scene.name, rrd)
             del result  # the captured rows are not needed by the sweep
             effects = None
             if self.options.ablate is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -219,7 +220,11 @@ class StudyFolder:
             self._log_failure(outcome)
             return
         self._write_study()  # the first done scene: the options are known to work now
-        if outcome.rrd is not None:
+        if isinstance(outcome.rrd, Path):  # a file of the local engine: copied a MiB at a time, then removed
+            with outcome.rrd.open("rb") as src:
+                write_file(self.rrd_path(outcome.scene), lambda f: shutil.copyfileobj(src, f, 1 << 20))
+            outcome.rrd.unlink()
+        elif outcome.rrd is not None:
             write_bytes_atomic(self.rrd_path(outcome.scene), outcome.rrd)
         if outcome.effects is not None:
             write_table_atomic(self.effects_path(outcome.scene), outcome.effects)

@@ -9,7 +9,7 @@ file so that the viewer tries its other importers.
 Hostile files: ``load_run`` checks every member's header against the format before reading it,
 bounds what a file may make loading and logging allocate (``checked_npz.read_bound``) and refuses rows
 that cannot be attention probabilities. The recording streams, as it is logged, into an anonymous
-temporary file (``io.streamfile``: memory does not grow with the recording) and is copied to
+temporary file (``io.streamfile``; no footer, so memory does not grow with the recording) and is copied to
 stdout only once complete, so a bad file ends with one ``error:`` line on stderr, exit 1, and
 nothing on stdout. Problems the viewer can show around (non-finite points, a degenerate camera)
 are one ``warning:`` line each. A closed, full or broken stdout is one ``error:`` line, exit 1.
@@ -35,6 +35,7 @@ from vggt_attn_rerun.io import streamfile
 from vggt_attn_rerun.io.atomic import describe_os_error
 from vggt_attn_rerun.io.runfile import is_run_file, load_run
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
+from vggt_attn_rerun.viz.sinks import stream_sinks
 
 #: the predictions whose NaN or infinite values are left out of the view (said in one line each)
 _PIXEL_MAPS = ("depth", "depth_conf", "world_points", "world_points_conf")
@@ -81,7 +82,9 @@ def _record(path: str, application_id: str, recording_id: str | None, out: Binar
         memory = rec.memory_recording()
     else:
         pipe = streamfile.PipeToFile(out)
-        rec.set_sinks(rr.FileSink(str(pipe.path)))
+        # No footer: the viewer reads the stream as it comes, and Rerun would hold the footer's
+        # index of every chunk in memory until the end (about 12 KiB a chunk).
+        stream_sinks(rec, rr.FileSink(str(pipe.path), write_footer=False))
     try:
         rec.send_blueprint(default_blueprint_for(result, options), make_active=False, make_default=True)
         with warnings.catch_warnings(record=True) as caught:
@@ -89,7 +92,7 @@ def _record(path: str, application_id: str, recording_id: str | None, out: Binar
             log_run(rec, result, images, options)
         rec.flush()
     finally:
-        rec.disconnect()  # the file sink writes its footer and closes the pipe
+        rec.disconnect()  # the file sink closes the pipe
         if streamfile.available():
             complete = pipe.close(_FINISH_TIMEOUT_S)
     if not streamfile.available():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import rerun as rr
@@ -33,12 +34,14 @@ import rerun.blueprint as rrb
 from vggt_attn_rerun.analysis.summaries import block_head_matrix
 from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import LoadedImages
+from vggt_attn_rerun.io.atomic import commit
 from vggt_attn_rerun.viz import colormap
 from vggt_attn_rerun.viz.blueprint import default_blueprint_for, with_stable_ids
 from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.log_summaries import matrix_axes
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID
+from vggt_attn_rerun.viz.sinks import Outputs, SinkPlan, open_sinks
 
 _ID_NAMESPACE = uuid.UUID("0d6c2a8e-41c4-4b7e-9d0e-3f5a9b1c7e21")
 SUMMARY_PATH = "dataset/summary"
@@ -88,13 +91,16 @@ def _recording_bytes(rec: rr.RecordingStream, stream: rr.BinaryStream) -> bytes:
     return data or b""
 
 
-def scene_recording_bytes(result: CaptureResult, images: LoadedImages, options: RecordingOptions, name: str) -> bytes:
-    """One scene's full recording (as the main command makes it, default blueprint embedded) as .rrd bytes."""
+def save_scene_recording(result: CaptureResult, images: LoadedImages, options: RecordingOptions, name: str,
+                         path: Path) -> None:  # fmt: skip
+    """One scene's full recording (as the main command makes it, default blueprint embedded) at
+    ``path``, streamed to disk as it is logged (as ``--save``: memory does not grow with the file;
+    complete or absent)."""
     rec = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid5(_ID_NAMESPACE, f"scene/{name}"))
-    stream = rec.binary_stream()
-    rec.send_blueprint(default_blueprint_for(result, options), make_active=True, make_default=True)
-    log_run(rec, result, images, options)
-    return _recording_bytes(rec, stream)
+    with open_sinks(rec, SinkPlan(Outputs(save=path, overwrite=True))) as sinks:
+        rec.send_blueprint(default_blueprint_for(result, options), make_active=True, make_default=True)
+        log_run(rec, result, images, options)
+        commit(sinks.finish())
 
 
 def _title(metric: str) -> str:

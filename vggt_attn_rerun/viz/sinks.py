@@ -10,7 +10,12 @@ A saved recording is never written under its final name until it is complete: Re
 sink streams it, as it is logged, through a named pipe (``io.streamfile``) into a temporary file
 beside the target, which ``io.atomic.commit`` moves in place with the other files of the run
 (all or nothing). Memory does not grow with the file; an error, a full disk or Ctrl-C leaves no
-partial file, and a full disk is reported in one line. Two cases buffer the recording in memory
+partial file, and a full disk is reported in one line. The file ends with Rerun's footer (an index
+of every chunk, which ``rerun rrd verify`` requires): Rerun keeps that index in memory until the
+file closes, about 12 KiB a chunk (a few hundred chunks a query), the one part of ``--save`` that
+grows with the recording (``SinkPlan.footer=False`` leaves it out). Streams that a viewer reads
+as they come (``--stdout``, the importer) carry no footer: it would only cost memory
+(``stream_sinks``). Two cases buffer the recording in memory
 instead (a Rerun ``BinaryStream``, written when the run is complete): ``--serve`` (its server
 keeps the whole recording in memory for the viewers anyway, and the file sink's closing footer
 could only be written by stopping the server) and platforms without named pipes.
@@ -94,6 +99,9 @@ class SinkPlan:
             ``--serve`` opens a browser.
         relay: also keep the recording's bytes in a ``rr.BinaryStream`` (``OpenSinks.page_stream``)
             for a viewer the caller feeds itself (``--interactive``: the browser page).
+        footer: end the ``save`` file with Rerun's footer, the index of every chunk that
+            ``rerun rrd verify`` requires; Rerun holds it in memory until the file closes (about
+            12 KiB a chunk). Without it the file grows on disk only; ``rerun rrd optimize`` adds it later.
     """
 
     outputs: Outputs = field(default_factory=Outputs)
@@ -102,6 +110,7 @@ class SinkPlan:
     web_port: int = WEB_PORT
     open_browser: bool = True
     relay: bool = False
+    footer: bool = True
 
     @property
     def empty(self) -> bool:
@@ -271,19 +280,96 @@ def plan_sinks(
     return plan
 
 
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 goes to the null device meanwhile (Rerun's Rust log lines write there)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # stderr is closed: nothing to silence
+        yield
+        return
+    if sys.stderr is not None:
+        sys.stderr.flush()  # what Python printed before still goes out
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def stream_sinks(recording: rr.RecordingStream, *sinks: Any, stdout: bool = False,
+                 default_blueprint: rrb.Blueprint | None = None) -> None:  # fmt: skip
+    """``recording.set_sinks(*sinks)`` (or ``recording.stdout()``) for sinks made without a footer.
+
+    A file sink made with ``rr.FileSink(path, write_footer=False)`` (and ``stdout=True``) keeps no
+    index of the chunks in memory, so memory does not grow with the recording; Rerun then logs
+    a coloured warning line on stderr about the missing footer, which is on purpose here and is
+    silenced (while the sinks are set, which is when Rerun writes it).
+    """
+    with _stderr_silenced():
+        if stdout:
+            recording.stdout(default_blueprint=default_blueprint, write_footer=False)
+        else:
+            recording.set_sinks(*sinks, default_blueprint=default_blueprint)
+
+
+#: the relay of a script's ``--stdout`` (script_setup), closed by script_teardown
+_script_relay: StdoutRelay | None = None
+
+
 def script_setup(args: argparse.Namespace, application_id: str = APPLICATION_ID, **kwargs: Any) -> rr.RecordingStream:
-    """``rr.script_setup`` for scripts using ``rr.script_add_args``, but a viewer that cannot be
-    spawned (no display, no ``rerun`` executable) ends the script with one ``error:`` line and
-    exit code 1, instead of Rerun's log lines and exit code 0."""
+    """``rr.script_setup`` for scripts using ``rr.script_add_args``; end them with ``script_teardown``.
+
+    What differs: a viewer that cannot be spawned (no display, no ``rerun`` executable) ends the
+    script with one ``error:`` line and exit code 1, instead of Rerun's log lines and exit code 0;
+    ``--stdout`` goes through ``io.pipe`` as the command line's does (Rerun's own stdout sink
+    hangs for good on a broken pipe): a standard output that cannot take the recording (closed,
+    a pipe nobody reads, a full device) is one ``error:`` line and exit code 1 before any work,
+    and a reader that leaves half-way is one line when the script ends.
+    """
     import rerun as rr  # noqa: F811 - the real module, not the TYPE_CHECKING name
 
+    global _script_relay
     spawns = not (args.stdout or args.serve or args.connect or args.save is not None or args.headless)
-    if spawns:
-        try:
+    try:
+        if spawns:
             find_viewer()
-        except UserError as e:
-            raise SystemExit(f"error: {e}") from None
-    return rr.script_setup(args, application_id, **kwargs)
+        if args.stdout:
+            check_stdout("--stdout")
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
+    if not args.stdout:
+        return rr.script_setup(args, application_id, **kwargs)
+    rr.init(application_id, recording_id=kwargs.get("recording_id"), default_enabled=True, strict=True)
+    rec = rr.get_global_data_recording()
+    assert rec is not None, "rr.init sets a global recording"
+    # No interrupt: a script has no handler for it; the rest of the stream is drained and dropped.
+    _script_relay = StdoutRelay("--stdout", interrupt=False)
+    stream_sinks(rec, stdout=True, default_blueprint=kwargs.get("default_blueprint"))
+    return rec
+
+
+def script_teardown(args: argparse.Namespace) -> None:
+    """``rr.script_teardown`` for scripts set up with ``script_setup``: with ``--stdout``, the
+    recording is delivered (or one ``error:`` line, exit code 1, says why it could not be)."""
+    import rerun as rr  # noqa: F811 - the real module, not the TYPE_CHECKING name
+
+    global _script_relay
+    relay, _script_relay = _script_relay, None
+    if relay is None:
+        rr.script_teardown(args)
+        return
+    rec = rr.get_global_data_recording()
+    if rec is not None:
+        rec.flush(timeout_sec=FLUSH_TIMEOUT_S)
+        rec.disconnect()  # Rerun writes the end of the stream into the relay now
+    try:
+        relay.close(timeout=FLUSH_TIMEOUT_S)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 class OpenSinks:
@@ -306,14 +392,15 @@ class OpenSinks:
         plan, out = self.plan, self.plan.outputs
         if out.stdout:
             self.relay = StdoutRelay("--stdout")
-            self.recording.stdout(default_blueprint=self.blueprint)
+            # The viewer reads the stream as it comes: a footer would only hold memory until the end.
+            stream_sinks(self.recording, stdout=True, default_blueprint=self.blueprint)
             return
         sinks: list[Any] = []
         if out.save is not None:
             self.writer = PendingWriter(out.save, overwrite=out.overwrite, action=f"save the recording to {out.save}")
             if streamfile.available() and not out.serve:
                 self.pipe = streamfile.PipeToFile(self.writer.file)
-                sinks.append(rr.FileSink(str(self.pipe.path)))
+                sinks.append(rr.FileSink(str(self.pipe.path), write_footer=plan.footer))
             else:
                 # In memory until the run is complete (about 5x the file, measured). One read only:
                 # every read returns a complete .rrd stream, and two of them do not concatenate.
@@ -333,7 +420,10 @@ class OpenSinks:
             self.server_uri = server.uri.replace("0.0.0.0", "127.0.0.1")
             sinks.append(server)
         # Every sink gets the blueprint (if any): embedded in the file, a default for viewers.
-        self.recording.set_sinks(*sinks, default_blueprint=self.blueprint)
+        if plan.footer:
+            self.recording.set_sinks(*sinks, default_blueprint=self.blueprint)
+        else:
+            stream_sinks(self.recording, *sinks, default_blueprint=self.blueprint)
         if out.serve:
             self._serving(
                 lambda: rr.serve_web_viewer(
