@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vggt_attn_rerun.core.introspect import KINDS, model_heads, model_layout
+from vggt_attn_rerun.core.introspect import KINDS, model_depth, model_heads, model_layout
 
 from .baseline import baseline_bytes, first_frames_over_budget
 from .common import (
@@ -30,7 +30,6 @@ from .common import (
     make_images,
     measure_memory,
     median,
-    model_depth,
     rows_bytes,
     spread_queries,
     sync,

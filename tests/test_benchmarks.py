@@ -136,3 +136,10 @@ def test_recording_chunks_are_sorted_into_parts(path, timelines, archetypes, par
 def test_command_line_rejects_an_unknown_section(capsys):
     assert main(["--only", "overhead,nope"]) == 2
     assert "unknown section 'nope'" in capsys.readouterr().err
+
+
+def test_command_line_rejects_an_option_of_the_other_profile(capsys):
+    assert main(["--gpu-check", "--frames", "2"]) == 2
+    assert "--frames does not apply to --gpu-check" in capsys.readouterr().err
+    assert main(["--rounds", "2"]) == 2
+    assert "--rounds does not apply to profiles tiny" in capsys.readouterr().err
