@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_recording import Recording
+from tests.helpers import Recording
 from vggt_attn_rerun.api import record_attention
 from vggt_attn_rerun.cli.main import run
 from vggt_attn_rerun.core.images import images_from_tensor
