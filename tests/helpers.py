@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import runpy
 import sys
@@ -32,6 +33,19 @@ def run_script(path: Path, *args: Any) -> int:
         except SystemExit as e:
             return 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     return 0
+
+
+@contextlib.contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Collections inside see only the objects made inside: a full collection of a test process
+    holding torch, rerun and earlier tests' objects takes seconds on a busy machine, and the
+    benchmarks collect before every measurement."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 # The CLI on the tiny model with 84x56 input (a 6x4 patch grid): seconds per run.

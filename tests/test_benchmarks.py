@@ -15,6 +15,8 @@ from vggt_attn_rerun.core.introspect import model_layout
 from vggt_attn_rerun.legacy.full import capture_full, full_matrix_bytes
 from vggt_attn_rerun.testing import tiny_vggt
 
+from .helpers import frozen_gc
+
 
 def _positive(x) -> bool:
     return isinstance(x, (int, float)) and x > 0
@@ -40,7 +42,8 @@ def one_thread():
 
 
 def test_smoke_run_writes_markdown_and_json_with_positive_numbers(tmp_path, one_thread):
-    res = run_benchmarks(_smallest_settings(tmp_path), profile="test")
+    with frozen_gc():
+        res = run_benchmarks(_smallest_settings(tmp_path), profile="test")
     md, js = write_results(res, tmp_path / "out", "smoke")
     data = json.loads(js.read_text())
     assert md.read_text() == markdown(data)

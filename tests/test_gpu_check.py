@@ -20,6 +20,8 @@ from vggt_attn_rerun.core.introspect import find_aggregator, model_layout
 from vggt_attn_rerun.core.tokens import Query
 from vggt_attn_rerun.testing import synthetic_scene
 
+from .helpers import frozen_gc
+
 
 @pytest.fixture(scope="module")
 def one_photo(tmp_path_factory) -> Path:
@@ -35,7 +37,8 @@ def dry(tmp_path_factory, one_photo) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # toy sizes gain nothing from threads on a busy machine
     try:
-        assert main(["--gpu-check", "--dry", "--out", str(out), "--name", "dry", "--photos", str(one_photo)]) == 0
+        with frozen_gc():
+            assert main(["--gpu-check", "--dry", "--out", str(out), "--name", "dry", "--photos", str(one_photo)]) == 0
     finally:
         torch.set_num_threads(threads)
     data = json.loads((out / "dry.json").read_text())
