@@ -19,6 +19,7 @@ from vggt_attn_rerun.batch.study import run_study
 
 ray = pytest.importorskip("ray", reason="the ray engine needs the [ray] extra")
 pytest.importorskip("ray.data", reason="the ray engine needs Ray Data (the [ray] extra)")
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

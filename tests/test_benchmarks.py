@@ -41,6 +41,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_markdown_and_json_with_positive_numbers(tmp_path, one_thread):
     with frozen_gc():
         res = run_benchmarks(_smallest_settings(tmp_path), profile="test")
@@ -85,6 +86,7 @@ def test_smoke_run_writes_markdown_and_json_with_positive_numbers(tmp_path, one_
         assert _positive(row[key]), (key, row)
 
 
+@pytest.mark.slow
 def test_memory_probe_in_a_fresh_process_sees_the_stored_rows():
     cfg = ProbeConfig("tiny", "cpu", 2, 56, 56, "ours", 8)
     r = measure_memory(cfg, isolate=True)

@@ -22,6 +22,8 @@ from vggt_attn_rerun.testing import synthetic_scene
 
 from .helpers import frozen_gc
 
+pytestmark = pytest.mark.slow  # the dry run spawns the CLI
+
 
 @pytest.fixture(scope="module")
 def one_photo(tmp_path_factory) -> Path:

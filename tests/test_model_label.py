@@ -59,6 +59,7 @@ def test_cli_module_callable_recording_shows_the_constructed_label(tmp_path, sce
     assert CONSTRUCTED_LABEL.note in _notes(out)
 
 
+@pytest.mark.slow
 def test_the_example_recording_shows_the_constructed_label(tmp_path):
     out = tmp_path / "example.rrd"
     done = subprocess.run([sys.executable, EXAMPLES / "synthetic_scene.py", "--frames", "2", "--save", str(out)],

@@ -138,6 +138,7 @@ def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "vggt_attn_rerun.cli", *map(str, args)]
 
 
+@pytest.mark.slow
 def test_a_reader_leaving_mid_stream_ends_the_run_in_one_line(scene):
     proc = subprocess.Popen(_cli(scene, *FAST, "--stdout"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     try:
