@@ -36,6 +36,7 @@ from .common import (
     make_images,
     median,
     model_bytes,
+    rotated,
     rows_bytes,
     spread_queries,
     sync,
@@ -220,8 +221,7 @@ def measure_calls(
         if round_s is not None and round_s > ctx.remaining():
             break
         t_round = time.perf_counter()
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+        for name in rotated(names, r):
             meter = _CudaMeter(ctx.device) if ctx.device.type == "cuda" else MemoryMeter(ctx.device)
             meter.start()
             t0 = time.perf_counter()

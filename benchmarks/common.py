@@ -134,6 +134,13 @@ def make_call(
 # --------------------------------------------------------------------------------------------
 
 
+def rotated(names: Sequence[str], round_index: int) -> list[str]:
+    """The order of round ``round_index``: every call once, starting one further each round, so that
+    noise from other jobs hits all of them and none always runs first."""
+    k = round_index % len(names)
+    return [*names[k:], *names[:k]]
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

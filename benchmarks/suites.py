@@ -30,6 +30,7 @@ from .common import (
     make_images,
     measure_memory,
     median,
+    rotated,
     rows_bytes,
     spread_queries,
     sync,
@@ -152,8 +153,7 @@ def _interleaved_times(
         del kept
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+        for name in rotated(names, r):
             sync(device)
             t0 = time.perf_counter()
             kept = calls[name]()
