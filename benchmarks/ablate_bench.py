@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO_ROOT, load_bench_model, machine_info, make_images, median, sync
+from benchmarks.common import REPO_ROOT, load_bench_model, machine_info, make_images, median, rotated, sync
 from vggt_attn_rerun.api.ablation import ablate
 from vggt_attn_rerun.core.adapters import adapter_for
 from vggt_attn_rerun.core.interventions import BlockAblation, CrossViewKnockout, HeadAblation, intervene
@@ -40,8 +40,7 @@ def _interleaved(calls: dict[str, tuple[Callable[[], object], int]], device: tor
     names = list(calls)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+        for name in rotated(names, r):
             fn, per = calls[name]
             sync(device)
             t0 = time.perf_counter()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -89,12 +90,6 @@ def rows_bytes(layout: TokenLayout, num_heads: int, num_blocks: int, queries: in
     return len(kinds) * num_blocks * queries * num_heads * layout.num_tokens * 4
 
 
-def model_depth(model: nn.Module) -> int:
-    from vggt_attn_rerun.core.introspect import model_depth as depth
-
-    return depth(model)
-
-
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
@@ -137,6 +132,13 @@ def make_call(
 # --------------------------------------------------------------------------------------------
 # Timing and memory
 # --------------------------------------------------------------------------------------------
+
+
+def rotated(names: Sequence[str], round_index: int) -> list[str]:
+    """The order of round ``round_index``: every call once, starting one further each round, so that
+    noise from other jobs hits all of them and none always runs first."""
+    k = round_index % len(names)
+    return [*names[k:], *names[:k]]
 
 
 def sync(device: torch.device) -> None:
@@ -389,6 +391,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "ram_bytes": _ram_bytes(),
         "os": platform.platform(),
         "python": platform.python_version(),
+        "python_executable": sys.executable,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "device": str(dev),
@@ -399,7 +402,37 @@ def machine_info(device: str) -> dict[str, Any]:
         import rerun
 
         info["rerun_sdk"] = rerun.__version__
+    with contextlib.suppress(md.PackageNotFoundError):
+        info["vggt"] = md.version("vggt")
     if dev.type == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(dev)
-        info.update(device_name=props.name, device_memory_bytes=props.total_memory, cuda=torch.version.cuda)
+        info.update(
+            device_name=props.name,
+            device_memory_bytes=props.total_memory,
+            cuda=torch.version.cuda,
+            capability=f"{props.major}.{props.minor}",
+            multiprocessors=props.multi_processor_count,
+            cudnn=torch.backends.cudnn.version(),
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            **_nvidia_smi(),
+        )
     return info
+
+
+def _nvidia_smi() -> dict[str, str]:
+    query = "name,driver_version,memory.total"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = (
+            subprocess.run(
+                ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
+        if out:
+            return dict(zip(("smi_name", "driver", "smi_memory"), (v.strip() for v in out[0].split(",")), strict=False))
+    return {}

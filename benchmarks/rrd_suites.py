@@ -1,7 +1,10 @@
-"""The two benchmarks that write .rrd files (settings: suites.Settings).
+"""The benchmarks that write .rrd files, for both profiles.
 
-3. ``recording``: time to log and .rrd size per frame, split into images, point clouds, attention.
-4. ``end_to_end``: the CLI, wall time split into model load, forward and logging.
+3. ``recording`` (settings: suites.Settings) and ``step_recording`` (the CUDA check's step 4): time to
+   log and .rrd size per frame, split into images, point clouds, attention.
+4. ``end_to_end`` and ``step_cli`` (step 5): the CLI in a fresh process (``cli_child.py``), wall time
+   split into model load, forward and logging; the check also compares the CLI's memory estimate
+   with the peak it reached.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,10 +25,11 @@ import torch
 from torch import nn
 
 from vggt_attn_rerun.core.capture import capture
-from vggt_attn_rerun.core.introspect import KINDS, model_heads, model_layout
+from vggt_attn_rerun.core.introspect import KINDS, model_depth, model_heads, model_layout
 
-from .common import REPO_ROOT, child_env, make_images, model_depth, spread_queries
-from .suites import Settings
+from .check import Ctx, StepTimeout, free
+from .common import REPO_ROOT, child_env, make_images, spread_queries, sync
+from .suites import DEFAULT_CLI_ARGS, Settings
 
 # --------------------------------------------------------------------------------------------
 # 3. Recording: time to log and .rrd size, split by part
@@ -191,8 +196,23 @@ def _plain_text(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
+def run_cli(
+    argv: Sequence[str], report: Path, timeout: float | None = None
+) -> tuple[subprocess.CompletedProcess, float, dict[str, Any] | None]:
+    """The CLI with ``argv`` in a fresh process (``cli_child.py``): the process, its wall time and
+    the child's report (None when it wrote none)."""
+    report.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "benchmarks.cli_child", str(report), "--", *argv]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    wall = time.perf_counter() - t0
+    return proc, wall, json.loads(report.read_text()) if report.exists() else None
+
+
 def end_to_end(settings: Settings) -> dict[str, Any]:
-    """Run the CLI in a child process per row; the driver splits its wall time (see e2e_driver.py)."""
+    """Run the CLI in a child process per row; the child splits its wall time (see cli_child.py)."""
     work, tmp = _work_dir(settings)
     try:
         return _end_to_end(settings, work)
@@ -209,24 +229,19 @@ def _end_to_end(settings: Settings, work: Path) -> dict[str, Any]:
         rrd = work / f"e2e_{spec}_S{frames}.rrd"
         argv = cli_argv(settings.cli_args, photos, model=spec, device=settings.device, dtype=settings.dtype,
                         image_size=size, rrd=rrd)  # fmt: skip
-        timings = work / f"e2e_{spec}_S{frames}.json"
-        timings.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "benchmarks.e2e_driver", str(timings), "--", *argv]
         log(f"[e2e] {spec}: {frames} photos of {size}x{size}: vggt-attn-rerun {settings.cli_args}")
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - t0
+        proc, wall, child = run_cli(argv, work / f"e2e_{spec}_S{frames}.json")
         row: dict[str, Any] = {
             "model": spec,
             "frames": frames,
             "image_size": size,
             "argv": argv[len(photos) :],
         }
-        if proc.returncode != 0 or not timings.exists():
+        if proc.returncode != 0 or child is None:
             tail = " | ".join(_plain_text(proc.stderr or proc.stdout).strip().splitlines()[-3:])
             row["skipped"] = f"the CLI exited with {proc.returncode}: {tail}"
         else:
-            t = json.loads(timings.read_text())
+            t = child["timings"]
             known = t["import_s"] + t["load_s"] + t["forward_s"] + t["logging_s"]
             row.update(
                 wall_s=wall, import_s=t["import_s"], load_s=t["load_s"], forward_s=t["forward_s"],
@@ -235,3 +250,109 @@ def _end_to_end(settings: Settings, work: Path) -> dict[str, Any]:
             )  # fmt: skip
         rows.append(row)
     return {"cli_args": settings.cli_args, "work_dir": settings.work_dir, "rows": rows}
+
+
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def step_recording(ctx: Ctx, entry: dict[str, Any]) -> None:
+    import rerun as rr
+
+    from vggt_attn_rerun.core.images import images_from_tensor
+    from vggt_attn_rerun.viz.log_run import log_run
+    from vggt_attn_rerun.viz.options import RecordingOptions
+
+    s, model = ctx.settings, ctx.model
+    h, w = s.size
+    entry.update(size=[h, w], queries=s.recording_queries, dtype=s.dtype, rows=[])
+    for frames in s.recording_frames:
+        row: dict[str, Any] = {"frames": frames}
+        entry["rows"].append(row)
+        predicted = ctx.predict_forward_s(frames)
+        if predicted is not None and 2 * predicted > ctx.remaining():  # the forward, then logging
+            row["status"] = f"skipped: predicted {2 * predicted:.0f} s > {ctx.remaining():.0f} s left"
+            break
+        images = make_images(frames, h, w, ctx.device)
+        layout = model_layout(model, frames, h, w)
+        ctx.log(f"[recording] S={frames}: capture, then log_run to an .rrd")
+        sync(ctx.device)
+        t0 = time.perf_counter()
+        result = capture(
+            model, images, spread_queries(layout, s.recording_queries), kinds=KINDS, autocast_dtype=s.autocast
+        )
+        sync(ctx.device)
+        row["forward_s"] = time.perf_counter() - t0
+        path = Path(s.work_dir) / f"recording_S{frames}.rrd"
+        rec = rr.RecordingStream("vggt_attn_rerun_gpu_check", recording_id=f"gpu-check-S{frames}")
+        rec.save(path)
+        t0 = time.perf_counter()
+        log_run(rec, result, images_from_tensor(images.cpu()), RecordingOptions(kinds=KINDS))
+        rec.flush()
+        row["log_s"] = time.perf_counter() - t0
+        rec.disconnect()
+        row.update(status="ok", rrd_bytes=path.stat().st_size, log_over_forward=row["log_s"] / row["forward_s"])
+        del result, images
+        free(ctx.device)
+        ctx.save()
+        if ctx.remaining() > 2 * row["log_s"]:  # the split reads the file back and writes each part again
+            parts = {p: v["file_bytes"] for p, v in rrd_parts(path).items()}
+            # as benchmarks.suites counts it: "other" is the rest of the file (blueprint, headers too)
+            parts["other"] = max(0, row["rrd_bytes"] - sum(v for p, v in parts.items() if p != "other"))
+            row["parts_bytes"] = parts
+        path.unlink(missing_ok=True)
+        ctx.save()
+
+
+def pick_photos(folder: Path | None, count: int, dest: Path, size: int) -> tuple[list[Path], str]:
+    """``count`` photos from ``folder`` (cycled when it has fewer), or synthetic ones when it has none
+    or is None.
+
+    Copies, not links: the CLI refuses a view given twice, and it resolves links to find out.
+    """
+    if folder is None:
+        return write_photos(dest, count, size), f"{count} synthetic photos (no --photos folder given)"
+    found = sorted(p for p in folder.glob("*") if p.suffix.lower() in PHOTO_SUFFIXES) if folder.is_dir() else []
+    if not found:
+        return write_photos(dest, count, size), f"{count} synthetic photos ({folder} has no photos)"
+    dest.mkdir(parents=True, exist_ok=True)
+    chosen = []
+    for i in range(count):
+        src = found[i % len(found)]
+        copy = dest / f"{i:02d}_{src.name}"
+        shutil.copyfile(src, copy)
+        chosen.append(copy)
+    reused = f", each used up to {-(-count // len(found))} times" if count > len(found) else ""
+    return chosen, f"{count} photos from {folder} ({len(found)} there{reused})"
+
+
+def step_cli(ctx: Ctx, entry: dict[str, Any]) -> None:
+    s = ctx.settings
+    ctx.release_model()  # the CLI builds its own; the peak it reaches must be its own
+    work = Path(s.work_dir)
+    photos, source = pick_photos(Path(s.photos) if s.photos else None, s.cli_photos, work / "cli_photos", s.cli_size)
+    rrd = work / "cli.rrd"
+    argv = cli_argv(
+        DEFAULT_CLI_ARGS, photos, model=s.model, device=s.device, dtype=s.dtype, image_size=s.cli_size, rrd=rrd
+    )
+    entry.update(photos=source, argv=["vggt-attn-rerun", "PHOTOS...", *argv[len(photos) :]])
+    ctx.log(f"[cli] {entry['photos']}: {' '.join(entry['argv'])}")
+    try:
+        proc, wall, child = run_cli(argv, work / "cli_child.json", timeout=max(ctx.remaining(), 1.0))
+    except subprocess.TimeoutExpired as e:
+        entry["stderr_tail"] = _tail(e.stderr)
+        raise StepTimeout(f"the CLI ran past the {ctx.remaining():.0f} s left") from None
+    entry.update(wall_s=wall, exit_code=proc.returncode, stderr_tail=_tail(proc.stderr))
+    entry["printed"] = [ln for ln in proc.stderr.splitlines() if "needs about" in ln]
+    if proc.returncode != 0 or child is None:
+        raise RuntimeError(f"the CLI exited with {proc.returncode}: {' | '.join(entry['stderr_tail'][-3:])}")
+    entry.update(child)
+    est, peak = child.get("estimate"), child.get("peak_bytes")
+    if est and peak:
+        entry["estimate_over_peak"] = est["total"] / peak
+    entry["rrd_bytes"] = rrd.stat().st_size if rrd.exists() else None
+
+
+def _tail(text: str | bytes | None, lines: int = 8) -> list[str]:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return (text or "").strip().splitlines()[-lines:]

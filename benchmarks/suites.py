@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vggt_attn_rerun.core.introspect import KINDS, model_heads, model_layout
+from vggt_attn_rerun.core.introspect import KINDS, model_depth, model_heads, model_layout
 
 from .baseline import baseline_bytes, first_frames_over_budget
 from .common import (
@@ -30,7 +30,7 @@ from .common import (
     make_images,
     measure_memory,
     median,
-    model_depth,
+    rotated,
     rows_bytes,
     spread_queries,
     sync,
@@ -153,8 +153,7 @@ def _interleaved_times(
         del kept
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+        for name in rotated(names, r):
             sync(device)
             t0 = time.perf_counter()
             kept = calls[name]()

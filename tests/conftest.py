@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +50,34 @@ def forward_calls(monkeypatch) -> list:
 
     monkeypatch.setattr(loading, "load_model", counting)
     return calls
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    """Where a test's run saves its recording (the folder is not created)."""
+    return tmp_path / "out" / "attn.rrd"
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if the CLI loads a model: bad input must be reported before the (slow) load."""
+    from vggt_attn_rerun.core import loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the command line was checked")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder no new file can be written to (mode 0o555; as root, which ignores permission bits,
+    /sys, which refuses new files even to root)."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        folder = Path("/sys")
+        if not folder.is_dir():
+            pytest.skip("running as root and no read-only file system at hand")
+    return folder

@@ -1,18 +1,91 @@
-"""Helpers the test modules share: reading recordings and blueprints back, small study inputs."""
+"""Helpers the test modules share: running the CLI, reading recordings and blueprints back, small study inputs."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
+import runpy
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
+import numpy as np
 import rerun as rr
 import rerun.blueprint as rrb
+from click.testing import CliRunner, Result
 from PIL import Image
 
 from vggt_attn_rerun.batch.job import StudyOptions
 from vggt_attn_rerun.testing import synthetic_scene
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(path: Path, *args: Any) -> int:
+    """Run a repository script as ``python PATH ARGS...`` does, in this process; its exit code."""
+    argv = [str(path), *map(str, args)]
+    with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as e:
+            return 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+@contextlib.contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Collections inside see only the objects made inside: a full collection of a test process
+    holding torch, rerun and earlier tests' objects takes seconds on a busy machine, and the
+    benchmarks collect before every measurement."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+# The CLI on the tiny model with 84x56 input (a 6x4 patch grid): seconds per run.
+FAST = ["--model", "tiny", "--image-size", "84"]
+HUGE = "9" * 5000  # int() refuses more than 4300 digits with a ValueError
+
+
+def invoke(*args: Any, **kwargs: Any) -> Result:
+    """The CLI in this process; arguments may be paths."""
+    from vggt_attn_rerun.cli import main as cli
+
+    return CliRunner().invoke(cli.cli, [str(a) for a in args], **kwargs)
+
+
+def assert_error(result: Result, code: int, message: str | None = None, *, prefix: str | None = None) -> str:
+    """Exactly one line on stderr, `error: ...`, the exit code, and no traceback anywhere."""
+    assert "Traceback" not in result.output, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert result.exit_code == code, result.output
+    if message is not None:
+        assert lines[0] == f"error: {message}"
+    if prefix is not None:
+        assert lines[0].startswith(f"error: {prefix}"), lines[0]
+    return lines[0]
+
+
+def assert_nothing_saved(out: Path) -> None:
+    """Neither the final file nor a partial one exists (the folder may hold only what was there)."""
+    assert not out.exists()
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+    assert leftovers == []
+
+
+def save_args(out: Path) -> list:
+    """``--headless --save out`` (its folder created)."""
+    out.parent.mkdir(exist_ok=True)
+    return ["--headless", "--save", out]
+
 
 # A dataset study small enough for a unit test: the tiny model, 2x2 queries, 84-pixel-wide input.
 STUDY_OPTIONS = StudyOptions(model="tiny", grid=(2, 2), image_size=84, device="cpu")
@@ -66,6 +139,11 @@ def has_footer(path: Path) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def segmentation_grid(value: Any, layout: Any) -> np.ndarray:
+    """A logged SegmentationImage's value as its ``[grid_h, grid_w]`` uint8 patch grid."""
+    return np.asarray(value[0], np.uint8).reshape(layout.grid_h, layout.grid_w)
 
 
 def entities(path: Path) -> set[str]:

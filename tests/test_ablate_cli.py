@@ -12,7 +12,7 @@ from vggt_attn_rerun.cli import ablate as ablate_cli
 from vggt_attn_rerun.cli import main
 from vggt_attn_rerun.viz.log_effects import POINTS_PATH, matrix_path
 
-FAST = ["--model", "tiny", "--image-size", "84"]
+from .helpers import FAST
 
 
 def _entities(path: Path) -> set[str]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_recording import Recording
+from tests.helpers import Recording
 from vggt_attn_rerun.analysis.effects import EFFECTS, baseline, effect, geometry
 from vggt_attn_rerun.analysis.summaries import block_head_matrix
 from vggt_attn_rerun.api.ablation import ablate, record_ablation

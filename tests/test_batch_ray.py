@@ -1,7 +1,8 @@
 """The Ray Data engine gives the same tables as the local engine (runs when Ray Data is installed).
 
 Ray starts here with 2 CPUs and 2 workers (one tiny model each); scenes: 4 synthetic ones, one of
-them corrupt, so failures travel back from the workers too.
+them corrupt, so failures travel back from the workers too. Both engines run that study once, with a
+knockout sweep, and the tests compare what they wrote.
 """
 
 import json
@@ -18,6 +19,7 @@ from vggt_attn_rerun.batch.study import run_study
 
 ray = pytest.importorskip("ray", reason="the ray engine needs the [ray] extra")
 pytest.importorskip("ray.data", reason="the ray engine needs Ray Data (the [ray] extra)")
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +39,27 @@ def _assert_same_table(a, b):
             assert (x == y).all(), name
 
 
-def test_local_and_ray_engines_give_equal_tables(tmp_path, local_ray):
-    scenes = make_scenes(tmp_path / "scenes", ["a", "b", "d"])
+@pytest.fixture(scope="module")
+def both_engines(tmp_path_factory, local_ray):
+    """One study of 4 scenes (c corrupt) with a knockout sweep, run by each engine: its folders."""
+    import dataclasses
+
+    root = tmp_path_factory.mktemp("engines")
+    options = dataclasses.replace(OPTIONS, ablate="knockout")
+    scenes = make_scenes(root / "scenes", ["a", "b", "d"])
     make_scenes(scenes, ["c"])
     (scenes / "c" / "00.png").write_bytes(b"corrupt")
-    local = run_study(scenes, tmp_path / "local", OPTIONS, progress=False)
-    remote = run_study(scenes, tmp_path / "ray", OPTIONS, engine="ray", ray=RaySettings(workers=2), progress=False)
+    local = run_study(scenes, root / "local", options, progress=False)
+    remote = run_study(scenes, root / "ray", options, engine="ray", ray=RaySettings(workers=2), progress=False)
+    return root, local, remote
+
+
+def test_local_and_ray_engines_give_equal_tables(both_engines):
+    root, local, remote = both_engines
     assert (remote.done, remote.failed) == (local.done, local.failed) == (3, ["c"])
     for name in ("scenes.parquet", "summary.parquet"):
-        _assert_same_table(pq.read_table(tmp_path / "local" / name), pq.read_table(tmp_path / "ray" / name))
-    failure = json.loads((tmp_path / "ray" / "failures.jsonl").read_text())
+        _assert_same_table(pq.read_table(root / "local" / name), pq.read_table(root / "ray" / name))
+    failure = json.loads((root / "ray" / "failures.jsonl").read_text())
     assert failure["scene"] == "c" and "cannot read image" in failure["reason"]
 
 
@@ -78,13 +91,10 @@ def test_blocks_the_model_lacks_are_one_line_before_any_scene(tmp_path, local_ra
     assert not (tmp_path / "out" / "scenes").exists() or not any((tmp_path / "out" / "scenes").iterdir())
 
 
-def test_local_and_ray_engines_give_equal_effect_tables_with_ablate(tmp_path, local_ray):
-    import dataclasses
-
-    options = dataclasses.replace(OPTIONS, kinds=("global",), blocks="0-1", ablate="knockout")
-    scenes = make_scenes(tmp_path / "scenes", ["a", "b"])
-    run_study(scenes, tmp_path / "local", options, progress=False)
-    run_study(scenes, tmp_path / "ray", options, engine="ray", ray=RaySettings(workers=2), progress=False)
-    for name in ("scenes/a.effects.parquet", "scenes/b.effects.parquet", "effects_summary.parquet"):
-        _assert_same_table(pq.read_table(tmp_path / "local" / name), pq.read_table(tmp_path / "ray" / name))
-    assert pq.read_table(tmp_path / "ray" / "scenes/a.effects.parquet")["head"].to_pylist() == [-1, -1]
+def test_local_and_ray_engines_give_equal_effect_tables_with_ablate(both_engines):
+    root, _, _ = both_engines
+    names = [f"scenes/{scene}.effects.parquet" for scene in ("a", "b", "d")] + ["effects_summary.parquet"]
+    for name in names:
+        _assert_same_table(pq.read_table(root / "local" / name), pq.read_table(root / "ray" / name))
+    # a cross-view knockout per global block of the tiny model (4), of no single head
+    assert pq.read_table(root / "ray" / "scenes/a.effects.parquet")["head"].to_pylist() == [-1] * 4

@@ -149,14 +149,8 @@ def test_an_output_folder_under_a_file_is_one_usage_line(scenes, tmp_path, no_mo
                                "(see vggt-attn-rerun batch --help)"])  # fmt: skip
 
 
-def test_an_output_folder_that_takes_no_files_is_one_usage_line(scenes, tmp_path, no_model, capsys):
-    folder = tmp_path / "readonly"
-    folder.mkdir()
-    folder.chmod(0o555)
-    if os.geteuid() == 0:  # root ignores permission bits; sysfs refuses new files even to root
-        folder = Path("/sys")
-        if not folder.is_dir():
-            pytest.skip("running as root and no read-only file system at hand")
+def test_an_output_folder_that_takes_no_files_is_one_usage_line(scenes, read_only_folder, no_model, capsys):
+    folder = read_only_folder
     code, err = batch([scenes, "--out", folder / "study", *FLAGS], capsys)
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: --out {folder / 'study'}: cannot write to folder {folder} (")

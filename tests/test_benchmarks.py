@@ -15,6 +15,8 @@ from vggt_attn_rerun.core.introspect import model_layout
 from vggt_attn_rerun.legacy.full import capture_full, full_matrix_bytes
 from vggt_attn_rerun.testing import tiny_vggt
 
+from .helpers import frozen_gc
+
 
 def _positive(x) -> bool:
     return isinstance(x, (int, float)) and x > 0
@@ -39,8 +41,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_markdown_and_json_with_positive_numbers(tmp_path, one_thread):
-    res = run_benchmarks(_smallest_settings(tmp_path), profile="test")
+    with frozen_gc():
+        res = run_benchmarks(_smallest_settings(tmp_path), profile="test")
     md, js = write_results(res, tmp_path / "out", "smoke")
     data = json.loads(js.read_text())
     assert md.read_text() == markdown(data)
@@ -82,6 +86,7 @@ def test_smoke_run_writes_markdown_and_json_with_positive_numbers(tmp_path, one_
         assert _positive(row[key]), (key, row)
 
 
+@pytest.mark.slow
 def test_memory_probe_in_a_fresh_process_sees_the_stored_rows():
     cfg = ProbeConfig("tiny", "cpu", 2, 56, 56, "ours", 8)
     r = measure_memory(cfg, isolate=True)
@@ -136,3 +141,10 @@ def test_recording_chunks_are_sorted_into_parts(path, timelines, archetypes, par
 def test_command_line_rejects_an_unknown_section(capsys):
     assert main(["--only", "overhead,nope"]) == 2
     assert "unknown section 'nope'" in capsys.readouterr().err
+
+
+def test_command_line_rejects_an_option_of_the_other_profile(capsys):
+    assert main(["--gpu-check", "--frames", "2"]) == 2
+    assert "--frames does not apply to --gpu-check" in capsys.readouterr().err
+    assert main(["--rounds", "2"]) == 2
+    assert "--rounds does not apply to profiles tiny" in capsys.readouterr().err

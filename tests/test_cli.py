@@ -11,29 +11,17 @@ from pathlib import Path
 
 import pytest
 import rerun as rr
-from click.testing import CliRunner
 
 from vggt_attn_rerun import api
 from vggt_attn_rerun.api import runner
 from vggt_attn_rerun.cli import main as cli
-from vggt_attn_rerun.core import loading
 from vggt_attn_rerun.core.loading import VGGT_COMMIT
 from vggt_attn_rerun.io.runfile import load_run
 from vggt_attn_rerun.viz import sinks
 
-from .helpers import entities, has_footer, info_text
+from .helpers import FAST, entities, has_footer, info_text, invoke
 
 RERUN = Path(sys.executable).with_name("rerun")
-FAST = ["--model", "tiny", "--image-size", "84"]  # 84x56 input: a 6x4 patch grid
-
-
-def invoke(*args: str, **kwargs):
-    return CliRunner().invoke(cli.cli, [str(a) for a in args], **kwargs)
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
 
 
 @pytest.fixture

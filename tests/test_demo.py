@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_recording import Recording
+from tests.helpers import Recording
 from vggt_attn_rerun.cli.main import run
 from vggt_attn_rerun.core import loading
 from vggt_attn_rerun.errors import UserError

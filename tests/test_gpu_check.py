@@ -1,4 +1,5 @@
-"""The GPU check script: its dry mode (tiny model, CPU, toy sizes) runs every step and reports numbers."""
+"""The CUDA check profile of the benchmark runner: its dry mode (tiny model, CPU, toy sizes) runs every
+step and reports numbers."""
 
 import json
 import time
@@ -8,16 +9,20 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks import gpu_check
-from benchmarks.gpu_check import main, run_check
-from benchmarks.gpu_exact import bit_identical, clamp_blocks, module_inputs, recompute_rows
-from benchmarks.gpu_record import pick_photos
-from benchmarks.gpu_report import markdown
-from benchmarks.gpu_steps import CheckSettings
+from benchmarks import run
+from benchmarks.check import CheckSettings
+from benchmarks.exact import bit_identical, clamp_blocks, module_inputs, recompute_rows
+from benchmarks.report import markdown
+from benchmarks.rrd_suites import pick_photos
+from benchmarks.run import main, run_check
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.introspect import find_aggregator, model_layout
 from vggt_attn_rerun.core.tokens import Query
 from vggt_attn_rerun.testing import synthetic_scene
+
+from .helpers import frozen_gc
+
+pytestmark = pytest.mark.slow  # the dry run spawns the CLI
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,8 @@ def dry(tmp_path_factory, one_photo) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # toy sizes gain nothing from threads on a busy machine
     try:
-        assert main(["--dry", "--out", str(out), "--name", "dry", "--photos", str(one_photo)]) == 0
+        with frozen_gc():
+            assert main(["--gpu-check", "--dry", "--out", str(out), "--name", "dry", "--photos", str(one_photo)]) == 0
     finally:
         torch.set_num_threads(threads)
     data = json.loads((out / "dry.json").read_text())
@@ -147,8 +153,7 @@ def test_photos_are_cycled_when_the_folder_has_fewer_and_synthetic_when_it_has_n
 
 
 def _run(tmp_path, steps, budgets, monkeypatch, fakes):
-    for name, fn in fakes.items():
-        monkeypatch.setitem(gpu_check.STEPS, name, fn)
+    monkeypatch.setattr(run, "STEPS", dict(fakes))
     settings = CheckSettings(model="tiny", device="cpu", work_dir=str(tmp_path))
     return run_check(settings, tmp_path, "r", steps, 60, budgets, log=lambda _: None)
 

@@ -24,11 +24,6 @@ def run_cli(args, capsys) -> tuple[int, list[str]]:
 
 
 @pytest.fixture
-def no_model(monkeypatch):
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
-
-
-@pytest.fixture
 def vggt_is_tiny(monkeypatch):
     """Checkpoints and folders build the tiny VGGT (the vggt package is not installed in tests)."""
     monkeypatch.setattr(loading, "_vggt_class", lambda: TinyVGGT)

@@ -229,6 +229,7 @@ def test_a_zip_bomb_is_refused_before_its_rows_are_allocated(good, tmp_path):
     assert peak < 16 << 20, f"refusing the bomb allocated {peak} bytes"
 
 
+@pytest.mark.slow
 def test_the_importer_script_refuses_a_malformed_file_in_one_line(good, tmp_path):
     bad = _rewrite(good, tmp_path / "bad.npz", query_labels=_members(good)["query_labels"][:1])
     proc = subprocess.run([sys.executable, "-m", "vggt_attn_rerun.cli.importer", str(bad)], capture_output=True)

@@ -32,6 +32,7 @@ def test_the_viewers_importer_is_the_installed_console_script():
     assert script.load() is importer.entry
 
 
+@pytest.mark.slow
 def test_export_then_import_reads_back_the_same_maps_as_the_original_recording(tmp_path, tiny_model, scene_images):
     images = images_from_tensor(scene_images)
     result = capture(tiny_model, scene_images, lambda lay: [Query.from_patch(lay, 1, 2, 3)], kinds=["global", "frame"])
@@ -87,6 +88,7 @@ def _stderr_line(proc) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_is_one_error_line(run_file):
     proc = subprocess.run(
         ["sh", "-c", f'"{sys.executable}" -m vggt_attn_rerun.cli.importer "{run_file}" >&-'],
@@ -96,6 +98,7 @@ def test_a_closed_stdout_is_one_error_line(run_file):
     assert _stderr_line(proc).startswith("error: standard output is closed")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_full_stdout_is_one_error_line(run_file):
     with open("/dev/full", "wb") as full:
@@ -106,6 +109,7 @@ def test_a_full_stdout_is_one_error_line(run_file):
     assert line.startswith("error: cannot write the recording to standard output: No space left on device"), line
 
 
+@pytest.mark.slow
 def test_a_pipe_nobody_reads_is_one_error_line(run_file):
     read, write = os.pipe()
     os.close(read)  # as `| true` does once true has exited

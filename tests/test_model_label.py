@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_recording import Recording
+from tests.helpers import Recording
 from vggt_attn_rerun.api import record_attention
 from vggt_attn_rerun.cli.main import run
 from vggt_attn_rerun.core.images import images_from_tensor
@@ -59,6 +59,7 @@ def test_cli_module_callable_recording_shows_the_constructed_label(tmp_path, sce
     assert CONSTRUCTED_LABEL.note in _notes(out)
 
 
+@pytest.mark.slow
 def test_the_example_recording_shows_the_constructed_label(tmp_path):
     out = tmp_path / "example.rrd"
     done = subprocess.run([sys.executable, EXAMPLES / "synthetic_scene.py", "--frames", "2", "--save", str(out)],

@@ -36,6 +36,7 @@ def photos(tmp_path) -> list[Path]:
     return out
 
 
+@pytest.mark.slow
 def test_the_guide_notebook_runs_on_the_tiny_model(photos, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")  # headless: plt.show() draws nothing
     nb = nbformat.read(NOTEBOOK, as_version=4)

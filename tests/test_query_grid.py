@@ -1,23 +1,16 @@
 """Many queries from the command line: --query-grid / --frame and --queries-file, in one forward pass."""
 
 import pytest
-from click.testing import CliRunner
 
 from vggt_attn_rerun.api import query_grid
 from vggt_attn_rerun.cli import checks
-from vggt_attn_rerun.cli import main as cli
 from vggt_attn_rerun.core import loading
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
 
-from .helpers import entities, info_text
+from .helpers import FAST, entities, info_text, invoke
 
-FAST = ["--model", "tiny", "--image-size", "84"]  # 84x56 input: 4 rows x 6 columns of patches
 GRID_2X3 = [(1, 1), (1, 3), (1, 5), (3, 1), (3, 3), (3, 5)]  # band centres: rows (k + .5) * 4 / 2, cols * 6 / 3
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli.cli, [str(a) for a in args])
 
 
 def test_query_grid_spreads_patches_over_bands():

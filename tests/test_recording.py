@@ -21,7 +21,7 @@ from vggt_attn_rerun.viz.log_run import log_run
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import APPLICATION_ID, MAP_DIMS, Paths, mass_series
 
-from .helpers import Recording
+from .helpers import Recording, segmentation_grid
 
 KINDS = ("frame", "global")
 MAX_POINTS = 500
@@ -72,10 +72,6 @@ def _documented_u8(p, vmax) -> np.ndarray:
 def _tensor(recording, kind, q=0) -> np.ndarray:
     data = recording.static(Paths.maps(q, kind), "Tensor:data")[0]
     return np.asarray(data["buffer"], np.uint8).reshape(data["shape"])
-
-
-def _seg(value, layout) -> np.ndarray:
-    return np.asarray(value[0], np.uint8).reshape(layout.grid_h, layout.grid_w)
 
 
 # -- what is there ----------------------------------------------------------------------------
@@ -160,7 +156,7 @@ def test_block_timeline_overlay_shows_head_mean_under_its_own_scale(run):
         got = recording.temporal(Paths.overlay(s, 0, "global"), "SegmentationImage:buffer", "block")
         assert sorted(got) == list(rows.blocks)
         for li, b in enumerate(rows.blocks):
-            np.testing.assert_array_equal(_seg(got[b], lay), mean[li, s])
+            np.testing.assert_array_equal(segmentation_grid(got[b], lay), mean[li, s])
 
 
 def test_head_timeline_overlay_shows_each_head_at_last_block(run):
@@ -171,7 +167,7 @@ def test_head_timeline_overlay_shows_each_head_at_last_block(run):
     got = recording.temporal(Paths.overlay(1, 0, "frame"), "SegmentationImage:buffer", "head")
     assert sorted(got) == list(range(result.rows.num_heads))
     for h, value in got.items():
-        np.testing.assert_array_equal(_seg(value, lay), per_head[h, 1])
+        np.testing.assert_array_equal(segmentation_grid(value, lay), per_head[h, 1])
 
 
 def test_overlay_rows_carry_one_timeline_only(run):
@@ -188,7 +184,7 @@ def test_head_grid_shows_every_head_of_the_query_frame(run):
     for h in range(rows.num_heads):
         got = recording.temporal(Paths.head(0, "global", h), "SegmentationImage:buffer", "block")
         for li, b in enumerate(rows.blocks):
-            np.testing.assert_array_equal(_seg(got[b], lay), u8[li, h, PATCH_QUERY[0]])
+            np.testing.assert_array_equal(segmentation_grid(got[b], lay), u8[li, h, PATCH_QUERY[0]])
 
 
 def test_mass_series_sum_to_one(run):

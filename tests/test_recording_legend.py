@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.test_recording import Recording, _seg
+from tests.helpers import Recording, segmentation_grid
 from vggt_attn_rerun.analysis.maps import PEAK_MIN_U8, peak_patches, quantize
 from vggt_attn_rerun.api import record_attention
 from vggt_attn_rerun.testing import matching_vggt
@@ -34,7 +34,7 @@ def test_the_head_grid_has_every_heads_map_on_the_head_timeline(run):
         p = result.rows.patches("global")[1, 0, h, 0].double().numpy()  # block 2, head h, view 0 [gh, gw]
         every_view = result.rows.patches("global")[1, 0, h].double().numpy().ravel()  # [S * gh * gw]
         vmax = np.delete(every_view, 1 * lay.grid_w + 2).max()  # the query's own key (view 0, p1,2) left out
-        np.testing.assert_array_equal(_seg(got[0], lay), quantize(p, vmax))
+        np.testing.assert_array_equal(segmentation_grid(got[0], lay), quantize(p, vmax))
 
 
 def test_the_colour_bar_is_the_colormap_cold_to_hot(run):
@@ -66,7 +66,7 @@ def test_peak_outlines_sit_on_the_hottest_patches_of_each_view(run):
         overlays = recording.temporal(Paths.overlay(s, 0, "global"), "SegmentationImage:buffer", "block")
         peaks = recording.temporal(Paths.peaks(s, 0, "global"), "Boxes2D:centers", "block")
         for block, centers in peaks.items():
-            u8 = _seg(overlays[block], lay)
+            u8 = segmentation_grid(overlays[block], lay)
             cells = {(int(y), int(x)) for x, y in np.floor(np.asarray(centers).reshape(-1, 2))}
             if s == 0:
                 assert (1, 2) not in cells  # the query's own patch is never a peak

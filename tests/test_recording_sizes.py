@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import rerun as rr
 
-from tests.test_recording import Recording
+from tests.helpers import Recording
 from vggt_attn_rerun.analysis.scene import scene_extent
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.images import images_from_tensor

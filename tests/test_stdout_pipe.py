@@ -13,10 +13,10 @@ import pytest
 import rerun as rr
 
 from vggt_attn_rerun.cli import main as cli
-from vggt_attn_rerun.core import loading
 from vggt_attn_rerun.io.pipe import STDOUT_FD, StdoutFailed, StdoutRelay, check_stdout
 
-FAST = ["--model", "tiny", "--image-size", "84"]
+from .helpers import FAST
+
 NOBODY_READS = "error: --stdout: nothing reads standard output (the command after | exited or was not found)"
 ROOT = Path(__file__).parents[1]
 # Enough for a start-up with torch and rerun on a busy machine; a hang is killed after it.
@@ -41,11 +41,6 @@ def pipe_nobody_reads():
     os.close(read_end)
     yield write_end
     os.close(write_end)
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
 
 
 def run_cli(args, capsys) -> tuple[int, list[str]]:
@@ -143,6 +138,7 @@ def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "vggt_attn_rerun.cli", *map(str, args)]
 
 
+@pytest.mark.slow
 def test_a_reader_leaving_mid_stream_ends_the_run_in_one_line(scene):
     proc = subprocess.Popen(_cli(scene, *FAST, "--stdout"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     try:

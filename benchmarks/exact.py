@@ -1,4 +1,5 @@
-"""Step 1 of the GPU check: captured rows against an explicit recomputation, and untouched predictions.
+"""Step 1 of the CUDA check (``run.py --gpu-check``): captured rows against an explicit recomputation,
+and untouched predictions.
 
 For chosen frame and global blocks, forward pre-hooks keep each attention module's input ``x``
 and the ``pos`` the aggregator passes (by keyword). After the forward, q and k are recomputed
@@ -28,7 +29,7 @@ from vggt_attn_rerun.testing.recompute import recompute_qkv
 from .common import DTYPES, autocast_context, make_images, plain_forward, spread_queries
 
 if TYPE_CHECKING:
-    from .gpu_steps import Ctx
+    from .check import Ctx
 
 
 def clamp_blocks(blocks: Sequence[int], depth: int) -> tuple[int, ...]:

@@ -1,9 +1,10 @@
-"""The GPU check's settings, step context, budgets and interleaved measurements; steps 2 and 3.
+"""The CUDA check profile (``run.py --gpu-check``): settings, step context, budgets, interleaved
+measurements; steps 2 (overhead), 3 (scale) and "ablate".
 
-Steps 1 (gpu_exact.py), 4 and 5 (gpu_record.py) live beside this; gpu_check.py runs them in order.
-Every step writes what it measured into ``entry`` and calls ``ctx.save()`` after each measurement,
-so a step stopped by its time budget (or a run killed from outside) keeps what it had. Steps check
-the time left before each costly call and skip what would not fit; ``time_limit`` stops the rest.
+Step 1 lives in exact.py, steps 4 and 5 in rrd_suites.py; run.py runs them in order. Every step
+writes what it measured into ``entry`` and calls ``ctx.save()`` after each measurement, so a step
+stopped by its time budget (or a run killed from outside) keeps what it had. Steps check the time
+left before each costly call and skip what would not fit; ``time_limit`` stops the rest.
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from vggt_attn_rerun.core.introspect import KINDS, model_heads, model_layout
+from vggt_attn_rerun.api.ablation import ablate
+from vggt_attn_rerun.core.adapters import adapter_for
+from vggt_attn_rerun.core.interventions import CrossViewKnockout, HeadAblation, intervene
+from vggt_attn_rerun.core.introspect import KINDS, model_depth, model_heads, model_layout
 
 from .baseline import baseline_bytes, first_frames_over_budget
 from .common import (
     DTYPES,
     GIB,
-    REPO_ROOT,
     MemoryMeter,
     load_bench_model,
     make_call,
     make_images,
     median,
     model_bytes,
-    model_depth,
+    rotated,
     rows_bytes,
     spread_queries,
     sync,
@@ -94,7 +97,7 @@ class CheckSettings:
     ablate_batch_sizes: tuple[int, ...] = (1, 4)
     cli_photos: int = 8
     cli_size: int = 518
-    photos: str = str(REPO_ROOT.parent / "shared" / "data" / "kitchen")
+    photos: str = ""  # a folder of photos for step 5; "": synthetic photos
     work_dir: str = ""
 
     @property
@@ -218,8 +221,7 @@ def measure_calls(
         if round_s is not None and round_s > ctx.remaining():
             break
         t_round = time.perf_counter()
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+        for name in rotated(names, r):
             meter = _CudaMeter(ctx.device) if ctx.device.type == "cuda" else MemoryMeter(ctx.device)
             meter.start()
             t0 = time.perf_counter()
@@ -411,3 +413,100 @@ def _baseline_attempt(ctx: Ctx, entry: dict[str, Any], heads: int, depth: int) -
     finally:
         del images, calls
         free(ctx.device)
+
+
+# --------------------------------------------------------------------------------------------
+# Step "ablate": interventions on the real model's code path, and their cost
+# --------------------------------------------------------------------------------------------
+# Checks (on the check's model, under its autocast): ``intervene`` with no intervention leaves every
+# prediction bit-identical; a zero ablation of one head equals the forward of the same model with
+# that head's columns of ``proj.weight`` set to 0 (max abs difference of the predictions). Cost:
+# ``api.ablate`` over head ablations of the last global block at each batch size, seconds per
+# intervention against one plain forward, and the peak memory (CUDA); one cross-view knockout of
+# every patch token in the last global block, seconds and peak.
+
+
+def _forward(ctx: Ctx, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    s, model = ctx.settings, ctx.model
+    with torch.no_grad(), torch.autocast(ctx.device.type, dtype=s.autocast, enabled=s.autocast is not None):
+        out = adapter_for(model).run(model, images[None])
+    return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k != "images"}
+
+
+def _peak_start(ctx: Ctx) -> None:
+    sync(ctx.device)
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+
+
+def _peak(ctx: Ctx) -> int | None:
+    sync(ctx.device)
+    return torch.cuda.max_memory_allocated(ctx.device) if ctx.device.type == "cuda" else None
+
+
+def step_ablate(ctx: Ctx, entry: dict[str, Any]) -> None:
+    s, model = ctx.settings, ctx.model
+    (h, w), frames = s.size, s.ablate_frames
+    images = make_images(frames, h, w, ctx.device)
+    layout = model_layout(model, frames, h, w)
+    last = model_depth(model) - 1
+    entry.update(frames=frames, size=[h, w], tokens=layout.num_tokens, dtype=s.dtype, block=last)
+
+    _peak_start(ctx)
+    t0 = time.perf_counter()
+    plain = _forward(ctx, images)
+    sync(ctx.device)
+    entry["plain_forward_s"], entry["plain_peak_bytes"] = time.perf_counter() - t0, _peak(ctx)
+    ctx.note_forward(frames, entry["plain_forward_s"])
+    with intervene(model, [], layout):
+        inside = _forward(ctx, images)
+    entry["noop_bit_identical"] = all(torch.equal(plain[k], inside[k]) for k in plain)
+    ctx.save()
+
+    attn = adapter_for(model).attention(model, "global", last)
+    d = attn.proj.weight.shape[1] // int(attn.num_heads)
+    with intervene(model, [HeadAblation("global", last, 0)], layout):
+        ablated = _forward(ctx, images)
+    saved = attn.proj.weight.detach()[:, :d].clone()
+    try:
+        with torch.no_grad():
+            attn.proj.weight[:, :d] = 0
+        zeroed = _forward(ctx, images)
+    finally:
+        with torch.no_grad():
+            attn.proj.weight[:, :d] = saved
+    entry["head_vs_zeroed_proj_max_abs"] = max(float((ablated[k] - zeroed[k]).abs().max()) for k in ablated)
+    entry["head_changed_output_max_abs"] = max(float((ablated[k] - plain[k]).abs().max()) for k in ablated)
+    del plain, inside, ablated, zeroed
+    ctx.save()
+
+    heads = model_heads(model)
+    entry["sweeps"] = []
+    for bs in s.ablate_batch_sizes:
+        count = min(heads, 2 * bs)
+        predicted = entry["plain_forward_s"] * (1 + count) * 1.5
+        if predicted > ctx.remaining():
+            entry["sweeps"].append({"batch_size": bs, "status": f"skipped: predicted {predicted:.0f} s"})
+            break
+        free(ctx.device)
+        _peak_start(ctx)
+        ivs = [HeadAblation("global", last, hh) for hh in range(count)]
+        try:
+            effects = ablate(model, images, ivs, batch_size=bs, autocast_dtype=s.autocast)
+        except torch.OutOfMemoryError as e:
+            entry["sweeps"].append({"batch_size": bs, "status": f"out of memory: {str(e).splitlines()[0]}"})
+            break
+        per = effects.seconds / len(ivs)
+        entry["sweeps"].append({
+            "batch_size": bs, "interventions": len(ivs), "status": "ok", "seconds_per_intervention": per,
+            "over_plain_forward": per / entry["plain_forward_s"], "peak_bytes": _peak(ctx),
+            "max_points_effect": float(effects.values["points"].max()),
+        })  # fmt: skip
+        ctx.save()
+    if 2 * entry["plain_forward_s"] > ctx.remaining():
+        raise StepSkipped("no time left for the knockout")
+    free(ctx.device)
+    _peak_start(ctx)
+    effects = ablate(model, images, [CrossViewKnockout(last)], autocast_dtype=s.autocast)
+    entry["knockout"] = {"seconds": effects.seconds, "peak_bytes": _peak(ctx),
+                         "points_effect": float(effects.values["points"][0])}  # fmt: skip
