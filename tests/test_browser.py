@@ -46,8 +46,8 @@ pytestmark = [
 
 VIEWPORT = {"width": 1400, "height": 900}
 # Points of the page at this viewport, in the default layout of a 3-view run (3D left, views in a
-# 2x2 grid right, the fourth cell empty): views 0 and 2, and the empty cell.
-VIEW_0, VIEW_2, EMPTY = (770, 250), (770, 400), (1150, 420)
+# 2x2 grid right, the fourth cell empty): views 0 and 2, the empty cell, and a point of the 3D cloud.
+VIEW_0, VIEW_2, EMPTY, POINT_CLOUD = (770, 250), (770, 400), (1150, 420), (190, 215)
 KINDS = ("frame", "global")
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 # Resolves after the browser has drawn n more frames: the viewer (egui) reads input and paints once
@@ -89,7 +89,7 @@ class Served:
     def added(self) -> list:
         return list(self.session.added)
 
-    def click_and_wait_for_line(self, x: int, y: int, text: str, tries: int = 3, each_s: float = 40) -> int:
+    def click_and_wait_for_line(self, x: int, y: int, text: str, tries: int = 3, each_s: float = 20) -> int:
         """Click (x, y) until the status line under the viewer contains ``text``; returns the clicks it took.
 
         Another try only when the page said nothing: a press and a release that still fell frames
@@ -180,12 +180,14 @@ def test_a_click_on_a_view_in_chromium_adds_a_query_with_the_rows_of_a_direct_ca
     print(f"view 0: {clicks} click(s)")
 
 
-def test_a_click_outside_every_image_adds_nothing_and_the_page_keeps_working(served):
+def test_clicks_outside_every_image_add_nothing_and_the_page_keeps_working(served):
     from vggt_attn_rerun.interactive.web import NOTHING_ADDED_LINE
 
     before = len(served.added())
-    clicks = served.click_and_wait_for_line(*EMPTY, NOTHING_ADDED_LINE)  # the run answered the click
+    click(served.page, *EMPTY)  # selects nothing: the run is not even asked
+    clicks = served.click_and_wait_for_line(*POINT_CLOUD, NOTHING_ADDED_LINE)  # the run answered: nothing added
     assert len(served.added()) == before
+    # The page sends its events in order: had either click added a query, view 2's would not be the next.
     clicks_2 = served.click_and_wait_for_line(*VIEW_2, f"q{before + 1}: frame 2")
     assert [a.query.frame for a in served.added()[before:]] == [2]
-    print(f"empty cell: {clicks} click(s), view 2: {clicks_2} click(s)")
+    print(f"point cloud: {clicks} click(s), view 2: {clicks_2} click(s)")

@@ -84,6 +84,8 @@ def test_a_click_outside_every_image_adds_nothing_and_the_page_still_works(relay
     assert _ask(page, "event", _event("/world/frames/1/image", 500.0, 30.0)) == nothing  # right of the image
     assert _ask(page, "event", _event("/world/points", 1.0, 2.0, view="3D")) == nothing  # the point cloud
     assert relay_.session.added == []
+    empty = {"type": "selection_change", "application_id": APPLICATION_ID, "recording_id": None, "items": []}
+    assert _ask(page, "event", empty) == []  # an empty selection (the viewer's first event, Esc) is not answered
     _ask(page, "event", _event("/world/frames/2/image", 10.0, 10.0))
     assert [a.query.frame for a in relay_.session.added] == [2]
 

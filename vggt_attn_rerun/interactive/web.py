@@ -10,10 +10,10 @@ talk over a local socket (``multiprocessing.connection``, with a random key); th
 Voila only: one port to forward for a remote machine.
 
 The widget's code and its WebAssembly viewer are files of the rerun-notebook package that Voila
-serves on that port (``voila/files/rerun_notebook/``), loaded by the page from its own origin:
-nothing is fetched from the internet. (Inlined into the widget's state instead, the 66 MB viewer
-took the browser more than anywidget's 2 s to set the widget's model up; anywidget then drops
-every message of that model, so the recording never reached the viewer.)
+serves on that port (``voila/files/rerun_notebook/``), loaded by the page from its own origin
+when the widget is drawn: nothing is fetched from the internet. (Inlined into the widget's state
+instead, the 66 MB viewer took the browser more than anywidget's 2 s to set the widget's model up;
+anywidget then drops every message of that model, so the recording never reached the viewer.)
 """
 
 from __future__ import annotations
@@ -58,12 +58,20 @@ LOADING_LINE = "loading the run into the viewer..."
 READY_LINE = "ready: click a pixel of an image to add a query (no forward pass)"
 NOTHING_ADDED_LINE = "no query added: the click selected no pixel of an image"
 # The widget's ES module: a few lines that import the rerun-notebook widget from the page's own
-# server, so a page opened through a forwarded port (any host name, any local port) loads it too.
+# server when the widget is drawn, so a page opened through a forwarded port (any host name, any
+# local port) loads it too. The import is inside render, not at the module's top level: anywidget
+# drops every message of a model whose module took more than 2 s to load, and on a busy machine
+# even the 0.5 MB widget module can.
 WIDGET_LOADER = f"""
-const config = document.getElementById("jupyter-config-data");
-const base = (config && JSON.parse(config.textContent).baseUrl) || "/";
-const url = new URL(base + "voila/files/{ASSET_DIR}/widget.js", window.location.href);
-export default (await import(url.href)).default;
+export default {{
+  async render(context) {{
+    const config = document.getElementById("jupyter-config-data");
+    const base = (config && JSON.parse(config.textContent).baseUrl) || "/";
+    const url = new URL(base + "voila/files/{ASSET_DIR}/widget.js", window.location.href);
+    const widget = (await import(url.href)).default;
+    return widget.render(context);
+  }},
+}};
 """
 
 
@@ -171,8 +179,10 @@ class Relay:
                         self.pages.append(conn)
             elif request[0] == "event":
                 try:
-                    if not self.handle(request[1]) and event_field(request[1], "type") == "selection_change":
-                        self._send(conn, ("status", NOTHING_ADDED_LINE))  # to the page that clicked only
+                    # Something selected but nothing added: told to the page that clicked only. An empty
+                    # selection (what the viewer reports at start, or after Esc) is no click to answer.
+                    if not self.handle(request[1]) and event_field(request[1], "items"):
+                        self._send(conn, ("status", NOTHING_ADDED_LINE))
                 except Exception as e:  # noqa: BLE001 - one bad click must not end the session
                     self.on_line(f"click ignored: unexpected {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
             self._send(conn, ("done",))
