@@ -46,8 +46,9 @@ pytestmark = [
 
 VIEWPORT = {"width": 1400, "height": 900}
 # Points of the page at this viewport, in the default layout of a 3-view run (3D left, views in a
-# 2x2 grid right, the fourth cell empty): views 0 and 2, the empty cell, and a point of the 3D cloud.
-VIEW_0, VIEW_2, EMPTY, POINT_CLOUD = (770, 250), (770, 400), (1150, 420), (190, 215)
+# 2x2 grid right, the fourth cell empty; the colour bar under the 3D view): views 0 and 2, the empty
+# cell, and the colour bar (an image that is no view's photo, at the same place in every query's layout).
+VIEW_0, VIEW_2, EMPTY, COLOUR_BAR = (770, 250), (770, 400), (1150, 420), (290, 565)
 KINDS = ("frame", "global")
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 # Resolves after the browser has drawn n more frames: the viewer (egui) reads input and paints once
@@ -180,14 +181,14 @@ def test_a_click_on_a_view_in_chromium_adds_a_query_with_the_rows_of_a_direct_ca
     print(f"view 0: {clicks} click(s)")
 
 
-def test_clicks_outside_every_image_add_nothing_and_the_page_keeps_working(served):
+def test_clicks_off_the_photos_add_nothing_and_the_page_keeps_working(served):
     from vggt_attn_rerun.interactive.web import NOTHING_ADDED_LINE
 
     before = len(served.added())
     click(served.page, *EMPTY)  # selects nothing: the run is not even asked
-    clicks = served.click_and_wait_for_line(*POINT_CLOUD, NOTHING_ADDED_LINE)  # the run answered: nothing added
+    clicks = served.click_and_wait_for_line(*COLOUR_BAR, NOTHING_ADDED_LINE)  # the run answered: nothing added
     assert len(served.added()) == before
     # The page sends its events in order: had either click added a query, view 2's would not be the next.
     clicks_2 = served.click_and_wait_for_line(*VIEW_2, f"q{before + 1}: frame 2")
     assert [a.query.frame for a in served.added()[before:]] == [2]
-    print(f"point cloud: {clicks} click(s), view 2: {clicks_2} click(s)")
+    print(f"colour bar: {clicks} click(s), view 2: {clicks_2} click(s)")
