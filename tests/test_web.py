@@ -80,9 +80,12 @@ def test_a_click_on_an_image_adds_its_pixel_with_the_rows_of_a_direct_capture(re
 def test_a_click_outside_every_image_adds_nothing_and_the_page_still_works(relay):
     relay_, page, _ = relay
     _ask(page, "history")
-    assert _ask(page, "event", _event("/world/frames/1/image", 500.0, 30.0)) == []  # right of the 84-pixel image
-    assert _ask(page, "event", _event("/world/points", 1.0, 2.0, view="3D")) == []  # the point cloud
+    nothing = [("status", web.NOTHING_ADDED_LINE)]  # the page that clicked is told, no recording data
+    assert _ask(page, "event", _event("/world/frames/1/image", 500.0, 30.0)) == nothing  # right of the image
+    assert _ask(page, "event", _event("/world/points", 1.0, 2.0, view="3D")) == nothing  # the point cloud
     assert relay_.session.added == []
+    empty = {"type": "selection_change", "application_id": APPLICATION_ID, "recording_id": None, "items": []}
+    assert _ask(page, "event", empty) == []  # an empty selection (the viewer's first event, Esc) is not answered
     _ask(page, "event", _event("/world/frames/2/image", 10.0, 10.0))
     assert [a.query.frame for a in relay_.session.added] == [2]
 

@@ -9,13 +9,19 @@ the cache, no forward pass), and its entities reach every open page. Pages and t
 talk over a local socket (``multiprocessing.connection``, with a random key); the browser talks to
 Voila only: one port to forward for a remote machine.
 
-The widget's code and its WebAssembly viewer travel inline through that port
-(``RERUN_NOTEBOOK_ASSET=inline``): nothing is fetched from the internet.
+The widget's code and its WebAssembly viewer are files of the rerun-notebook package that Voila
+serves on that port (``voila/files/rerun_notebook/``), loaded by the page from its own origin
+when the widget is drawn: nothing is fetched from the internet. (Inlined into the widget's state
+instead, the 66 MB viewer took the browser more than anywidget's 2 s to set the widget's model up;
+anywidget then drops every message of that model, so the recording never reached the viewer.)
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -44,12 +50,33 @@ from vggt_attn_rerun.viz.sinks import INTERACTIVE_PORT, check_port_free
 # How long Voila may take to answer its first request before the command gives up.
 START_TIMEOUT_S = 60.0
 PAGE_HEIGHT = 760
+# The widget's files, in a folder of Voila's root that Voila serves at voila/files/ (nothing else is).
+ASSET_DIR = "rerun_notebook"
+ASSET_FILES = ("widget.js", "re_viewer_bg.wasm")
+# The page's status line: until the viewer reports the run's recording open, then after.
+LOADING_LINE = "loading the run into the viewer..."
+READY_LINE = "ready: click a pixel of an image to add a query (no forward pass)"
+NOTHING_ADDED_LINE = "no query added: the click selected no pixel of an image"
+# The widget's ES module: a few lines that import the rerun-notebook widget from the page's own
+# server when the widget is drawn, so a page opened through a forwarded port (any host name, any
+# local port) loads it too. The import is inside render, not at the module's top level: anywidget
+# drops every message of a model whose module took more than 2 s to load, and on a busy machine
+# even the 0.5 MB widget module can.
+WIDGET_LOADER = f"""
+export default {{
+  async render(context) {{
+    const config = document.getElementById("jupyter-config-data");
+    const base = (config && JSON.parse(config.textContent).baseUrl) || "/";
+    const url = new URL(base + "voila/files/{ASSET_DIR}/widget.js", window.location.href);
+    const widget = (await import(url.href)).default;
+    return widget.render(context);
+  }},
+}};
+"""
 
 
 def check_web_dependencies() -> None:
     """Refuse early (before the model) when Voila or the rerun-notebook widget is missing."""
-    import importlib.util
-
     missing = [name for name in ("voila", "rerun_notebook") if importlib.util.find_spec(name) is None]
     if missing:
         raise UserError(
@@ -152,7 +179,10 @@ class Relay:
                         self.pages.append(conn)
             elif request[0] == "event":
                 try:
-                    self.handle(request[1])
+                    # Something selected but nothing added: told to the page that clicked only. An empty
+                    # selection (what the viewer reports at start, or after Esc) is no click to answer.
+                    if not self.handle(request[1]) and event_field(request[1], "items"):
+                        self._send(conn, ("status", NOTHING_ADDED_LINE))
                 except Exception as e:  # noqa: BLE001 - one bad click must not end the session
                     self.on_line(f"click ignored: unexpected {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
             self._send(conn, ("done",))
@@ -190,16 +220,48 @@ def write_notebook(folder: Path, source: str) -> Path:
     return path
 
 
+def widget_static_dir() -> Path:
+    """The rerun-notebook package's folder of widget files (found without importing the package,
+    whose import reads ``RERUN_NOTEBOOK_ASSET``)."""
+    spec = importlib.util.find_spec("rerun_notebook")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("--interactive needs rerun_notebook: pip install 'vggt-attn-rerun[interactive]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+def link_widget_assets(folder: Path) -> Path:
+    """Put the widget's code and WebAssembly in ``folder/rerun_notebook/`` for Voila to serve; returns
+    that folder. Hard links where the file system allows (Voila's file handler refuses symlinks
+    that leave its root), else copies."""
+    static = widget_static_dir()
+    target = folder / ASSET_DIR
+    target.mkdir()
+    for name in ASSET_FILES:
+        try:
+            os.link(static / name, target / name)
+        except OSError:
+            shutil.copyfile(static / name, target / name)
+    return target
+
+
+def asset_url(port: int) -> str:
+    """Where Voila serves the widget's module: what ``RERUN_NOTEBOOK_ASSET`` names in its kernels."""
+    return f"http://localhost:{port}/voila/files/{ASSET_DIR}/widget.js"
+
+
 def voila_command(notebook: Path, port: int) -> list[str]:
+    # Voila serves files of its root (the notebook's folder) that match the allowlist: only the widget's.
+    allow = f"{ASSET_DIR}/({'|'.join(map(re.escape, ASSET_FILES))})"
     return [
         sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-        "--VoilaConfiguration.show_tracebacks=True",
+        "--VoilaConfiguration.show_tracebacks=True", f"--VoilaConfiguration.file_allowlist={allow}",
     ]  # fmt: skip
 
 
 def start_voila(notebook: Path, port: int, log: Path) -> subprocess.Popen:
-    """Voila serving ``notebook`` on 127.0.0.1:``port``; its kernels load the widget inline."""
-    env = dict(os.environ, RERUN_NOTEBOOK_ASSET="inline", PYTHONUNBUFFERED="1")
+    """Voila serving ``notebook`` (and the widget's files beside it) on 127.0.0.1:``port``."""
+    # A URL, not "inline": importing rerun_notebook in a kernel then reads no 66 MB file.
+    env = dict(os.environ, RERUN_NOTEBOOK_ASSET=asset_url(port), PYTHONUNBUFFERED="1")
     with open(log, "wb") as out:
         proc = subprocess.Popen(voila_command(notebook, port), stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)  # fmt: skip
@@ -262,6 +324,7 @@ def serve_clicks(session: QuerySession, stream: Any, *, port: int = INTERACTIVE_
     proc = None
     try:
         notebook = write_notebook(folder, notebook_source(relay.address, relay.authkey))
+        link_widget_assets(folder)
         threading.Thread(target=relay.accept_forever, daemon=True).start()
         proc = start_voila(notebook, port, folder / "voila.log")
         echo(f"click-to-query at {page_url(port)} (each click on an image adds a query); press Ctrl-C to stop")
@@ -304,22 +367,25 @@ def serve_run(rec: Any, result: CaptureResult, images: LoadedImages, options: Re
 def page(address: tuple[str, int], authkey_hex: str, height: int = PAGE_HEIGHT) -> Any:
     """Show the run's viewer in this kernel's page and send its selection events to the run.
 
-    Returns the ``rerun.notebook.Viewer``.
+    Returns the widget (a ``rerun_notebook.Viewer`` whose module is ``WIDGET_LOADER``).
     """
     import ipywidgets
-    import rerun.notebook
+    import rerun_notebook
     from IPython.display import display
 
+    class PageViewer(rerun_notebook.Viewer):
+        _esm = WIDGET_LOADER
+
     conn = Client(tuple(address), authkey=bytes.fromhex(authkey_hex))
-    viewer = rerun.notebook.Viewer(width="auto", height=height, use_global_recording=False)
-    status = ipywidgets.Label("click a pixel of an image to add a query (no forward pass)")
+    viewer = PageViewer(width="auto", height=height)
+    status = ipywidgets.Label(LOADING_LINE)
 
     def ask(*request: Any) -> None:
         """Send a request and hand what comes back to the widget, until the run says done.
 
         Runs in the kernel's handler of the widget's messages: data sent to the widget from
-        another thread, or before its frontend said "ready", never reached the viewer here
-        (Voila 0.5, rerun-notebook 0.41), data sent from this handler does."""
+        another thread never reached the viewer here (Voila 0.5, rerun-notebook 0.41), data
+        sent from this handler does."""
         try:
             conn.send(request)
             while True:
@@ -327,20 +393,26 @@ def page(address: tuple[str, int], authkey_hex: str, height: int = PAGE_HEIGHT) 
                 if kind == "done":
                     return
                 if kind == "rrd":
-                    viewer._viewer.send_rrd(payload[0])  # what rerun.notebook.Viewer does with a recording's bytes
+                    viewer.send_rrd(payload[0])
                 elif kind == "status":
                     status.value = payload[0]
         except (OSError, EOFError):
             status.value = "the run has stopped: clicks add nothing now"
 
-    def on_event(event: Any) -> None:
-        if event_field(event, "type") == "selection_change":
+    def on_message(widget: Any, content: Any, buffers: Any) -> None:
+        """The viewer's events arrive as JSON text (``"ready"`` is the widget's own, handled by it)."""
+        if not isinstance(content, str) or content == "ready":
+            return
+        event = json.loads(content)
+        if event.get("type") == "recording_open" and status.value == LOADING_LINE:
+            status.value = READY_LINE  # the recording so far is in the viewer
+        elif event.get("type") == "selection_change":
             ask("event", event)
 
     # The recording so far, before the viewer is displayed: the widget queues it until its frontend
-    # is ready, as it does for data logged before ``rerun.notebook.Viewer(recording=...)``.
+    # says it is ready, then sends it.
     ask("history")
-    viewer.on_event(on_event)
-    viewer.display()
+    viewer.on_msg(on_message)
+    display(viewer)
     display(status)
     return viewer
