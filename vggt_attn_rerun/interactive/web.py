@@ -91,7 +91,7 @@ def page_url(port: int) -> str:
 
 def ssh_line(port: int) -> str:
     """The command that forwards the page of a remote machine to this one's browser."""
-    return f"ssh -N -L {port}:localhost:{port} USER@REMOTE_HOST"
+    return f"ssh -C -N -L {port}:localhost:{port} USER@REMOTE_HOST"
 
 
 class Relay:
