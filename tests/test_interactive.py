@@ -236,8 +236,8 @@ def test_selection_handler(run, scene_images, fake_log, monkeypatch):
     assert handler(_event(session, image, overlay)) == [2]  # multi-selection: only the new item
     assert [(a.query.frame, a.query.patch(run.layout)) for a in added] == [(1, (2, 1)), (2, (3, 5))]
     view = rr.notebook.ViewSelectionItem(view_id="x", view_name="view 0")
-    cloud = rr.notebook.EntitySelectionItem("/world/points", instance_id=3, view_name="3D", position=[0.1, 0.2, 1.0])
-    assert handler(_event(session, view, cloud)) == []
+    camera = rr.notebook.EntitySelectionItem("/world/frames/0", view_name="3D", position=[0.1, 0.2, 1.0])
+    assert handler(_event(session, view, camera)) == []
     assert handler(_event(session, image, recording_id="another")) == []
     assert handler(rr.notebook.TimeUpdateEvent("vggt_attn_rerun", "r", None, time=3.0)) == []
     # A click on an existing query's marker adds nothing new; a JSON dict payload works too.
@@ -347,3 +347,17 @@ def test_added_query_in_the_rrd(tiny_model, scene_images, tmp_path):
         return vals[-1]
 
     assert maps(path, 1) == maps(fresh_path, 0)
+
+
+def test_a_picked_3d_point_adds_the_query_of_the_patch_whose_3d_point_it_is(run, scene_images, fake_log):
+    session = _session(run, scene_images, update_blueprint=True)
+    added = []
+    handler = SelectionHandler(session, on_added=added.append, on_error=pytest.fail)
+    centroids, valid = session.patch_points()
+    frame, row, col = (int(i) for i in np.argwhere(valid)[len(np.argwhere(valid)) // 2])
+    picked = (centroids[frame, row, col] + 1e-4).tolist()  # the viewer reports the picked point, not the patch
+    for path in ("/" + Paths.patch_points(0, "global"), "/world/points"):
+        item = rr.notebook.EntitySelectionItem(path, instance_id=0, view_name="3D", position=picked)
+        handler(_event(session, item))
+    assert [(a.query.frame, a.query.patch(run.layout)) for a in added] == [(frame, (row, col))]  # then deduped
+    assert len(session.queries) == len(run.rows.queries) + 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 import rerun as rr
 import torch
@@ -77,12 +78,28 @@ def test_a_click_on_an_image_adds_its_pixel_with_the_rows_of_a_direct_capture(re
     assert lines[-1].startswith("q1: frame 1 patch (row 2, col 3)")
 
 
+def test_a_picked_3d_point_adds_its_patch_with_the_rows_of_a_direct_capture(relay, tiny_model, scene_images):
+    relay_, page, _ = relay
+    _ask(page, "history")
+    centroids, valid = relay_.session.patch_points()
+    frame, row, col = (int(i) for i in np.argwhere(valid[1:])[0] + [1, 0, 0])  # a patch of frame 1 or later
+    item = {"type": "entity", "entity_path": "/world/points", "instance_id": 0, "view_name": "3D",
+            "position": centroids[frame, row, col].tolist()}  # fmt: skip
+    _ask(page, "event", {"type": "selection_change", "application_id": APPLICATION_ID, "recording_id": None,
+                         "items": [item]})  # fmt: skip
+    (added,) = relay_.session.added
+    assert (added.query.frame, added.query.patch(relay_.session.layout)) == (frame, (row, col))
+    fresh = capture(tiny_model, scene_images, [added.query], kinds=KINDS)
+    for kind in KINDS:
+        assert torch.equal(added.result.rows.probs[kind], fresh.rows.probs[kind]), kind
+
+
 def test_a_click_outside_every_image_adds_nothing_and_the_page_still_works(relay):
     relay_, page, _ = relay
     _ask(page, "history")
     nothing = [("status", web.NOTHING_ADDED_LINE)]  # the page that clicked is told, no recording data
     assert _ask(page, "event", _event("/world/frames/1/image", 500.0, 30.0)) == nothing  # right of the image
-    assert _ask(page, "event", _event("/world/points", 1.0, 2.0, view="3D")) == nothing  # the point cloud
+    assert _ask(page, "event", _event("/world/frames/1", 1.0, 2.0, view="3D")) == nothing  # a camera in 3D
     assert relay_.session.added == []
     empty = {"type": "selection_change", "application_id": APPLICATION_ID, "recording_id": None, "items": []}
     assert _ask(page, "event", empty) == []  # an empty selection (the viewer's first event, Esc) is not answered

@@ -4,7 +4,8 @@ Rerun reports a selection as entity items, each with the selected entity's path 
 position in the space of the VIEW the click happened in (not of the clicked entity): pixels
 for 2D views rooted at an image or a head grid, patches for 2D views rooted at or below an
 overlay (whose Transform3D scales patches to pixels), world coordinates for 3D views. The
-entity path says which frame was clicked (``viz.paths`` reads it back).
+entity path says which frame was clicked (``viz.paths`` reads it back); a picked 3D point of the
+point cloud or of a query's patch points becomes the patch whose 3D centroid is nearest.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from vggt_attn_rerun.analysis.scene import continuous_intrinsics
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.viz.paths import clean_path, head_grid_query, image_frame, in_patch_units
+from vggt_attn_rerun.viz.paths import clean_path, head_grid_query, image_frame, in_patch_units, is_scene_point
 
 Units = Literal["pixel", "patch", "world"]
 
@@ -62,6 +63,15 @@ def _project(point: Sequence[float], frame: int, world_cameras: tuple[np.ndarray
     return float(u[0] / u[2]), float(u[1] / u[2])
 
 
+def nearest_patch(point: Sequence[float], centroids: np.ndarray, valid: np.ndarray) -> tuple[int, int, int] | None:
+    """(frame, row, col) of the valid patch whose ``[S, gh, gw, 3]`` centroid is nearest to a world point."""
+    if not valid.any() or not np.isfinite(np.asarray(point, np.float64)).all():
+        return None
+    d = np.where(valid, ((centroids - np.asarray(point, np.float64)) ** 2).sum(-1), np.inf)
+    s, r, c = np.unravel_index(int(np.argmin(d)), d.shape)
+    return int(s), int(r), int(c)
+
+
 def click_from_selection(
     entity_path: str,
     position: Sequence[float | None] | None,
@@ -70,6 +80,7 @@ def click_from_selection(
     units: Units = "pixel",
     grid_frames: Mapping[int, int] | None = None,
     world_cameras: tuple[np.ndarray, np.ndarray] | None = None,
+    patch_points: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Click | None:
     """Map one selected entity and the selection position to a pixel of a frame, or None.
 
@@ -77,8 +88,9 @@ def click_from_selection(
         entity_path: the selected entity, with or without the leading ``/``. Understood:
             ``world/frames/{s}/image`` and everything below it (overlays ``.../attention/...``,
             query markers ``.../queries/...``): frame ``s``; ``heads/q{i}/...`` (head grid):
-            frame ``grid_frames[i]``. Anything else (point cloud, 3D points, series, tensor,
-            text) gives None.
+            frame ``grid_frames[i]``; the point cloud ``world/points`` and the patch points
+            ``world/attention/...`` in a 3D view: the patch nearest to the picked point (needs
+            ``patch_points``). Anything else (cameras, series, tensor, text) gives None.
         position: the event's position. Rerun fills it with the pointer in the space of the
             VIEW's origin (``pointer_in_camera_plane`` for 2D views, the picked 3D point for 3D
             views), not in the clicked entity's own space. A 2D view's z is a depth or null.
@@ -88,6 +100,9 @@ def click_from_selection(
             ``world`` (a 3D view rooted at ``world``: the point is projected into frame ``s``
             with ``world_cameras`` = (extrinsics ``[S, 3, 4]``, intrinsics ``[S, 3, 3]``)).
         grid_frames: query index -> frame shown by its head grid.
+        patch_points: (centroids ``[S, gh, gw, 3]``, valid ``[S, gh, gw]``): the 3D point of each
+            patch (``analysis.scene.patch_centroids``); a picked scene point becomes the centre of
+            the patch whose centroid is nearest.
 
     Returns:
         Click in model input pixels, or None when the entity is not an image of a frame, there is
@@ -95,6 +110,14 @@ def click_from_selection(
     """
     if position is None or len(position) < 2 or position[0] is None or position[1] is None:
         return None
+    if units == "world" and patch_points is not None and is_scene_point(entity_path):
+        if len(position) < 3 or position[2] is None:
+            return None
+        found = nearest_patch([float(v) for v in position[:3]], *patch_points)  # type: ignore[arg-type]
+        if found is None:
+            return None
+        s, r, c = found
+        return Click(s, (c + 0.5) * layout.patch_size, (r + 0.5) * layout.patch_size, clean_path(entity_path))
     frame = _clicked_frame(entity_path, units, grid_frames)
     if frame is None or not 0 <= frame < layout.num_frames:
         return None

@@ -25,7 +25,7 @@ import rerun.blueprint as rrb
 import torch
 from torch import nn
 
-from vggt_attn_rerun.analysis.scene import cameras
+from vggt_attn_rerun.analysis.scene import cameras, patch_centroids, point_map
 from vggt_attn_rerun.api import record_attention
 from vggt_attn_rerun.core.capture import CaptureResult, QueriesLike
 from vggt_attn_rerun.core.images import ImagesLike, LoadedImages, as_loaded_images
@@ -104,6 +104,7 @@ class QuerySession:
         self.next_index = len(result.rows.queries) if next_index is None else int(next_index)
         self.added: list[AddedQuery] = []
         self._cameras: tuple[np.ndarray, np.ndarray] | None = None
+        self._patch_points: tuple[np.ndarray, np.ndarray] | None = None
         self.shown: int | None = None  # the query whose dashboards the last layout sent shows
         # View name -> units of its space, from the layout this package sends (see click_from_item).
         self.view_units: dict[str, Units] = view_units(self._blueprint())
@@ -127,6 +128,12 @@ class QuerySession:
         if self._cameras is None:
             self._cameras = cameras(self.result)
         return self._cameras
+
+    def patch_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """(centroids ``[S, gh, gw, 3]``, valid ``[S, gh, gw]``): the 3D point of each patch, as logged."""
+        if self._patch_points is None:
+            self._patch_points = patch_centroids(point_map(self.result, self.options), self.layout)
+        return self._patch_points
 
     # -- adding queries ------------------------------------------------------------------------
     def query_at(self, frame: int, x: float, y: float, space: PixelSpace = "model") -> Query:
@@ -250,6 +257,7 @@ class QuerySession:
             units=units,
             grid_frames=self.grid_frames(),
             world_cameras=self.world_cameras() if units == "world" else None,
+            patch_points=self.patch_points() if units == "world" else None,
         )
 
 

@@ -306,6 +306,13 @@ def head_grid_query(path: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def is_scene_point(path: str) -> bool:
+    """True for the 3D points that stand for pixels of the views: the point cloud and every
+    query's patch points (``world/points``, ``world/attention/...``), at the root of a recording."""
+    p = clean_path(path)
+    return p == clean_path(Paths.cloud) or p.startswith(clean_path(Paths.world) + "/attention/")
+
+
 def in_patch_units(path: str) -> bool:
     """True for an entity whose 2D space is the patch grid (one unit = one patch), else pixels.
 
