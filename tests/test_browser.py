@@ -181,10 +181,6 @@ def test_a_click_on_a_view_in_chromium_adds_a_query_with_the_rows_of_a_direct_ca
     print(f"view 0: {clicks} click(s)")
 
 
-@pytest.mark.skipif(
-    os.environ.get("VGGT_ATTN_BROWSER_OFF_PHOTO_TEST") != "1",
-    reason="opt-in (VGGT_ATTN_BROWSER_OFF_PHOTO_TEST=1): the page missed the colour-bar click's answer in 1 of 4 runs",
-)
 def test_clicks_off_the_photos_add_nothing_and_the_page_keeps_working(served):
     from vggt_attn_rerun.interactive.web import NOTHING_ADDED_LINE
 
