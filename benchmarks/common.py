@@ -63,6 +63,24 @@ def make_images(frames: int, height: int, width: int, device: str | torch.device
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).contiguous().to(device)
 
 
+def synthetic_predictions(num_frames: int, size: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """VGGT's predictions for ``num_frames`` square views of ``size`` pixels: cameras stepping
+    sideways, a wall at depth 2 with random relief, its point map and random confidences."""
+    from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras, unproject_depth
+
+    pose = torch.zeros(1, num_frames, 9)
+    pose[..., 0] = -0.2 * torch.arange(num_frames)
+    pose[..., 6] = 1.0  # identity rotation (quaternion xyzw)
+    pose[..., 7:] = 1.0  # fov
+    extr, intr = pose_encoding_to_cameras(pose, (size, size))
+    depth = 2 + 0.1 * torch.rand(1, num_frames, size, size, 1, generator=g)
+    points = unproject_depth(depth[0, ..., 0].numpy(), extr[0].numpy(), intr[0].numpy())
+    conf = 1 + torch.rand(1, num_frames, size, size, generator=g)
+    predictions = {"pose_enc": pose, "depth": depth, "depth_conf": conf,
+                   "world_points": torch.from_numpy(points)[None], "world_points_conf": conf}  # fmt: skip
+    return predictions
+
+
 def spread_queries(layout: TokenLayout, count: int) -> list[Query]:
     """``count`` distinct patch queries spread evenly over all frames (special tokens if patches run out)."""
     patches = layout.num_frames * layout.num_patches

@@ -16,8 +16,8 @@ import time
 import rerun as rr
 import torch
 
+from benchmarks.common import synthetic_predictions
 from vggt_attn_rerun.core.capture import CaptureResult
-from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras, unproject_depth
 from vggt_attn_rerun.core.images import images_from_tensor
 from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
@@ -41,16 +41,7 @@ def fake_run(num_frames: int) -> CaptureResult:
             probs[kind] = torch.zeros_like(logits)
             probs[kind][:, :, :, 0] = logits[:, :, :, 0].softmax(-1)
     rows = AttentionRows(lay, (Query.from_patch(lay, 0, 18, 18),), tuple(range(BLOCKS)), HEADS, probs)
-    pose = torch.zeros(1, num_frames, 9)
-    pose[..., 0] = -0.2 * torch.arange(num_frames)
-    pose[..., 6] = 1.0  # identity rotation (quaternion xyzw)
-    pose[..., 7:] = 1.0  # fov
-    extr, intr = pose_encoding_to_cameras(pose, (SIZE, SIZE))
-    depth = 2 + 0.1 * torch.rand(1, num_frames, SIZE, SIZE, 1, generator=g)
-    points = unproject_depth(depth[0, ..., 0].numpy(), extr[0].numpy(), intr[0].numpy())
-    conf = 1 + torch.rand(1, num_frames, SIZE, SIZE, generator=g)
-    predictions = {"pose_enc": pose, "depth": depth, "depth_conf": conf,
-                   "world_points": torch.from_numpy(points)[None], "world_points_conf": conf}  # fmt: skip
+    predictions = synthetic_predictions(num_frames, SIZE, g)
     return CaptureResult(predictions, rows, lay)
 
 

@@ -62,8 +62,8 @@ def fake_run(num_frames: int, side: int, blocks: int):  # noqa: ANN201 - Capture
     """A CaptureResult of VGGT-1B's shapes with ``side x side`` queries on frame 0 (random rows)."""
     import torch
 
+    from benchmarks.common import synthetic_predictions
     from vggt_attn_rerun.core.capture import CaptureResult
-    from vggt_attn_rerun.core.geometry import pose_encoding_to_cameras, unproject_depth
     from vggt_attn_rerun.core.rows import AttentionRows
     from vggt_attn_rerun.core.tokens import Query, TokenLayout
 
@@ -85,16 +85,7 @@ def fake_run(num_frames: int, side: int, blocks: int):  # noqa: ANN201 - Capture
             else:  # frame attention only reaches the query's own frame (0)
                 probs[kind][b, :, :, 0] = logits[:, :, 0].softmax(-1)
     rows = AttentionRows(lay, queries, tuple(range(blocks)), HEADS, probs)
-    pose = torch.zeros(1, num_frames, 9)
-    pose[..., 0] = -0.2 * torch.arange(num_frames)
-    pose[..., 6] = 1.0  # identity rotation (quaternion xyzw)
-    pose[..., 7:] = 1.0  # fov
-    extr, intr = pose_encoding_to_cameras(pose, (SIZE, SIZE))
-    depth = 2 + 0.1 * torch.rand(1, num_frames, SIZE, SIZE, 1, generator=g)
-    points = unproject_depth(depth[0, ..., 0].numpy(), extr[0].numpy(), intr[0].numpy())
-    conf = 1 + torch.rand(1, num_frames, SIZE, SIZE, generator=g)
-    predictions = {"pose_enc": pose, "depth": depth, "depth_conf": conf,
-                   "world_points": torch.from_numpy(points)[None], "world_points_conf": conf}  # fmt: skip
+    predictions = synthetic_predictions(num_frames, SIZE, g)
     return CaptureResult(predictions, rows, lay)
 
 

@@ -89,16 +89,16 @@ def aggregate(tables: Sequence[pa.Table]) -> pa.Table:
         "head": np.array([h for _, _, h in order] + [HEAD_MEAN] * len(blocks), np.int32),
     }
     kinds = np.array(cols["kind"])
+    block_means = {m: _head_means(order, values[m])[1] for m in METRIC_COLUMNS}  # [B, N] per metric
     for m in METRIC_COLUMNS:
-        block_values = _head_means(order, values[m])[1]
+        block_values = block_means[m]
         per_head = mean_interval(values[m])
         per_block = mean_interval(block_values)
         for name, a, b in zip(STATS, per_head, per_block, strict=True):
             cols[f"{m}_{name}"] = np.concatenate([a, b]).astype(np.int32 if name == "n" else np.float64)
         if m in GAIN_METRICS:
             partner = POSITION_GAINS[m]
-            p = np.concatenate([finding_p(values[m], values[partner]),
-                                finding_p(block_values, _head_means(order, values[partner])[1])])  # fmt: skip
+            p = np.concatenate([finding_p(values[m], values[partner]), finding_p(block_values, block_means[partner])])
             q = np.full(p.shape, np.nan)
             is_head = cols["head"] >= 0
             for k in dict.fromkeys(kinds.tolist()):  # one family per kind and measure: heads, then blocks
