@@ -10,7 +10,8 @@ photos, run this file with ``%run -n`` (defines ``main`` without running it), th
     viewer, session = main(["photos/*.jpg"], model="facebook/VGGT-1B")
 
 Then click a pixel of any view (the image or its overlay): the patch under it becomes ``q1``,
-``q2``, ... and the layout switches to its dashboards. A line under the viewer says how long it took.
+``q2``, ... and the layout switches to its dashboards. Lines under the viewer say when it is ready
+and how long each query took.
 ``session.add_pixel(frame, x, y)`` does the same from code (``space="original"`` for photo pixels).
 
 Importing this file does nothing; the work starts in ``main()``. The q/k cache this needs is
@@ -27,16 +28,12 @@ from typing import Any
 def main(photos: Sequence[str] | None = None, model: str | None = None, queries: Sequence[str] | None = None,
          blocks: Sequence[int] | None = None, height: int = 700) -> tuple[Any, Any]:  # fmt: skip
     """Run once with the q/k cache, show the notebook viewer, and turn its clicks into queries."""
-    import ipywidgets
-    import rerun as rr
     import rerun.notebook
     import torch
-    from IPython.display import display
 
     from vggt_attn_rerun import RecordingOptions, load_images, load_model
-    from vggt_attn_rerun.core.images import expand_image_paths, images_from_tensor
-    from vggt_attn_rerun.interactive import attach_to_notebook_viewer, describe, start_session
-    from vggt_attn_rerun.testing import synthetic_scene, tiny_vggt
+    from vggt_attn_rerun.core.images import expand_image_paths
+    from vggt_attn_rerun.interactive import show_in_notebook, start_session
 
     if not rerun.notebook.HAS_NOTEBOOK:
         raise SystemExit('the notebook viewer is missing: pip install "rerun-sdk[notebook]==0.41.*"')
@@ -46,23 +43,26 @@ def main(photos: Sequence[str] | None = None, model: str | None = None, queries:
         t = images.transforms[0]
         queries = queries or [f"0:{t.orig_w / 2:.0f},{t.orig_h / 2:.0f}"]  # centre of the first photo
     else:
-        net = tiny_vggt()
-        scene = synthetic_scene(4, height=112, width=168, seed=0)  # [S, H, W, 3] uint8
-        images = images_from_tensor(torch.from_numpy(scene).permute(0, 3, 1, 2).float() / 255)
+        net, images = tiny_inputs()
         queries = queries or ["0:p2,4"]  # frame 0, patch row 2, col 4
 
     session = start_session(net, images, list(queries), blocks=blocks,
                             options=RecordingOptions(kinds=("global", "frame")))  # fmt: skip
     print(f"q/k cache: {session.cache_bytes / 1e6:.1f} MB ({session.cache_bytes / 1e6 / session.layout.num_frames:.1f}"
           " MB per frame); click a pixel of a view to add a query")  # fmt: skip
-    viewer = rr.notebook.Viewer(recording=session.rec, width="auto", height=height)
-    # Prints from widget callbacks land in Jupyter's log console: show the reports under the viewer.
-    log = ipywidgets.Output()
-    attach_to_notebook_viewer(viewer, session, on_added=lambda a: log.append_stdout(describe(a, session.layout) + "\n"),
-                              on_error=lambda text: log.append_stderr(text + "\n"))  # fmt: skip
-    viewer.display()
-    display(log)
+    viewer = show_in_notebook(session, height=height)  # the viewer, a status line, a log of added queries
     return viewer, session
+
+
+def tiny_inputs() -> tuple[Any, Any]:
+    """The offline default: the tiny random-weight model and four synthetic 168x112 views."""
+    import torch
+
+    from vggt_attn_rerun.core.images import images_from_tensor
+    from vggt_attn_rerun.testing import synthetic_scene, tiny_vggt
+
+    scene = synthetic_scene(4, height=112, width=168, seed=0)  # [S, H, W, 3] uint8
+    return tiny_vggt(), images_from_tensor(torch.from_numpy(scene).permute(0, 3, 1, 2).float() / 255)
 
 
 def _in_notebook() -> bool:

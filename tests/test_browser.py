@@ -1,19 +1,11 @@
 """--interactive in a real browser: Chromium (Debian's package) driven by Playwright clicks the page.
 
 Skipped, with the reason, where Chromium, Playwright, Voila or the rerun-notebook widget is missing
-(``.ci/run`` installs Chromium), or where VGGT_ATTN_SKIP_BROWSER_TESTS=1.
-
-The viewer draws with SwiftShader (WebGL on the CPU): on two busy cores one frame can take seconds,
-so the tests wait for what the page reports (the status line under the viewer) and for frames the
-browser has drawn, never for a fixed time.
+(``.ci/run`` installs Chromium), or where VGGT_ATTN_SKIP_BROWSER_TESTS=1 (``tests/browser.py``).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,58 +16,20 @@ from typing import Any
 import pytest
 import torch
 
-try:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-except ImportError:  # the tests are skipped below
-    PlaywrightTimeout = TimeoutError
-
+from tests.browser import SKIPS, click, click_until_text, free_port, launch, wait_frames
 from vggt_attn_rerun import api
 from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.images import expand_image_paths, load_images
 from vggt_attn_rerun.core.loading import load_model
 from vggt_attn_rerun.viz.options import RecordingOptions
 
-CHROMIUM = shutil.which(os.environ.get("VGGT_ATTN_CHROMIUM", "chromium")) or "/usr/bin/chromium"
-MISSING = [name for name in ("playwright", "voila", "rerun_notebook") if importlib.util.find_spec(name) is None]
-if not os.path.exists(CHROMIUM):
-    MISSING.append("chromium (apt-get install chromium; .ci/run installs it)")
-pytestmark = [
-    pytest.mark.skipif(bool(MISSING), reason=f"no real browser here: missing {', '.join(MISSING)}"),
-    pytest.mark.skipif(os.environ.get("VGGT_ATTN_SKIP_BROWSER_TESTS") == "1", reason="VGGT_ATTN_SKIP_BROWSER_TESTS=1"),
-]
+pytestmark = SKIPS
 
-VIEWPORT = {"width": 1400, "height": 900}
 # Points of the page at this viewport, in the default layout of a 3-view run (3D left, views in a
 # 2x2 grid right, the fourth cell empty; the colour bar under the 3D view): views 0 and 2, the empty
 # cell, and the colour bar (an image that is no view's photo, at the same place in every query's layout).
 VIEW_0, VIEW_2, EMPTY, COLOUR_BAR = (770, 250), (770, 400), (1150, 420), (290, 565)
 KINDS = ("frame", "global")
-CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
-# Resolves after the browser has drawn n more frames: the viewer (egui) reads input and paints once
-# per animation frame, and it picks what is under the pointer in the frame after a move.
-FRAMES_JS = (
-    "n => new Promise(done => { const step = k => (k ? requestAnimationFrame(() => step(k - 1)) : done()); step(n); })"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_frames(page: Any, n: int) -> None:
-    page.evaluate(FRAMES_JS, n)
-
-
-def click(page: Any, x: int, y: int) -> None:
-    """Rest the pointer on (x, y) for frames (the viewer picks what is under it), then press and
-    release at once: egui takes a press for a click only when the release comes within 0.8 s of
-    frame time, and a frame can take seconds here, so the two must not be frames apart."""
-    page.mouse.move(x, y)
-    wait_frames(page, 3)
-    page.mouse.down()
-    page.mouse.up()
 
 
 @dataclass
@@ -90,30 +44,24 @@ class Served:
     def added(self) -> list:
         return list(self.session.added)
 
-    def click_and_wait_for_line(self, x: int, y: int, text: str, tries: int = 3, each_s: float = 20) -> int:
-        """Click (x, y) until the status line under the viewer contains ``text``; returns the clicks it took.
-
-        Another try only when the page said nothing: a press and a release that still fell frames
-        apart make no click (clicking the same pixel again never adds a second query)."""
-        for attempt in range(1, tries + 1):
-            click(self.page, x, y)
-            try:
-                self.page.get_by_text(text).wait_for(timeout=each_s * 1000)
-                return attempt
-            except PlaywrightTimeout:
-                continue
-        raise AssertionError(f"{tries} clicks at {(x, y)}: the page never showed {text!r}; run's lines: {self.lines}")
+    def click_and_wait_for_line(self, x: int, y: int, text: str) -> int:
+        """Click (x, y) until the status line under the viewer contains ``text``; returns the clicks it took."""
+        try:
+            return click_until_text(self.page, x, y, text)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; run's lines: {self.lines}") from None
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[Served]:
     from playwright.sync_api import sync_playwright
 
+    from vggt_attn_rerun.interactive.notebook import READY_LINE
     from vggt_attn_rerun.interactive.session import QuerySession
-    from vggt_attn_rerun.interactive.web import READY_LINE, serve_clicks
+    from vggt_attn_rerun.interactive.web import serve_clicks
 
     scene = _scene(tmp_path_factory.mktemp("scene"))
-    port, stop, out, holder = _free_port(), threading.Event(), {}, {}
+    port, stop, out, holder = free_port(), threading.Event(), {}, {}
     lines: list[str] = []
 
     def serve(rec, result, images, options, relay, port):  # RunCallbacks.serve_clicks, keeping the session
@@ -140,8 +88,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
             time.sleep(0.2)
         assert "error" not in out, out.get("error")
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport=VIEWPORT)
+            browser, page = launch(p)
             page.goto(f"http://127.0.0.1:{port}/", wait_until="commit", timeout=120_000)
             # Ready: the viewer reported the run's recording open (the page's status line says so).
             page.get_by_text(READY_LINE).wait_for(timeout=180_000)
@@ -182,7 +129,7 @@ def test_a_click_on_a_view_in_chromium_adds_a_query_with_the_rows_of_a_direct_ca
 
 
 def test_clicks_off_the_photos_add_nothing_and_the_page_keeps_working(served):
-    from vggt_attn_rerun.interactive.web import NOTHING_ADDED_LINE
+    from vggt_attn_rerun.interactive.notebook import NOTHING_ADDED_LINE
 
     before = len(served.added())
     click(served.page, *EMPTY)  # selects nothing: the run is not even asked

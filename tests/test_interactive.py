@@ -293,6 +293,44 @@ def test_notebook_viewer_widget(run, scene_images, fake_log):
         attach_to_notebook_viewer(object(), session)
 
 
+def test_show_in_notebook_says_when_the_viewer_is_ready_and_what_each_click_did(
+    run, scene_images, fake_log, monkeypatch
+):
+    pytest.importorskip("rerun_notebook")
+    import ipywidgets
+    from IPython import display as ipython_display
+
+    from vggt_attn_rerun.interactive import show_in_notebook
+    from vggt_attn_rerun.interactive.notebook import LOADING_LINE, NOTHING_ADDED_LINE, READY_LINE
+
+    shown = []
+    monkeypatch.setattr(ipython_display, "display", lambda *objs: shown.extend(objs))
+    session = _session(run, scene_images)
+    viewer = show_in_notebook(session, height=300)
+    (status,) = [w for w in shown if isinstance(w, ipywidgets.Label)]
+    rid = session.rec.get_recording_id()
+
+    def send(message: dict) -> None:  # what the widget's frontend sends
+        viewer._viewer._handle_custom_msg(
+            json.dumps({"application_id": "vggt_attn_rerun", "recording_id": rid, **message}), []
+        )
+
+    assert status.value == LOADING_LINE
+    send({"type": "recording_open", "source": "notebook"})
+    assert status.value == READY_LINE
+    send({"type": "selection_change", "items": [{"type": "view", "view_id": "v3", "view_name": "view 3"}]})
+    assert status.value == NOTHING_ADDED_LINE and len(session.queries) == 1
+    item = {
+        "type": "entity",
+        "entity_path": "/world/frames/2/image",
+        "view_name": "view 2",
+        "position": [47.5, 30.0, None],
+    }
+    send({"type": "selection_change", "items": [item]})
+    assert session.queries[1] == Query.from_patch(run.layout, 2, 2, 3)
+    assert status.value.startswith("q1: frame 2 patch (row 2, col 3): rows")
+
+
 def test_prompt_queries(run, scene_images, fake_log):
     session = _session(run, scene_images)
     out = []

@@ -18,6 +18,7 @@ from vggt_attn_rerun.core.capture import capture
 from vggt_attn_rerun.core.images import images_from_tensor
 from vggt_attn_rerun.core.tokens import Query
 from vggt_attn_rerun.interactive import web
+from vggt_attn_rerun.interactive.notebook import NOTHING_ADDED_LINE
 from vggt_attn_rerun.interactive.session import QuerySession
 from vggt_attn_rerun.io.runfile import load_run
 from vggt_attn_rerun.viz.options import RecordingOptions
@@ -97,7 +98,7 @@ def test_a_picked_3d_point_adds_its_patch_with_the_rows_of_a_direct_capture(rela
 def test_a_click_outside_every_image_adds_nothing_and_the_page_still_works(relay):
     relay_, page, _ = relay
     _ask(page, "history")
-    nothing = [("status", web.NOTHING_ADDED_LINE)]  # the page that clicked is told, no recording data
+    nothing = [("status", NOTHING_ADDED_LINE)]  # the page that clicked is told, no recording data
     assert _ask(page, "event", _event("/world/frames/1/image", 500.0, 30.0)) == nothing  # right of the image
     assert _ask(page, "event", _event("/world/frames/1", 1.0, 2.0, view="3D")) == nothing  # a camera in 3D
     assert relay_.session.added == []

@@ -5,7 +5,7 @@
 """
 
 from vggt_attn_rerun.interactive.clicks import Click, click_from_selection, origin_units, selection_items
-from vggt_attn_rerun.interactive.notebook import SelectionHandler, attach_to_notebook_viewer
+from vggt_attn_rerun.interactive.notebook import SelectionHandler, attach_to_notebook_viewer, show_in_notebook
 from vggt_attn_rerun.interactive.prompt import describe, prompt_queries
 from vggt_attn_rerun.interactive.session import AddedQuery, QuerySession, start_session
 
@@ -20,5 +20,6 @@ __all__ = [
     "origin_units",
     "prompt_queries",
     "selection_items",
+    "show_in_notebook",
     "start_session",
 ]

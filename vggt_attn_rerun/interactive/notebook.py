@@ -3,6 +3,7 @@
 ``rerun.notebook.Viewer`` (package ``rerun-notebook``) reports ``SelectionChangeEvent``s through
 ``Viewer.on_event``; ``attach_to_notebook_viewer`` registers a ``SelectionHandler`` there, which maps
 each newly selected image pixel to a patch (``interactive.clicks``) and adds it to the session.
+``show_in_notebook`` does it all in one call: the viewer, a status line and a log of the added queries.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.interactive.clicks import event_field, selection_items
 from vggt_attn_rerun.interactive.prompt import describe, print_line
 from vggt_attn_rerun.interactive.session import AddedQuery, QuerySession
+
+# The status line under a viewer: until it reports the session's recording open, then after.
+LOADING_LINE = "loading the run into the viewer..."
+READY_LINE = "ready: click a pixel of an image to add a query (no forward pass)"
+NOTHING_ADDED_LINE = "no query added: the click selected no pixel of an image"
 
 
 @dataclass
@@ -90,3 +96,44 @@ def attach_to_notebook_viewer(
     handler = SelectionHandler(session, on_added, on_error)
     viewer.on_event(handler)
     return handler
+
+
+def show_in_notebook(session: QuerySession, *, height: int = 700) -> Any:
+    """Show ``session.rec`` in a ``rerun.notebook.Viewer`` in this notebook cell, clicks adding queries.
+
+    Under the viewer: a status line (``READY_LINE`` once the viewer reports the recording open, then
+    what the last click did) and a log of the added queries, since prints from widget callbacks land
+    in Jupyter's log console, not in the cell. Returns the viewer.
+    """
+    import ipywidgets
+    import rerun as rr
+    from IPython.display import display
+
+    viewer = rr.notebook.Viewer(recording=session.rec, width="auto", height=height)
+    status = ipywidgets.Label(LOADING_LINE)
+    log = ipywidgets.Output()
+    recording_id = session.rec.get_recording_id()
+
+    def on_added(added: AddedQuery) -> None:
+        status.value = line = describe(added, session.layout)
+        log.append_stdout(line + "\n")
+
+    def on_error(text: str) -> None:
+        status.value = text
+        log.append_stderr(text + "\n")
+
+    handler = SelectionHandler(session, on_added=on_added, on_error=on_error)
+
+    def on_event(event: Any) -> None:
+        kind = event_field(event, "type")
+        if kind == "recording_open" and event_field(event, "recording_id") == recording_id:
+            if status.value == LOADING_LINE:
+                status.value = READY_LINE
+        # Something selected (a view's background, a legend) but no pixel of an image: say so.
+        elif kind == "selection_change" and not handler(event) and event_field(event, "items"):
+            status.value = NOTHING_ADDED_LINE
+
+    viewer.on_event(on_event)
+    viewer.display()
+    display(status, log)
+    return viewer

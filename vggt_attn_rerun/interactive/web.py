@@ -41,7 +41,7 @@ from vggt_attn_rerun.core.capture import CaptureResult
 from vggt_attn_rerun.core.images import LoadedImages
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.interactive.clicks import event_field
-from vggt_attn_rerun.interactive.notebook import SelectionHandler
+from vggt_attn_rerun.interactive.notebook import LOADING_LINE, NOTHING_ADDED_LINE, READY_LINE, SelectionHandler
 from vggt_attn_rerun.interactive.prompt import describe
 from vggt_attn_rerun.interactive.session import AddedQuery, QuerySession
 from vggt_attn_rerun.viz.options import RecordingOptions
@@ -53,10 +53,6 @@ PAGE_HEIGHT = 760
 # The widget's files, in a folder of Voila's root that Voila serves at voila/files/ (nothing else is).
 ASSET_DIR = "rerun_notebook"
 ASSET_FILES = ("widget.js", "re_viewer_bg.wasm")
-# The page's status line: until the viewer reports the run's recording open, then after.
-LOADING_LINE = "loading the run into the viewer..."
-READY_LINE = "ready: click a pixel of an image to add a query (no forward pass)"
-NOTHING_ADDED_LINE = "no query added: the click selected no pixel of an image"
 # The widget's ES module: a few lines that import the rerun-notebook widget from the page's own
 # server when the widget is drawn, so a page opened through a forwarded port (any host name, any
 # local port) loads it too. The import is inside render, not at the module's top level: anywidget
