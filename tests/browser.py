@@ -56,23 +56,25 @@ def wait_frames(page: Any, n: int) -> None:
     page.evaluate(FRAMES_JS, n)
 
 
-def click(page: Any, x: int, y: int) -> None:
-    """Rest the pointer on (x, y) for frames (the viewer picks what is under it), then press and
-    release at once: egui takes a press for a click only when the release comes within 0.8 s of
-    frame time, and a frame can take seconds here, so the two must not be frames apart."""
+def click(page: Any, x: int, y: int, rest_frames: int = 3) -> None:
+    """Rest the pointer on (x, y) for frames (the viewer picks what is under it; a 3D view reads
+    its picking back from the GPU a few frames later), then press and release at once: egui takes
+    a press for a click only when the release comes within 0.8 s of frame time, and a frame can
+    take seconds here, so the two must not be frames apart."""
     page.mouse.move(x, y)
-    wait_frames(page, 3)
+    wait_frames(page, rest_frames)
     page.mouse.down()
     page.mouse.up()
 
 
-def click_until_text(page: Any, x: int, y: int, text: str, tries: int = 3, each_s: float = 20) -> int:
+def click_until_text(page: Any, x: int, y: int, text: str, tries: int = 3, each_s: float = 20, rest_frames: int = 3
+                     ) -> int:  # fmt: skip
     """Click (x, y) until the page shows ``text``; returns the clicks it took.
 
     Another try only when the page said nothing: a press and a release that still fell frames
     apart make no click (clicking the same pixel again never adds a second query)."""
     for attempt in range(1, tries + 1):
-        click(page, x, y)
+        click(page, x, y, rest_frames)
         try:
             page.get_by_text(text).first.wait_for(timeout=each_s * 1000)
             return attempt

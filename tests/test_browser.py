@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +30,8 @@ pytestmark = SKIPS
 # 2x2 grid right, the fourth cell empty; the colour bar under the 3D view): views 0 and 2, the empty
 # cell, and the colour bar (an image that is no view's photo, at the same place in every query's layout).
 VIEW_0, VIEW_2, EMPTY, COLOUR_BAR = (770, 250), (770, 400), (1150, 420), (290, 565)
+# The largest patch point of the 3D view once q2 (view 2's click) is shown.
+PATCH_POINT_3D = (296, 289)
 KINDS = ("frame", "global")
 
 
@@ -40,14 +43,15 @@ class Served:
     lines: list[str]
     session: Any
     scene: Path
+    picks: list  # (entity_path, position, view_name, instance_id) of every item the session mapped
 
     def added(self) -> list:
         return list(self.session.added)
 
-    def click_and_wait_for_line(self, x: int, y: int, text: str) -> int:
+    def click_and_wait_for_line(self, x: int, y: int, text: str, rest_frames: int = 3) -> int:
         """Click (x, y) until the status line under the viewer contains ``text``; returns the clicks it took."""
         try:
-            return click_until_text(self.page, x, y, text)
+            return click_until_text(self.page, x, y, text, rest_frames=rest_frames)
         except AssertionError as e:
             raise AssertionError(f"{e}; run's lines: {self.lines}") from None
 
@@ -63,9 +67,17 @@ def served(tmp_path_factory) -> Iterator[Served]:
     scene = _scene(tmp_path_factory.mktemp("scene"))
     port, stop, out, holder = free_port(), threading.Event(), {}, {}
     lines: list[str] = []
+    picks: list = []
 
     def serve(rec, result, images, options, relay, port):  # RunCallbacks.serve_clicks, keeping the session
         holder["session"] = session = QuerySession(rec, result, images, options)
+        map_item = session.click_from_item
+
+        def recorded(entity_path, position, view_name=None, units=None, instance_id=None):
+            picks.append((entity_path, position, view_name, instance_id))
+            return map_item(entity_path, position, view_name, units, instance_id)
+
+        session.click_from_item = recorded
         serve_clicks(session, relay, port=port, echo=lines.append, until=stop.is_set)
         return session.merged_result()
 
@@ -93,7 +105,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
             # Ready: the viewer reported the run's recording open (the page's status line says so).
             page.get_by_text(READY_LINE).wait_for(timeout=180_000)
             wait_frames(page, 3)  # the layout in the recording applied and drawn
-            yield Served(page=page, lines=lines, session=holder["session"], scene=scene)
+            yield Served(page=page, lines=lines, session=holder["session"], scene=scene, picks=picks)
             browser.close()
     finally:
         stop.set()
@@ -139,3 +151,20 @@ def test_clicks_off_the_photos_add_nothing_and_the_page_keeps_working(served):
     clicks_2 = served.click_and_wait_for_line(*VIEW_2, f"q{before + 1}: frame 2")
     assert [a.query.frame for a in served.added()[before:]] == [2]
     print(f"colour bar: {clicks} click(s), view 2: {clicks_2} click(s)")
+
+
+def test_a_click_on_a_3d_patch_point_in_chromium_adds_the_query_of_that_patch(served):
+    from vggt_attn_rerun.viz.paths import is_patch_points
+
+    before = len(served.added())
+    clicks = served.click_and_wait_for_line(*PATCH_POINT_3D, f"q{before + 1}: frame", rest_frames=10)
+    path, _, view, instance = served.picks[-1]
+    assert is_patch_points(path) and view == "3D" and instance is not None, served.picks[-1]
+    # Instance k of a query's patch points is the k-th patch that has a 3D point, in (frame, row, col) order.
+    _, valid = served.session.patch_points()
+    new = served.added()[-1]
+    assert (new.query.frame, *new.query.patch(new.result.layout)) == tuple(int(i) for i in np.argwhere(valid)[instance])
+    fresh = _direct_capture(served.scene, new.query)
+    for kind in KINDS:
+        assert torch.equal(new.result.rows.probs[kind], fresh.rows.probs[kind]), kind
+    print(f"3D patch point: {clicks} click(s)")

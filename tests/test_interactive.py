@@ -387,15 +387,31 @@ def test_added_query_in_the_rrd(tiny_model, scene_images, tmp_path):
     assert maps(path, 1) == maps(fresh_path, 0)
 
 
-def test_a_picked_3d_point_adds_the_query_of_the_patch_whose_3d_point_it_is(run, scene_images, fake_log):
+def test_a_picked_cloud_point_adds_the_query_of_the_patch_whose_3d_point_is_nearest(run, scene_images, fake_log):
     session = _session(run, scene_images, update_blueprint=True)
     added = []
     handler = SelectionHandler(session, on_added=added.append, on_error=pytest.fail)
     centroids, valid = session.patch_points()
     cells = np.argwhere(valid)
-    wanted = [tuple(int(i) for i in cells[len(cells) // 3]), tuple(int(i) for i in cells[2 * len(cells) // 3])]
-    for path, (frame, row, col) in zip(("/" + Paths.patch_points(0, "global"), "/world/points"), wanted, strict=True):
-        picked = (centroids[frame, row, col] + 1e-4).tolist()  # the viewer reports the picked point, not the patch
-        item = rr.notebook.EntitySelectionItem(path, instance_id=0, view_name="3D", position=picked)
-        handler(_event(session, item))
-    assert [(a.query.frame, *a.query.patch(run.layout)) for a in added] == wanted
+    frame, row, col = (int(i) for i in cells[len(cells) // 3])
+    picked = (centroids[frame, row, col] + 1e-4).tolist()  # the viewer reports the picked point, not the patch
+    # The cloud's instance is a point of the subsampled cloud, not a patch: the position decides.
+    item = rr.notebook.EntitySelectionItem("/world/points", instance_id=0, view_name="3D", position=picked)
+    handler(_event(session, item))
+    assert [(a.query.frame, *a.query.patch(run.layout)) for a in added] == [(frame, row, col)]
+
+
+def test_a_picked_patch_point_adds_the_query_of_its_own_patch_even_where_another_is_nearer(run, scene_images, fake_log):
+    session = _session(run, scene_images, update_blueprint=True)
+    added = []
+    handler = SelectionHandler(session, on_added=added.append, on_error=pytest.fail)
+    centroids, valid = session.patch_points()
+    cells = [tuple(int(i) for i in c) for c in np.argwhere(valid)]  # instance k of the patch points = cells[k]
+    k = 2 * len(cells) // 3
+    other = cells[len(cells) // 3]
+    # A large hot sphere picked on its surface: the picked point lies on another patch's centroid.
+    item = rr.notebook.EntitySelectionItem(
+        "/" + Paths.patch_points(0, "global"), instance_id=k, view_name="3D", position=centroids[other].tolist()
+    )
+    handler(_event(session, item))
+    assert [(a.query.frame, *a.query.patch(run.layout)) for a in added] == [cells[k]]

@@ -84,6 +84,14 @@ def test_peak_boxes_in_3d_follow_the_2d_outlines(run):
     assert boxes and any(len(v) for v in boxes.values())
 
 
+def test_peak_boxes_in_3d_are_wireframes_that_leave_the_points_inside_visible_and_clickable(run):
+    import rerun as rr
+
+    _, recording, _ = run
+    fill = recording.static(Paths.peaks_3d(0, "global"), "Boxes3D:fill_mode")
+    assert fill == [rr.components.FillMode.MajorWireframe.value]
+
+
 def test_peaks_of_a_known_map():
     p = np.full((1, 2, 3, 3), 0.01)
     p[0, 0, 2, 1] = 0.5  # one hot patch in view 0

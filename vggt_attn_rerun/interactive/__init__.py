@@ -4,7 +4,13 @@
 ``notebook`` (clicks in Jupyter's viewer), ``prompt`` (typed queries in a terminal).
 """
 
-from vggt_attn_rerun.interactive.clicks import Click, click_from_selection, origin_units, selection_items
+from vggt_attn_rerun.interactive.clicks import (
+    Click,
+    SelectedEntity,
+    click_from_selection,
+    origin_units,
+    selection_items,
+)
 from vggt_attn_rerun.interactive.notebook import SelectionHandler, attach_to_notebook_viewer, show_in_notebook
 from vggt_attn_rerun.interactive.prompt import describe, prompt_queries
 from vggt_attn_rerun.interactive.session import AddedQuery, QuerySession, start_session
@@ -13,6 +19,7 @@ __all__ = [
     "AddedQuery",
     "Click",
     "QuerySession",
+    "SelectedEntity",
     "SelectionHandler",
     "attach_to_notebook_viewer",
     "click_from_selection",

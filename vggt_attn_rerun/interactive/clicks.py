@@ -5,21 +5,28 @@ position in the space of the VIEW the click happened in (not of the clicked enti
 for 2D views rooted at an image or a head grid, patches for 2D views rooted at or below an
 overlay (whose Transform3D scales patches to pixels), world coordinates for 3D views. The
 entity path says which frame was clicked (``viz.paths`` reads it back); a picked 3D point of the
-point cloud or of a query's patch points becomes the patch whose 3D centroid is nearest.
+point cloud becomes the patch whose 3D centroid is nearest, a picked patch point that very patch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from vggt_attn_rerun.analysis.scene import continuous_intrinsics
 from vggt_attn_rerun.core.tokens import TokenLayout
 from vggt_attn_rerun.errors import UserError
-from vggt_attn_rerun.viz.paths import clean_path, head_grid_query, image_frame, in_patch_units, is_scene_point
+from vggt_attn_rerun.viz.paths import (
+    clean_path,
+    head_grid_query,
+    image_frame,
+    in_patch_units,
+    is_patch_points,
+    is_scene_point,
+)
 
 Units = Literal["pixel", "patch", "world"]
 
@@ -72,6 +79,15 @@ def nearest_patch(point: Sequence[float], centroids: np.ndarray, valid: np.ndarr
     return int(s), int(r), int(c)
 
 
+def picked_patch(instance_id: int, valid: np.ndarray) -> tuple[int, int, int] | None:
+    """(frame, row, col) of instance k of a query's patch points: the k-th valid patch of ``[S, gh, gw]``."""
+    kept = np.flatnonzero(valid.reshape(-1))
+    if not 0 <= instance_id < len(kept):
+        return None
+    s, r, c = np.unravel_index(int(kept[instance_id]), valid.shape)
+    return int(s), int(r), int(c)
+
+
 def click_from_selection(
     entity_path: str,
     position: Sequence[float | None] | None,
@@ -81,6 +97,7 @@ def click_from_selection(
     grid_frames: Mapping[int, int] | None = None,
     world_cameras: tuple[np.ndarray, np.ndarray] | None = None,
     patch_points: tuple[np.ndarray, np.ndarray] | None = None,
+    instance_id: int | None = None,
 ) -> Click | None:
     """Map one selected entity and the selection position to a pixel of a frame, or None.
 
@@ -103,11 +120,20 @@ def click_from_selection(
         patch_points: (centroids ``[S, gh, gw, 3]``, valid ``[S, gh, gw]``): the 3D point of each
             patch (``analysis.scene.patch_centroids``); a picked scene point becomes the centre of
             the patch whose centroid is nearest.
+        instance_id: the picked instance of the entity, if the viewer reports one. For a query's
+            patch points (``viz.paths.is_patch_points``) it names the patch exactly: its hot points
+            are large, and the picked point on a large sphere's surface can lie nearer another
+            patch's centroid than its own.
 
     Returns:
         Click in model input pixels, or None when the entity is not an image of a frame, there is
         no position, or the point falls outside the model image.
     """
+    if units == "world" and patch_points is not None and instance_id is not None and is_patch_points(entity_path):
+        picked = picked_patch(int(instance_id), patch_points[1])
+        if picked is not None:
+            s, r, c = picked
+            return Click(s, (c + 0.5) * layout.patch_size, (r + 0.5) * layout.patch_size, clean_path(entity_path))
     if position is None or len(position) < 2 or position[0] is None or position[1] is None:
         return None
     if units == "world" and patch_points is not None and is_scene_point(entity_path):
@@ -142,8 +168,17 @@ def event_field(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
 
 
-def selection_items(event: Any) -> list[tuple[str, tuple | None, str | None]]:
-    """(entity_path, position, view_name) of the entity items of a selection-change event.
+class SelectedEntity(NamedTuple):
+    """One entity item of a selection: what the viewer reports of it."""
+
+    entity_path: str
+    position: tuple | None
+    view_name: str | None
+    instance_id: int | None = None
+
+
+def selection_items(event: Any) -> list[SelectedEntity]:
+    """The entity items of a selection-change event.
 
     Accepts ``rerun.notebook.SelectionChangeEvent`` and the viewer's JSON payload as a dict
     (``{"type": "selection_change", "items": [{"type": "entity", ...}]}``); other events give [].
@@ -156,7 +191,9 @@ def selection_items(event: Any) -> list[tuple[str, tuple | None, str | None]]:
         if event_field(item, "type") != "entity" or path is None:
             continue
         pos = event_field(item, "position")
-        out.append((str(path), None if pos is None else tuple(pos), event_field(item, "view_name")))
+        instance = event_field(item, "instance_id")
+        out.append(SelectedEntity(str(path), None if pos is None else tuple(pos), event_field(item, "view_name"),
+                                  None if instance is None else int(instance)))  # fmt: skip
     return out
 
 

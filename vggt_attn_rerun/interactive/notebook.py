@@ -49,8 +49,9 @@ class SelectionHandler:
         fresh = [it for it in items if it not in self.seen]
         self.seen = set(items)
         added = []
-        for path, pos, view in fresh:
-            click = self.session.click_from_item(path, pos, view)
+        for item in fresh:
+            click = self.session.click_from_item(item.entity_path, item.position, item.view_name,
+                                                 instance_id=item.instance_id)  # fmt: skip
             if click is None:
                 continue
             before = len(self.session.added)

@@ -237,6 +237,7 @@ class QuerySession:
         position: Sequence[float | None] | None,
         view_name: str | None = None,
         units: Units | None = None,
+        instance_id: int | None = None,
     ) -> Click | None:
         """``click_from_selection`` with this run's layout, head grids and cameras.
 
@@ -258,6 +259,7 @@ class QuerySession:
             grid_frames=self.grid_frames(),
             world_cameras=self.world_cameras() if units == "world" else None,
             patch_points=self.patch_points() if units == "world" else None,
+            instance_id=instance_id,
         )
 
 

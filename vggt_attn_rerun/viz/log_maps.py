@@ -201,7 +201,8 @@ def _log_rays(rec: rr.RecordingStream, path: str, origin: np.ndarray, frame: int
 
 #: the colour of the peak outlines: white stands out on every colormap here and on the photos
 PEAK_COLOR = (255, 255, 255)
-#: the 3D boxes are half transparent: around the large hot points they must not hide the scene
+#: the 3D boxes are half-transparent wireframes: filled, they would hide the hot point inside
+#: them and take the clicks meant for it (a clicked patch point becomes a query)
 PEAK_ALPHA_3D = 120
 
 
@@ -229,6 +230,9 @@ def _log_peaks(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout, sce
                 radii=np.full(len(idx), -0.5, np.float32),
             ).partition(lengths=np.bincount(t_idx, minlength=len(r.times)).tolist())  # fmt: skip
             rec.send_columns(Paths.peaks_3d(i, kind), indexes=_index(r.timeline, r.times), columns=columns)
+    if scene.kept.any():
+        wireframe = rr.Boxes3D.from_fields(fill_mode=rr.components.FillMode.MajorWireframe)
+        rec.log(Paths.peaks_3d(i, kind), wireframe, static=True)
 
 
 def log_colorbar(rec: rr.RecordingStream, options: RecordingOptions) -> None:

@@ -281,6 +281,7 @@ _INDEX = r"(\d+)"
 _BELOW = r"(?:/.*)?"  # the entity itself or any entity below it
 _IMAGE_OR_BELOW = re.compile(Paths.image(_INDEX) + _BELOW)
 _HEADS_OR_BELOW = re.compile(Paths.heads_root(_INDEX) + _BELOW)
+_PATCH_POINTS = re.compile(Paths.patch_points(_INDEX, "[^/]+"))
 # Entities below a Transform3D(scale=[patch, patch, 1]): their 2D space is the patch grid.
 _PATCH_UNITS = re.compile("|".join([Paths.overlay_root(_INDEX) + _BELOW, Paths.heads_kind(_INDEX, "[^/]+") + _BELOW]))
 # The children of heads/q{i} that are drawn in the pixels of the grid view's image.
@@ -311,6 +312,12 @@ def is_scene_point(path: str) -> bool:
     query's patch points (``world/points``, ``world/attention/...``), at the root of a recording."""
     p = clean_path(path)
     return p == clean_path(Paths.cloud) or p.startswith(clean_path(Paths.world) + "/attention/")
+
+
+def is_patch_points(path: str) -> bool:
+    """True for a query's patch points (``world/attention/q{i}/{kind}``, not its rays or peaks):
+    instance k is the k-th kept patch in (frame, row, col) order (``analysis.scene.patch_centroids``)."""
+    return _PATCH_POINTS.fullmatch(clean_path(path)) is not None
 
 
 def in_patch_units(path: str) -> bool:
