@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import rerun as rr
+import rerun.blueprint as rrb
 import rerun.notebook  # noqa: F401  (the event dataclasses; works without the rerun-notebook widget)
 import torch
 
@@ -29,7 +30,7 @@ from vggt_attn_rerun.interactive import session as session_module
 from vggt_attn_rerun.viz.options import RecordingOptions
 from vggt_attn_rerun.viz.paths import Paths
 
-from .helpers import blueprint_strings
+from .helpers import blueprint_strings, views
 
 KINDS = ("frame", "global")
 OPTIONS = dict(kinds=KINDS, max_points=300)
@@ -125,6 +126,18 @@ def test_layout_follows_the_last_query(run, scene_images, fake_log, monkeypatch)
     names = [[tab.name for tab in bp.root_container.contents] for bp, _ in sent]
     assert names[0][:2] == ["q1 frame", "q1 global"] and names[1][:2] == ["q0 frame", "q0 global"]
     assert all(bp.root_container.active_tab == 0 for bp, _ in sent)
+
+
+def test_the_layout_sent_after_a_click_keeps_the_3d_views_model_title(run, scene_images, fake_log, monkeypatch):
+    session = _session(run, scene_images, update_blueprint=True)
+    sent = []
+    monkeypatch.setattr(session.rec, "send_blueprint", lambda bp, **kw: sent.append(bp))
+    session.add_pixel(1, 5.0, 5.0)
+    session.show_all()
+    title = run.model_label.title
+    assert title and len(sent) == 2
+    for bp in sent:
+        assert {v.name for v in views(bp) if isinstance(v, rrb.Spatial3DView)} == {f"3D: {title}"}
 
 
 def test_a_session_needs_the_q_k_cache(tiny_model, scene_images):
@@ -225,7 +238,7 @@ def _event(session, *items, recording_id=None):
 
 def test_selection_handler(run, scene_images, fake_log, monkeypatch):
     session = _session(run, scene_images, update_blueprint=True)
-    assert session.view_units["view 1"] == "pixel" and session.view_units["3D"] == "world"
+    assert session.view_units["view 1"] == "pixel" and session.view_units[f"3D: {run.model_label.title}"] == "world"
     added, errors = [], []
     handler = SelectionHandler(session, on_added=added.append, on_error=errors.append)
     image = rr.notebook.EntitySelectionItem("/world/frames/1/image", view_name="view 1", position=[20.0, 30.0, None])

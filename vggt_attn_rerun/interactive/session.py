@@ -33,7 +33,7 @@ from vggt_attn_rerun.core.rows import AttentionRows
 from vggt_attn_rerun.core.tokens import Query, TokenLayout
 from vggt_attn_rerun.errors import UserError
 from vggt_attn_rerun.interactive.clicks import Click, Units, click_from_selection, view_units
-from vggt_attn_rerun.viz.blueprint import default_blueprint
+from vggt_attn_rerun.viz.blueprint import default_blueprint_for
 from vggt_attn_rerun.viz.log_run import log_added_queries
 from vggt_attn_rerun.viz.options import RecordingOptions
 
@@ -71,7 +71,7 @@ class QuerySession:
         images: the run's LoadedImages (for pixels of the original photos and the logging).
         options: the run's RecordingOptions.
         next_index: index of the first new query (default: after the run's queries).
-        update_blueprint: after each new query, send ``blueprint.default_blueprint`` sized for all
+        update_blueprint: after each new query, send ``blueprint.default_blueprint_for`` sized for all
             queries with the dashboards of that query only (``shown_queries=[n]``), active and
             default: the viewer's layout follows the last click (and replaces edits made to it).
         dedupe: a query already in the session (same frame and token) is not added again; its
@@ -212,20 +212,13 @@ class QuerySession:
         """Send the default layout with a dashboard for every query (active and default): what a
         saved recording should open on after a session, not only the last query's."""
         count = max(self.queries) + 1
-        bp = default_blueprint(self.layout.num_frames, tuple(self.options.kinds), self.result.rows.num_heads, count,
-                               shown_queries=list(range(count)))  # fmt: skip
+        bp = default_blueprint_for(self.result, self.options, shown_queries=list(range(count)), num_queries=count)
         self.rec.send_blueprint(bp, make_active=True, make_default=True)
         self.shown = None
 
     def _blueprint(self, shown: int | None = None) -> rrb.Blueprint:
         count = max(self.queries) + 1 if self.queries else 1
-        bp = default_blueprint(
-            self.layout.num_frames,
-            tuple(self.options.kinds),
-            self.result.rows.num_heads,
-            count,
-            shown_queries=None if shown is None else [shown],
-        )
+        bp = default_blueprint_for(self.result, self.options, None if shown is None else [shown], num_queries=count)
         if shown is not None and isinstance(bp.root_container, rrb.Tabs):
             bp.root_container.active_tab = 0  # the shown query's first kind
         return bp

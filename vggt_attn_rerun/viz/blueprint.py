@@ -304,15 +304,22 @@ def _run_sizes(result: CaptureResult, options: RecordingOptions | None) -> tuple
 
 
 def default_blueprint_for(
-    result: CaptureResult, options: RecordingOptions | None = None, shown_queries: Sequence[int] | None = None
+    result: CaptureResult,
+    options: RecordingOptions | None = None,
+    shown_queries: Sequence[int] | None = None,
+    num_queries: int | None = None,
 ) -> rrb.Blueprint:
     """default_blueprint sized for one run (kinds from ``options``, else all captured kinds).
+
+    ``num_queries``: the queries of the recording, when it holds more than ``result`` (queries
+    added after the run: ``interactive.QuerySession``).
 
     To embed it in a saved recording: ``rec.save(path, default_blueprint=default_blueprint_for(...))``
     (record_attention already sends it into its stream unless ``send_blueprint=False``).
     Standalone: ``default_blueprint_for(...).save(APPLICATION_ID, "layout.rbl")``.
     """
     s, kinds, heads, queries = _run_sizes(result, options)
+    queries = queries if num_queries is None else num_queries
     title = result.model_label.title if result.model_label is not None else ""
     return default_blueprint(s, kinds, heads, queries, shown_queries=shown_queries, title=title,
                              no_camera=frames_without_camera(result))  # fmt: skip
