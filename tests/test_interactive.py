@@ -341,7 +341,9 @@ def test_show_in_notebook_says_when_the_viewer_is_ready_and_what_each_click_did(
     }
     send({"type": "selection_change", "items": [item]})
     assert session.queries[1] == Query.from_patch(run.layout, 2, 2, 3)
-    assert status.value.startswith("q1: frame 2 patch (row 2, col 3): rows")
+    assert status.value.startswith("q1 added")
+    (log,) = [w for w in shown if isinstance(w, ipywidgets.Output)]
+    assert [o["text"].split(": rows")[0] for o in log.outputs] == ["q1: frame 2 patch (row 2, col 3)"]
 
 
 def test_prompt_queries(run, scene_images, fake_log):

@@ -103,8 +103,8 @@ def show_in_notebook(session: QuerySession, *, height: int = 700) -> Any:
     """Show ``session.rec`` in a ``rerun.notebook.Viewer`` in this notebook cell, clicks adding queries.
 
     Under the viewer: a status line (``READY_LINE`` once the viewer reports the recording open, then
-    what the last click did) and a log of the added queries, since prints from widget callbacks land
-    in Jupyter's log console, not in the cell. Returns the viewer.
+    what the last click did) and the list of added queries with their times, since prints from
+    widget callbacks land in Jupyter's log console, not in the cell. Returns the viewer.
     """
     import ipywidgets
     import rerun as rr
@@ -116,8 +116,8 @@ def show_in_notebook(session: QuerySession, *, height: int = 700) -> Any:
     recording_id = session.rec.get_recording_id()
 
     def on_added(added: AddedQuery) -> None:
-        status.value = line = describe(added, session.layout)
-        log.append_stdout(line + "\n")
+        status.value = f"q{added.index} added (listed below): click another pixel to add a query"
+        log.append_stdout(describe(added, session.layout) + "\n")
 
     def on_error(text: str) -> None:
         status.value = text
