@@ -148,3 +148,15 @@ def test_command_line_rejects_an_option_of_the_other_profile(capsys):
     assert "--frames does not apply to --gpu-check" in capsys.readouterr().err
     assert main(["--rounds", "2"]) == 2
     assert "--rounds does not apply to profiles tiny" in capsys.readouterr().err
+
+
+def test_qk_cache_benchmark_measures_the_formula_and_rows_equal_to_the_capture(tmp_path):
+    from benchmarks import qk_cache_at_vggt_size as bench
+
+    args = ["--frames", "2", "--side", "56", "--embed-dim", "64", "--depth", "2", "--heads", "4", "--out", tmp_path]
+    assert bench.main([str(a) for a in args]) == 0
+    result = json.loads((tmp_path / "qk-cache.json").read_text())
+    # 2 frames x 2 (q, k) x P = 21 tokens x C = 64 x 4 bytes x 2 blocks x 2 kinds
+    assert result["cache_bytes"] == result["formula_bytes"] == 2 * 2 * 21 * 64 * 4 * 2 * 2
+    assert result["rows_equal_capture"] is True and result["rows_one_query_s"] > 0
+    assert "QKCache.nbytes()" in (tmp_path / "qk-cache.md").read_text()

@@ -43,7 +43,7 @@ class Served:
     lines: list[str]
     session: Any
     scene: Path
-    picks: list  # (entity_path, position, view_name, instance_id) of every item the session mapped
+    picks: list  # (entity_path, position, view_name, instance_id) of every item that became a click
 
     def added(self) -> list:
         return list(self.session.added)
@@ -74,8 +74,10 @@ def served(tmp_path_factory) -> Iterator[Served]:
         map_item = session.click_from_item
 
         def recorded(entity_path, position, view_name=None, units=None, instance_id=None):
-            picks.append((entity_path, position, view_name, instance_id))
-            return map_item(entity_path, position, view_name, units, instance_id)
+            click = map_item(entity_path, position, view_name, units, instance_id)
+            if click is not None:
+                picks.append((entity_path, position, view_name, instance_id))
+            return click
 
         session.click_from_item = recorded
         serve_clicks(session, relay, port=port, echo=lines.append, until=stop.is_set)
@@ -154,16 +156,27 @@ def test_clicks_off_the_photos_add_nothing_and_the_page_keeps_working(served):
 
 
 def test_a_click_on_a_3d_patch_point_in_chromium_adds_the_query_of_that_patch(served):
+    from vggt_attn_rerun.analysis.scene import build_scene
     from vggt_attn_rerun.viz.paths import is_patch_points
 
     before = len(served.added())
+    layout = served.session.layout
+    shown = served.session.queries.get(served.session.shown)
+    assert shown is not None and (shown.frame, *shown.patch(layout)) == (2, 2, 3), (
+        "PATCH_POINT_3D is a point of the layout of frame 2's patch (2, 3), which view 2's click shows: "
+        "run the module's tests in order"
+    )
     clicks = served.click_and_wait_for_line(*PATCH_POINT_3D, f"q{before + 1}: frame", rest_frames=10)
-    path, _, view, instance = served.picks[-1]
+    path, position, view, instance = served.picks[-1]
     assert is_patch_points(path) and view.startswith("3D") and instance is not None, served.picks[-1]
     # Instance k of a query's patch points is the k-th patch that has a 3D point, in (frame, row, col) order.
-    _, valid = served.session.patch_points()
+    centroids, valid = served.session.patch_points()
     new = served.added()[-1]
-    assert (new.query.frame, *new.query.patch(new.result.layout)) == tuple(int(i) for i in np.argwhere(valid)[instance])
+    patch = (new.query.frame, *new.query.patch(layout))
+    assert patch == tuple(int(i) for i in np.argwhere(valid)[instance])
+    # ...and the viewer picked a point on that patch's sphere (no sphere is larger than a peak box).
+    sizes = build_scene(served.session.result, served.session.images, served.session.options).sizes
+    assert np.linalg.norm(np.asarray(position, np.float64) - centroids[patch]) <= sizes.peak
     fresh = _direct_capture(served.scene, new.query)
     for kind in KINDS:
         assert torch.equal(new.result.rows.probs[kind], fresh.rows.probs[kind]), kind

@@ -22,7 +22,6 @@ pytestmark = SKIPS
 EXAMPLE = REPO_ROOT / "examples" / "interactive_notebook.py"
 # View 3 at tests.browser.VIEWPORT, in the example's default layout (3D left, four views in a 2x2 grid right).
 VIEW_3 = (1224, 440)
-KINDS = ("global", "frame")
 # After the example, the same cell saves, at each selection, how many there were and the rows of every
 # clicked query, where the test reads them: a click the viewer took for no pixel is retried at once.
 SAVE_CLICKED = """
@@ -32,28 +31,30 @@ def _save_clicked(event, path={path!r}):
     global _answers
     if event.type == "selection_change" and event.items:
         _answers += 1
-        torch.save((_answers, [(a.query, a.result.rows.probs) for a in session.added]), path + ".part")
+        added = [(a.query, a.result.rows.probs) for a in session.added]
+        torch.save((_answers, added, session.options.kinds), path + ".part")
         os.replace(path + ".part", path)
 viewer.on_event(_save_clicked)
 """
 
 
-def _saved(path: Path) -> tuple[int, list]:
-    return torch.load(path, weights_only=False) if path.exists() else (0, [])
+def _saved(path: Path) -> tuple[int, list, tuple]:
+    """(selections so far, (query, rows) of every clicked query, the kinds captured)."""
+    return torch.load(path, weights_only=False) if path.exists() else (0, [], ())
 
 
-def _click_until_added(page: Any, saved: Path, x: int, y: int, tries: int = 3, each_s: float = 60) -> tuple[int, list]:
-    """Click (x, y) until the notebook has added a query; returns (clicks, clicked queries)."""
+def _click_until_added(page: Any, saved: Path, x: int, y: int, tries: int = 3, each_s: float = 30) -> tuple[int, tuple]:
+    """Click (x, y) until the notebook has added a query; returns (clicks, what it saved)."""
     for attempt in range(1, tries + 1):
         answers = _saved(saved)[0]
         click(page, x, y)
         deadline = time.monotonic() + each_s
-        while _saved(saved)[0] == answers:
-            assert time.monotonic() < deadline, f"the notebook got no selection within {each_s:g} s of a click"
+        # No selection at all: a press and a release that fell frames apart make no click. Try again.
+        while _saved(saved)[0] == answers and time.monotonic() < deadline:
             time.sleep(0.2)
         if _saved(saved)[1]:
-            return attempt, _saved(saved)[1]
-    raise AssertionError(f"{tries} clicks at {(x, y)} selected no pixel of an image")
+            return attempt, _saved(saved)
+    raise AssertionError(f"{tries} clicks at {(x, y)} added no query")
 
 
 def test_a_click_in_the_notebook_example_adds_a_query_with_the_rows_of_a_direct_capture(tmp_path):
@@ -76,7 +77,7 @@ def test_a_click_in_the_notebook_example_adds_a_query_with_the_rows_of_a_direct_
             page.goto(f"http://localhost:{port}/", wait_until="commit", timeout=120_000)
             page.get_by_text(READY_LINE).wait_for(timeout=180_000)
             wait_frames(page, 3)
-            clicks, clicked = _click_until_added(page, saved, *VIEW_3)
+            clicks, (_, clicked, kinds) = _click_until_added(page, saved, *VIEW_3)
             page.get_by_text("q1: frame 3").first.wait_for(timeout=30_000)  # the line under the viewer
             browser.close()
     finally:
@@ -84,7 +85,8 @@ def test_a_click_in_the_notebook_example_adds_a_query_with_the_rows_of_a_direct_
     assert [q.frame for q, _ in clicked] == [3]
     query, rows = clicked[0]
     net, images = runpy.run_path(str(EXAMPLE))["tiny_inputs"]()
-    fresh = capture(net, images.tensor, [query], kinds=KINDS)
-    for kind in KINDS:
+    fresh = capture(net, images.tensor, [query], kinds=kinds)
+    assert kinds
+    for kind in kinds:
         assert torch.equal(rows[kind], fresh.rows.probs[kind]), kind
     print(f"view 3: {clicks} click(s)")

@@ -2,6 +2,8 @@
 
 import json
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -306,44 +308,78 @@ def test_notebook_viewer_widget(run, scene_images, fake_log):
         attach_to_notebook_viewer(object(), session)
 
 
-def test_show_in_notebook_says_when_the_viewer_is_ready_and_what_each_click_did(
-    run, scene_images, fake_log, monkeypatch
-):
+@dataclass
+class NotebookPage:
+    """``show_in_notebook`` of a session, with what it displayed under the viewer."""
+
+    session: QuerySession
+    viewer: Any
+    status: Any  # ipywidgets.Label
+    log: Any  # ipywidgets.Output
+
+    def send(self, message: dict) -> None:
+        """What the widget's frontend sends for one viewer event."""
+        rid = self.session.rec.get_recording_id()
+        payload = {"application_id": "vggt_attn_rerun", "recording_id": rid, **message}
+        self.viewer._viewer._handle_custom_msg(json.dumps(payload), [])
+
+    def click(self, frame: int, x: float, y: float) -> None:
+        item = {"type": "entity", "entity_path": f"/world/frames/{frame}/image", "view_name": f"view {frame}",
+                "position": [x, y, None]}  # fmt: skip
+        self.send({"type": "selection_change", "items": [item]})
+
+
+@pytest.fixture
+def notebook_page(run, scene_images, fake_log, monkeypatch) -> NotebookPage:
     pytest.importorskip("rerun_notebook")
     import ipywidgets
     from IPython import display as ipython_display
 
     from vggt_attn_rerun.interactive import show_in_notebook
-    from vggt_attn_rerun.interactive.notebook import LOADING_LINE, NOTHING_ADDED_LINE, READY_LINE
 
     shown = []
     monkeypatch.setattr(ipython_display, "display", lambda *objs: shown.extend(objs))
     session = _session(run, scene_images)
     viewer = show_in_notebook(session, height=300)
     (status,) = [w for w in shown if isinstance(w, ipywidgets.Label)]
-    rid = session.rec.get_recording_id()
-
-    def send(message: dict) -> None:  # what the widget's frontend sends
-        viewer._viewer._handle_custom_msg(
-            json.dumps({"application_id": "vggt_attn_rerun", "recording_id": rid, **message}), []
-        )
-
-    assert status.value == LOADING_LINE
-    send({"type": "recording_open", "source": "notebook"})
-    assert status.value == READY_LINE
-    send({"type": "selection_change", "items": [{"type": "view", "view_id": "v3", "view_name": "view 3"}]})
-    assert status.value == NOTHING_ADDED_LINE and len(session.queries) == 1
-    item = {
-        "type": "entity",
-        "entity_path": "/world/frames/2/image",
-        "view_name": "view 2",
-        "position": [47.5, 30.0, None],
-    }
-    send({"type": "selection_change", "items": [item]})
-    assert session.queries[1] == Query.from_patch(run.layout, 2, 2, 3)
-    assert status.value.startswith("q1 added")
     (log,) = [w for w in shown if isinstance(w, ipywidgets.Output)]
-    assert [o["text"].split(": rows")[0] for o in log.outputs] == ["q1: frame 2 patch (row 2, col 3)"]
+    return NotebookPage(session, viewer, status, log)
+
+
+def test_the_notebook_status_line_says_ready_once_the_viewer_opened_the_recording(notebook_page):
+    from vggt_attn_rerun.interactive.notebook import LOADING_LINE, READY_LINE
+
+    assert notebook_page.status.value == LOADING_LINE
+    notebook_page.send({"type": "recording_open", "source": "notebook"})
+    assert notebook_page.status.value == READY_LINE
+
+
+def test_the_notebook_status_line_says_when_a_click_selected_nothing_that_maps_to_a_patch(notebook_page):
+    from vggt_attn_rerun.interactive.notebook import NOTHING_ADDED_LINE
+
+    notebook_page.send({"type": "selection_change", "items": [{"type": "view", "view_id": "v", "view_name": "view 2"}]})
+    assert notebook_page.status.value == NOTHING_ADDED_LINE and len(notebook_page.session.queries) == 1
+
+
+def test_a_click_in_the_notebook_adds_a_query_named_in_the_status_line_and_listed_below(notebook_page, run):
+    notebook_page.click(2, 47.5, 30.0)
+    assert notebook_page.session.queries[1] == Query.from_patch(run.layout, 2, 2, 3)
+    assert notebook_page.status.value.startswith("q1 added")
+    assert [o["text"].split(": rows")[0] for o in notebook_page.log.outputs] == ["q1: frame 2 patch (row 2, col 3)"]
+
+
+def test_a_click_on_a_query_already_there_says_so_in_the_notebook(notebook_page):
+    notebook_page.click(0, 20.0, 20.0)  # q0's patch (1, 1)
+    assert notebook_page.status.value.startswith("q0 is already a query") and notebook_page.log.outputs == ()
+
+
+def test_a_refused_click_keeps_its_reason_in_the_notebook_status_line(notebook_page, monkeypatch):
+    def failing_log(*args, **kwargs):
+        raise UserError("the recording is closed")
+
+    monkeypatch.setattr(session_module, "log_added_queries", failing_log)
+    notebook_page.click(1, 47.5, 30.0)
+    assert "the recording is closed" in notebook_page.status.value
 
 
 def test_prompt_queries(run, scene_images, fake_log):
@@ -414,6 +450,23 @@ def test_a_picked_cloud_point_adds_the_query_of_the_patch_whose_3d_point_is_near
     item = rr.notebook.EntitySelectionItem("/world/points", instance_id=0, view_name="3D", position=picked)
     handler(_event(session, item))
     assert [(a.query.frame, *a.query.patch(run.layout)) for a in added] == [(frame, row, col)]
+
+
+def test_instance_k_of_the_logged_patch_points_is_the_patch_picked_patch_names(tiny_model, scene_images, tmp_path):
+    from vggt_attn_rerun.interactive.clicks import picked_patch
+
+    from .helpers import Recording
+
+    session = start_session(tiny_model, scene_images, ["0:p1,1"], options=RecordingOptions(**OPTIONS))
+    path = tmp_path / "session.rrd"
+    session.rec.save(path)
+    session.rec.disconnect()
+    centroids, valid = session.patch_points()
+    for kind in KINDS:
+        logged = np.asarray(Recording(path).static(Paths.patch_points(0, kind), "Points3D:positions"))
+        assert len(logged) == int(valid.sum()) > 1
+        named = np.array([centroids[picked_patch(k, valid)] for k in range(len(logged))])
+        assert np.array_equal(logged, named), kind
 
 
 def test_a_picked_patch_point_adds_the_query_of_its_own_patch_even_where_another_is_nearer(run, scene_images, fake_log):

@@ -88,6 +88,11 @@ def picked_patch(instance_id: int, valid: np.ndarray) -> tuple[int, int, int] | 
     return int(s), int(r), int(c)
 
 
+def _patch_centre(patch: tuple[int, int, int], layout: TokenLayout, entity_path: str) -> Click:
+    s, r, c = patch
+    return Click(s, (c + 0.5) * layout.patch_size, (r + 0.5) * layout.patch_size, clean_path(entity_path))
+
+
 def click_from_selection(
     entity_path: str,
     position: Sequence[float | None] | None,
@@ -132,18 +137,14 @@ def click_from_selection(
     if units == "world" and patch_points is not None and instance_id is not None and is_patch_points(entity_path):
         picked = picked_patch(int(instance_id), patch_points[1])
         if picked is not None:
-            s, r, c = picked
-            return Click(s, (c + 0.5) * layout.patch_size, (r + 0.5) * layout.patch_size, clean_path(entity_path))
+            return _patch_centre(picked, layout, entity_path)
     if position is None or len(position) < 2 or position[0] is None or position[1] is None:
         return None
     if units == "world" and patch_points is not None and is_scene_point(entity_path):
         if len(position) < 3 or position[2] is None:
             return None
         found = nearest_patch([float(v) for v in position[:3]], *patch_points)  # type: ignore[arg-type]
-        if found is None:
-            return None
-        s, r, c = found
-        return Click(s, (c + 0.5) * layout.patch_size, (r + 0.5) * layout.patch_size, clean_path(entity_path))
+        return None if found is None else _patch_centre(found, layout, entity_path)
     frame = _clicked_frame(entity_path, units, grid_frames)
     if frame is None or not 0 <= frame < layout.num_frames:
         return None

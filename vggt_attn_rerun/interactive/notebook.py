@@ -19,8 +19,8 @@ from vggt_attn_rerun.interactive.session import AddedQuery, QuerySession
 
 # The status line under a viewer: until it reports the session's recording open, then after.
 LOADING_LINE = "loading the run into the viewer..."
-READY_LINE = "ready: click a pixel of an image to add a query (no forward pass)"
-NOTHING_ADDED_LINE = "no query added: the click selected no pixel of an image"
+READY_LINE = "ready: click a pixel of a view or a 3D point to add a query (no forward pass)"
+NOTHING_ADDED_LINE = "no query added: the click selected no pixel of a view and no 3D point"
 
 
 @dataclass
@@ -119,7 +119,10 @@ def show_in_notebook(session: QuerySession, *, height: int = 700) -> Any:
         status.value = f"q{added.index} added (listed below): click another pixel to add a query"
         log.append_stdout(describe(added, session.layout) + "\n")
 
+    refused: list[str] = []  # what the handler refused during the current event
+
     def on_error(text: str) -> None:
+        refused.append(text)
         status.value = text
         log.append_stderr(text + "\n")
 
@@ -130,9 +133,16 @@ def show_in_notebook(session: QuerySession, *, height: int = 700) -> Any:
         if kind == "recording_open" and event_field(event, "recording_id") == recording_id:
             if status.value == LOADING_LINE:
                 status.value = READY_LINE
-        # Something selected (a view's background, a legend) but no pixel of an image: say so.
-        elif kind == "selection_change" and not handler(event) and event_field(event, "items"):
-            status.value = NOTHING_ADDED_LINE
+        elif kind == "selection_change":
+            refused.clear()
+            before = len(session.added)
+            indices = handler(event)
+            if indices and len(session.added) == before:  # a patch that already is a query
+                shown = ": its dashboards are shown" if session.update_blueprint else ""
+                status.value = f"q{indices[-1]} is already a query{shown}"
+            # Something selected (a view's background, a legend) but nothing mapped to a patch: say so.
+            elif not indices and not refused and event_field(event, "items"):
+                status.value = NOTHING_ADDED_LINE
 
     viewer.on_event(on_event)
     viewer.display()

@@ -230,9 +230,8 @@ def _log_peaks(rec: rr.RecordingStream, i: int, kind: str, lay: TokenLayout, sce
                 radii=np.full(len(idx), -0.5, np.float32),
             ).partition(lengths=np.bincount(t_idx, minlength=len(r.times)).tolist())  # fmt: skip
             rec.send_columns(Paths.peaks_3d(i, kind), indexes=_index(r.timeline, r.times), columns=columns)
-    if scene.kept.any():
-        wireframe = rr.Boxes3D.from_fields(fill_mode=rr.components.FillMode.MajorWireframe)
-        rec.log(Paths.peaks_3d(i, kind), wireframe, static=True)
+    wireframe = rr.Boxes3D.from_fields(fill_mode=rr.components.FillMode.MajorWireframe)
+    rec.log(Paths.peaks_3d(i, kind), wireframe, static=True)
 
 
 def log_colorbar(rec: rr.RecordingStream, options: RecordingOptions) -> None:
