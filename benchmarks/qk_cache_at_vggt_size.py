@@ -4,9 +4,10 @@ A random-weight model with VGGT-1B's aggregator (``testing.tiny_vggt(embed_dim=1
 num_heads=16)``: C = 1024, 24 frame + 24 global blocks, 16 heads, patch 14; VGGT's attention code
 path, no pretrained heads) runs once on S random 518x518 images with ``keep_qk=True``. Reported:
 ``QKCache.nbytes()`` against the formula ``S * 2 * P * C * 4 * blocks * kinds``
-(``core.qk_cache.model_qk_cache_bytes``), the process's resident memory before and after the
-capture and its peak (``ru_maxrss``), the capture's time, and the time of one new query's rows
-from the cache (the work of a click, before logging), checked equal to the capture's own rows.
+(``core.qk_cache.model_qk_cache_bytes``), the resident memory the capture leaves behind (RSS after
+minus before) and its peak growth during the capture (``common.MemoryMeter``), the capture's time,
+and the time of one new query's rows from the cache (the work of a click, before logging), checked
+equal to the capture's own rows.
 
     python -m benchmarks.qk_cache_at_vggt_size                  # S = 8 at 518x518: about 4 min on 2 cores
     python -m benchmarks.qk_cache_at_vggt_size --frames 2 --embed-dim 64 --depth 2 --heads 4   # seconds
@@ -18,28 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
-import statistics
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def measure(frames: int, side: int, embed_dim: int, depth: int, heads: int, threads: int) -> dict:
     import torch
 
+    from benchmarks.common import MemoryMeter, machine_info, median, model_bytes
+    from benchmarks.common import _proc_status_kb as proc_status_kb
     from vggt_attn_rerun.core.capture import capture
     from vggt_attn_rerun.core.qk_cache import model_qk_cache_bytes
     from vggt_attn_rerun.core.tokens import Query
@@ -50,11 +40,13 @@ def measure(frames: int, side: int, embed_dim: int, depth: int, heads: int, thre
     images = torch.rand(frames, 3, side, side, generator=torch.Generator().manual_seed(0))
     centre = side // 14 // 2
     asked = lambda lay: [Query.from_patch(lay, frames - 1, centre, centre)]  # noqa: E731
-    before = _resident_bytes()
+    meter = MemoryMeter(torch.device("cpu"))
+    meter.start()
     t0 = time.perf_counter()
     result = capture(model, images, asked, keep_qk=True)
     capture_s = time.perf_counter() - t0
-    after = _resident_bytes()
+    memory = meter.stop()
+    after = (proc_status_kb("VmRSS") or 0) * 1024
     cache, lay = result.qk_cache, result.layout
     seconds, rows = [], None
     for _ in range(3):
@@ -71,15 +63,18 @@ def measure(frames: int, side: int, embed_dim: int, depth: int, heads: int, thre
         "kinds": len(result.rows.kinds),
         "heads": heads,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "model_bytes": model_bytes(model),
         "cache_bytes": cache.nbytes(),
         "formula_bytes": model_qk_cache_bytes(model, lay, depth, len(result.rows.kinds)),
-        "resident_before_bytes": before,
-        "resident_growth_bytes": after - before,
-        "peak_bytes": _peak_bytes(),
+        "resident_before_bytes": memory["rss_before_bytes"],
+        "resident_growth_bytes": after - memory["rss_before_bytes"],
+        "peak_growth_bytes": memory["extra_bytes"],
+        "memory_method": meter.method,
         "capture_s": capture_s,
-        "rows_one_query_s": statistics.median(seconds),
+        "rows_one_query_s": median(seconds),
         "rows_equal_capture": exact,
         "threads": threads,
+        "machine": machine_info("cpu"),
     }
 
 
@@ -98,15 +93,19 @@ def report(r: dict) -> str:
             f"| `QKCache.nbytes()` | {r['cache_bytes']:,} B ({r['cache_bytes'] / gb:.3f} GB) |",
             f"| formula `S * 2 * P * C * 4 * blocks * kinds` | {r['formula_bytes']:,} B |",
             f"| per frame | {r['cache_bytes'] / r['frames'] / 1e6:.1f} MB |",
-            f"| resident memory: growth over the capture | {r['resident_growth_bytes'] / gb:.2f} GB |",
-            f"| resident memory: before the capture (model, torch) | {r['resident_before_bytes'] / gb:.2f} GB |",
-            f"| resident memory: peak of the process | {r['peak_bytes'] / gb:.2f} GB |",
+            f"| resident memory the capture leaves (after - before) | {r['resident_growth_bytes'] / gb:.2f} GB |",
+            f"| peak growth during the capture ({r['memory_method']}) | {r['peak_growth_bytes'] / gb:.2f} GB |",
+            f"| resident memory before the capture (model {r['model_bytes'] / gb:.2f} GB, torch) | "
+            f"{r['resident_before_bytes'] / gb:.2f} GB |",
             f"| capture (forward + rows + cache) | {r['capture_s']:.1f} s |",
             f"| rows of one query from the cache (median of 3) | {r['rows_one_query_s']:.2f} s |",
             f"| those rows equal the capture's | {r['rows_equal_capture']} |",
             "",
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}.",
-            "The growth holds the cache, the run's rows of its one query and the model's predictions.",
+            f"Machine: {r['machine']['cpu']}, {r['machine']['cores_usable']} usable cores, load average "
+            f"{', '.join(f'{v:.1f}' for v in r['machine']['load_average'] or [])} at the end, "
+            f"torch {r['machine']['torch']}.",
+            "What the capture leaves holds the cache, the run's rows of its one query and the model's predictions;",
+            "the peak adds the forward pass's activations.",
             "",
         ]
     )

@@ -45,15 +45,17 @@ def _saved(path: Path) -> tuple[int, list, tuple]:
 
 def _click_until_added(page: Any, saved: Path, x: int, y: int, tries: int = 3, each_s: float = 30) -> tuple[int, tuple]:
     """Click (x, y) until the notebook has added a query; returns (clicks, what it saved)."""
+    state = _saved(saved)
     for attempt in range(1, tries + 1):
-        answers = _saved(saved)[0]
+        answers = state[0]
         click(page, x, y)
         deadline = time.monotonic() + each_s
         # No selection at all: a press and a release that fell frames apart make no click. Try again.
-        while _saved(saved)[0] == answers and time.monotonic() < deadline:
+        while state[0] == answers and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _saved(saved)[1]:
-            return attempt, _saved(saved)
+            state = _saved(saved)
+        if state[1]:
+            return attempt, state
     raise AssertionError(f"{tries} clicks at {(x, y)} added no query")
 
 
